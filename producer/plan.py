@@ -1,0 +1,43 @@
+"""Start a sync: plan ranges in the database, record the run, enqueue one message per range."""
+
+import time
+import uuid
+
+from shared.models import RangeMessage, SyncRequest, SyncSummary
+from shared.ports import Catalog, DocumentStore, Ledger, WorkQueue
+
+
+def start_sync(
+    request: SyncRequest,
+    *,
+    catalog: Catalog,
+    ledger: Ledger,
+    queue: WorkQueue,
+    store: DocumentStore,
+    embedding_dim: int,
+    default_range_size: int,
+) -> SyncSummary:
+    """Plan, record and enqueue one run; the index exists before any consumer can write."""
+    range_size = request.range_size or default_range_size
+    began = time.perf_counter()
+    ranges = catalog.plan_ranges(range_size, request.max_drugs)
+    planned = time.perf_counter()
+
+    store.ensure_index(embedding_dim)
+    ledger.ensure_schema()
+    run_id = uuid.uuid4()
+    ledger.start_run(run_id, range_size, request.max_drugs, ranges)
+    bodies = [RangeMessage.for_range(run_id, planned).model_dump_json() for planned in ranges]
+    sent = queue.send_messages(bodies)
+    enqueued = time.perf_counter()
+
+    return SyncSummary(
+        run_id=run_id,
+        eligible_drugs=sum(planned.drug_count for planned in ranges),
+        ranges=len(ranges),
+        messages_sent=sent,
+        range_size=range_size,
+        max_drugs=request.max_drugs,
+        plan_seconds=round(planned - began, 3),
+        enqueue_seconds=round(enqueued - planned, 3),
+    )

@@ -1,0 +1,38 @@
+"""How a drug becomes text to embed and a Redis JSON document."""
+
+import hashlib
+import json
+from typing import Any
+
+from shared.models import TEXT_FIELDS, Drug
+from shared.ports import Vectors
+
+# Order matters: the most telling fields first, so truncating providers keep what identifies a drug.
+_EMBED_FIELDS = ("name", "generic_name", "brand_name", "strength", "dosage_form", "route")
+
+
+def build_embedding_text(drug: Drug) -> str:
+    """Text that describes a drug for search: identity first, then maker and description."""
+    parts = [getattr(drug, field) for field in _EMBED_FIELDS]
+    parts.append(f"by {drug.manufacturer}" if drug.manufacturer else None)
+    parts.append(drug.description)
+    return ". ".join(part for part in parts if part)
+
+
+def fingerprint(drug: Drug, embedder_name: str) -> str:
+    """Content fingerprint: changes when any stored field or the embedder changes."""
+    content = {field: getattr(drug, field) for field in TEXT_FIELDS}
+    content["id"] = drug.id
+    content["embedder"] = embedder_name
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def build_document(drug: Drug, embedding: Vectors, embedder_name: str) -> dict[str, Any]:
+    """The JSON document stored for one drug."""
+    document: dict[str, Any] = {field: getattr(drug, field) for field in TEXT_FIELDS}
+    document["id"] = drug.id
+    document["updated_at"] = drug.updated_at.isoformat()
+    document["fingerprint"] = fingerprint(drug, embedder_name)
+    document["embedding"] = embedding.tolist()
+    return document

@@ -1,0 +1,49 @@
+"""Batching shared by every embedder: providers implement one call over one batch."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from shared.errors import EmbeddingError
+from shared.ports import Vectors
+
+
+class BatchingEmbedder(ABC):
+    """Splits texts into batches of `batch_size`, embeds each with one provider call, stacks them."""
+
+    def __init__(self, dimension: int, batch_size: int) -> None:
+        self._dimension = dimension
+        self.batch_size = batch_size
+        self.calls = 0
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    @abstractmethod
+    def name(self) -> str: ...
+
+    @abstractmethod
+    def _embed_batch(self, texts: Sequence[str]) -> Vectors:
+        """Embed one batch with one provider call; returns shape (len(texts), dimension)."""
+
+    def embed_texts(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        batches = [
+            self._embed_checked(texts[start : start + self.batch_size])
+            for start in range(0, len(texts), self.batch_size)
+        ]
+        return np.vstack(batches)
+
+    def _embed_checked(self, texts: Sequence[str]) -> Vectors:
+        self.calls += 1
+        vectors = self._embed_batch(texts)
+        if vectors.shape != (len(texts), self._dimension):
+            raise EmbeddingError(
+                f"{self.name} returned shape {vectors.shape} for {len(texts)} texts,"
+                f" expected ({len(texts)}, {self._dimension})"
+            )
+        return vectors

@@ -1,0 +1,33 @@
+"""The project's own errors: adapters translate infrastructure failures into these."""
+
+
+class DrugSyncError(Exception):
+    """Base of every error drugsync raises on purpose."""
+
+    retryable = False
+
+
+class ConfigError(DrugSyncError):
+    """A setting is missing or wrong; the message names it."""
+
+
+class InvalidMessage(DrugSyncError):
+    """A queue message that can never be processed: malformed, unknown version, bad fields."""
+
+
+class RowError(DrugSyncError):
+    """A source row that cannot be synced, named by its id."""
+
+    def __init__(self, drug_id: int, reason: str) -> None:
+        super().__init__(f"drug id {drug_id}: {reason}")
+        self.drug_id = drug_id
+
+
+class UnavailableError(DrugSyncError):
+    """An outside system (database, Redis, queue, embedding API) failed in a way worth retrying."""
+
+    retryable = True
+
+
+class EmbeddingError(DrugSyncError):
+    """The embedding provider rejected a request for a reason that retrying will not fix."""

@@ -1,0 +1,103 @@
+"""PostgreSQL adapter: connections, and the source catalog of drugs."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from pydantic import ValidationError
+
+from shared.errors import RowError, UnavailableError
+from shared.models import TEXT_FIELDS, Drug, PlannedRange
+from shared.redact import redact_url
+
+# Ranges of at most range_size eligible rows. Eligible rows are numbered in id order and bucketed
+# by row number, so gaps in the ids never matter; each range then starts right after the previous
+# one ends, so the ranges tile the id space and a row inserted into a gap is still covered.
+PLAN_RANGES = """
+WITH numbered AS (
+    SELECT {id} AS id, (row_number() OVER (ORDER BY {id}) - 1) / %(range_size)s AS bucket
+    FROM {table}
+    WHERE {eligible} IS TRUE
+    ORDER BY {id}
+    LIMIT %(max_drugs)s
+), buckets AS (
+    SELECT bucket, min(id) AS first_id, max(id) AS last_id, count(*) AS drug_count
+    FROM numbered GROUP BY bucket
+)
+SELECT coalesce(lag(last_id) OVER (ORDER BY bucket) + 1, first_id), last_id, drug_count
+FROM buckets ORDER BY bucket
+"""
+
+# The eligible rows of one range, through the primary-key index.
+FETCH_RANGE = """
+SELECT {id}, {text_columns}, updated_at
+FROM {table}
+WHERE {id} BETWEEN %(first_id)s AND %(last_id)s AND {eligible} IS TRUE
+ORDER BY {id}
+"""
+
+COUNT_ELIGIBLE = "SELECT count(*) FROM {table} WHERE {eligible} IS TRUE"
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection; a failure to connect is worth retrying and never shows the password."""
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="drugsync")
+    except psycopg.OperationalError as error:
+        raise UnavailableError(f"cannot connect to PostgreSQL at {redact_url(url)}: {error}") from error
+
+
+@contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Turn connection-level psycopg failures into UnavailableError."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+        raise UnavailableError(f"PostgreSQL failed while {action}: {error}") from error
+
+
+class PostgresCatalog:
+    """The source table, with table and column names taken from settings as quoted identifiers."""
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], table: tuple[str, ...], id_column: str, eligible: str
+    ) -> None:
+        self._conn = conn
+        self._names = {
+            "table": sql.Identifier(*table),
+            "id": sql.Identifier(id_column),
+            "eligible": sql.Identifier(eligible),
+            "text_columns": sql.SQL(", ").join(sql.Identifier(name) for name in TEXT_FIELDS),
+        }
+
+    def _query(self, template: str) -> sql.Composed:
+        return sql.SQL(template).format(**self._names)
+
+    def plan_ranges(self, range_size: int, max_drugs: int | None) -> list[PlannedRange]:
+        params = {"range_size": range_size, "max_drugs": max_drugs}
+        with translate_errors("planning ranges"):
+            rows = self._conn.execute(self._query(PLAN_RANGES), params).fetchall()
+        return [PlannedRange(first_id, last_id, count) for first_id, last_id, count in rows]
+
+    def fetch_range(self, first_id: int, last_id: int) -> list[Drug]:
+        params = {"first_id": first_id, "last_id": last_id}
+        with translate_errors(f"reading ids {first_id}..{last_id}"):
+            rows = self._conn.execute(self._query(FETCH_RANGE), params).fetchall()
+        return [_drug_from_row(row) for row in rows]
+
+    def count_eligible(self) -> int:
+        with translate_errors("counting eligible drugs"):
+            row = self._conn.execute(self._query(COUNT_ELIGIBLE)).fetchone()
+        return int(row[0]) if row else 0
+
+
+def _drug_from_row(row: tuple[Any, ...]) -> Drug:
+    drug_id, *texts, updated_at = row
+    fields = dict(zip(TEXT_FIELDS, texts, strict=True))
+    try:
+        return Drug(id=drug_id, updated_at=updated_at, **fields)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise RowError(drug_id, problems) from error

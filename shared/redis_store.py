@@ -1,0 +1,204 @@
+"""Redis adapter: JSON documents under deterministic keys, behind a RediSearch vector index."""
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from shared.errors import ConfigError, UnavailableError
+from shared.ports import Vectors
+
+VECTOR_FIELD = "embedding"
+RETURN_FIELDS = ("id", "name", "generic_name", "strength", "dosage_form", "manufacturer", "ndc")
+
+
+@dataclass(frozen=True)
+class IndexField:
+    """One indexed JSON path; the schema is data so creating it is one loop."""
+
+    path: str
+    alias: str
+    kind: str
+    options: tuple[str, ...] = ()
+
+
+# Text fields for full-text filters, tags for exact filters; the vector field is added with its
+# dimension at creation time.
+INDEX_FIELDS = (
+    IndexField("$.id", "id", "NUMERIC", ("SORTABLE",)),
+    IndexField("$.name", "name", "TEXT", ("WEIGHT", "2.0")),
+    IndexField("$.generic_name", "generic_name", "TEXT"),
+    IndexField("$.brand_name", "brand_name", "TEXT"),
+    IndexField("$.ndc", "ndc", "TAG"),
+    IndexField("$.dosage_form", "dosage_form", "TAG"),
+    IndexField("$.route", "route", "TAG"),
+    IndexField("$.manufacturer", "manufacturer", "TAG"),
+    IndexField("$.fingerprint", "fingerprint", "TAG"),
+)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One KNN result; score is cosine similarity (1 is identical)."""
+
+    drug_id: int
+    score: float
+    fields: dict[str, str]
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """A client speaking RESP2: redis-py 8 defaults to RESP3, whose FT.* replies have other shapes."""
+    return redis.Redis.from_url(
+        url, protocol=2, socket_timeout=60, socket_connect_timeout=10, health_check_interval=30
+    )
+
+
+@contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Connection failures and timeouts are worth retrying; other Redis errors are not."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise UnavailableError(f"Redis failed while {action}: {error}") from error
+
+
+class RedisDocumentStore:
+    """Documents `{prefix}{id}` and the index over them, both named by settings."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key_prefix: str,
+        index_name: str,
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        write_batch_size: int = 500,
+    ) -> None:
+        self._client = client
+        self.key_prefix = key_prefix
+        self.index_name = index_name
+        self._hnsw = ("M", str(hnsw_m), "EF_CONSTRUCTION", str(hnsw_ef_construction))
+        self._write_batch_size = write_batch_size
+
+    def key(self, drug_id: int) -> str:
+        return f"{self.key_prefix}{drug_id}"
+
+    def ensure_index(self, dimension: int) -> None:
+        """Create the index if it is missing; refuse one built for another dimension."""
+        with translate_errors("checking the index"):
+            existing = self.index_dimension()
+            if existing is None:
+                self._create_index(dimension)
+            elif existing != dimension:
+                raise ConfigError(
+                    f"index {self.index_name} holds {existing}-dimensional vectors but the embedder"
+                    f" makes {dimension}; drop the index or change DRUGSYNC_INDEX_NAME"
+                )
+
+    def _create_index(self, dimension: int) -> None:
+        vector = (
+            "TYPE",
+            "FLOAT32",
+            "DIM",
+            str(dimension),
+            "DISTANCE_METRIC",
+            "COSINE",
+            *self._hnsw,
+        )
+        schema: list[str] = []
+        for field in INDEX_FIELDS:
+            schema += [field.path, "AS", field.alias, field.kind, *field.options]
+        schema += [f"$.{VECTOR_FIELD}", "AS", VECTOR_FIELD, "VECTOR", "HNSW", str(len(vector))]
+        schema += vector
+        try:
+            _execute(
+                self._client, "FT.CREATE", self.index_name, "ON", "JSON", "PREFIX", "1", self.key_prefix,
+                "SCHEMA", *schema,
+            )  # fmt: skip
+        except redis.ResponseError as error:
+            # Another producer created it between our check and our create: that is success.
+            if "already exists" not in str(error).lower():
+                raise
+
+    def index_info(self) -> dict[str, Any] | None:
+        """FT.INFO as a dict, or None when the index does not exist."""
+        try:
+            raw = _execute(self._client, "FT.INFO", self.index_name)
+        except redis.ResponseError as error:
+            message = str(error).lower()
+            if "unknown index" in message or "no such index" in message:
+                return None
+            raise
+        return _pairs_to_dict(raw)
+
+    def index_dimension(self) -> int | None:
+        info = self.index_info()
+        if info is None:
+            return None
+        for attribute in info.get("attributes", []):
+            described = _pairs_to_dict(attribute)
+            if described.get("identifier") == f"$.{VECTOR_FIELD}":
+                return int(described["dim"])
+        return None
+
+    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """JSON.SET each document through non-transactional pipelines of write_batch_size."""
+        for start in range(0, len(documents), self._write_batch_size):
+            batch = documents[start : start + self._write_batch_size]
+            with translate_errors(f"writing {len(batch)} documents"):
+                pipe = self._client.pipeline(transaction=False)
+                for drug_id, document in batch:
+                    _execute(pipe, "JSON.SET", self.key(drug_id), "$", json.dumps(document))
+                pipe.execute()
+
+    def count_documents(self) -> int:
+        """Documents under the prefix, counted by SCAN (the keyspace may hold other data)."""
+        with translate_errors("counting documents"):
+            return sum(1 for _ in self._client.scan_iter(match=f"{self.key_prefix}*", count=5000))
+
+    def indexed_documents(self) -> tuple[int, int]:
+        """(documents in the index, indexing failures) from FT.INFO; (0, 0) without an index."""
+        with translate_errors("reading index info"):
+            info = self.index_info()
+        if info is None:
+            return 0, 0
+        return int(info.get("num_docs", 0)), int(info.get("hash_indexing_failures", 0))
+
+    def search(self, vector: Vectors, k: int) -> list[SearchHit]:
+        """The k nearest documents to `vector` by cosine distance."""
+        blob = np.asarray(vector, dtype=np.float32).tobytes()
+        query = f"*=>[KNN {int(k)} @{VECTOR_FIELD} $vector AS distance]"
+        with translate_errors("searching"):
+            raw = _execute(
+                self._client, "FT.SEARCH", self.index_name, query, "PARAMS", "2", "vector", blob,
+                "SORTBY", "distance", "RETURN", str(len(RETURN_FIELDS) + 1), *RETURN_FIELDS,
+                "distance", "LIMIT", "0", str(int(k)), "DIALECT", "2",
+            )  # fmt: skip
+        return _parse_hits(raw)
+
+
+def _execute(target: Any, *args: Any) -> Any:
+    """redis-py's execute_command is untyped; this is the one place that admits it."""
+    return target.execute_command(*args)
+
+
+def _decode(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs_to_dict(raw: Sequence[Any]) -> dict[str, Any]:
+    """RESP2 flat [key, value, key, value, ...] replies as a dict with str keys."""
+    return {str(_decode(raw[i])): _decode(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
+
+
+def _parse_hits(raw: Sequence[Any]) -> list[SearchHit]:
+    hits = []
+    for position in range(1, len(raw), 2):
+        fields = {key: str(value) for key, value in _pairs_to_dict(raw[position + 1]).items()}
+        distance = float(fields.pop("distance"))
+        hits.append(SearchHit(int(fields["id"]), 1.0 - distance, fields))
+    return hits

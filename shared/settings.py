@@ -1,0 +1,101 @@
+"""Typed settings, read from the environment through a cached getter (never at import time)."""
+
+import re
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+TITAN_V2_DIMENSIONS = (256, 512, 1024)
+
+
+def _alias(name: str) -> AliasChoices:
+    """Accept both the conventional bare name (DATABASE_URL) and the prefixed one."""
+    return AliasChoices(name, f"DRUGSYNC_{name}")
+
+
+class Settings(BaseSettings):
+    """Everything drugsync reads from its environment; each field is one variable DRUGSYNC_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="DRUGSYNC_", extra="ignore", frozen=True)
+
+    database_url: SecretStr | None = Field(None, validation_alias=_alias("DATABASE_URL"))
+    database_secret_arn: str | None = None
+    redis_url: SecretStr | None = Field(None, validation_alias=_alias("REDIS_URL"))
+    queue_url: str | None = Field(None, validation_alias=_alias("QUEUE_URL"))
+    dlq_url: str | None = Field(None, validation_alias=_alias("DLQ_URL"))
+
+    table: str = "drugs"
+    id_column: str = "id"
+    eligible_column: str = "eligible"
+
+    key_prefix: str = Field("drug:", pattern=r"^[A-Za-z0-9_:.\-]{1,64}$")
+    index_name: str = Field("idx:drugs", pattern=r"^[A-Za-z0-9_:.\-]{1,64}$")
+    hnsw_m: int = Field(16, ge=2, le=512)
+    hnsw_ef_construction: int = Field(200, ge=1, le=4096)
+
+    embedder: Literal["hashing", "bedrock"] = "hashing"
+    embedding_dim: int = Field(384, ge=8, le=4096)
+    embed_batch_size: int = Field(256, ge=1, le=10_000)
+    bedrock_model_id: str = "amazon.titan-embed-text-v2:0"
+    bedrock_concurrency: int = Field(8, ge=1, le=64)
+
+    range_size: int = Field(1000, ge=1, le=100_000)
+    write_batch_size: int = Field(500, ge=1, le=10_000)
+
+    @field_validator("table")
+    @classmethod
+    def _check_table(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
+            raise ValueError(f"table {value!r} must be NAME or SCHEMA.NAME of plain identifiers")
+        return value
+
+    @field_validator("id_column", "eligible_column")
+    @classmethod
+    def _check_column(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"column {value!r} must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_bedrock_dimension(self) -> "Settings":
+        if self.embedder == "bedrock" and self.embedding_dim not in TITAN_V2_DIMENSIONS:
+            raise ValueError(
+                f"embedding_dim {self.embedding_dim} is not one Titan Text Embeddings V2 offers "
+                f"{TITAN_V2_DIMENSIONS}"
+            )
+        return self
+
+    @property
+    def table_parts(self) -> tuple[str, ...]:
+        return tuple(self.table.split("."))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process, read once; tests call get_settings.cache_clear() after changing env."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise ConfigError(describe_settings_error(error)) from error
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line per wrong setting, named by the environment variable an operator would set."""
+    problems = []
+    for detail in error.errors():
+        field = ".".join(str(part) for part in detail["loc"]) or "settings"
+        problems.append(f"DRUGSYNC_{field.upper()}: {detail['msg']}")
+    return "invalid settings: " + "; ".join(problems)

@@ -1,0 +1,53 @@
+"""Build each adapter from settings; handlers and the console call these once per process."""
+
+from typing import Any
+
+import boto3
+import psycopg
+
+from shared.errors import ConfigError
+from shared.ledger import PostgresLedger
+from shared.postgres import PostgresCatalog, connect
+from shared.queue import SqsQueue
+from shared.redis_store import RedisDocumentStore, connect_redis
+from shared.secrets import database_url_from_secret
+from shared.settings import Settings
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    if settings.database_secret_arn:
+        return database_url_from_secret(boto3.client("secretsmanager"), settings.database_secret_arn)
+    raise ConfigError("no database: set DATABASE_URL or DRUGSYNC_DATABASE_SECRET_ARN")
+
+
+def open_database(settings: Settings) -> psycopg.Connection[Any]:
+    return connect(database_url(settings))
+
+
+def build_catalog(settings: Settings, conn: psycopg.Connection[Any]) -> PostgresCatalog:
+    return PostgresCatalog(conn, settings.table_parts, settings.id_column, settings.eligible_column)
+
+
+def build_ledger(conn: psycopg.Connection[Any]) -> PostgresLedger:
+    return PostgresLedger(conn)
+
+
+def build_store(settings: Settings) -> RedisDocumentStore:
+    if settings.redis_url is None:
+        raise ConfigError("no Redis: set REDIS_URL (redis:// or rediss:// for TLS)")
+    return RedisDocumentStore(
+        connect_redis(settings.redis_url.get_secret_value()),
+        key_prefix=settings.key_prefix,
+        index_name=settings.index_name,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construction=settings.hnsw_ef_construction,
+        write_batch_size=settings.write_batch_size,
+    )
+
+
+def build_queue(queue_url: str | None, setting_name: str) -> SqsQueue:
+    if not queue_url:
+        raise ConfigError(f"no queue: set {setting_name}")
+    return SqsQueue(boto3.client("sqs"), queue_url)
