@@ -17,11 +17,9 @@ from pydantic import Json
 
 from consumer.sync import sync_range
 from shared.describe import describe_error
-from shared.embedders import BatchingEmbedder, build_embedder
-from shared.ledger import PostgresLedger
+from shared.embedders import build_embedder
 from shared.models import RangeMessage
-from shared.postgres import PostgresCatalog
-from shared.redis_store import RedisDocumentStore
+from shared.ports import Catalog, DocumentStore, Embedder, Ledger
 from shared.settings import Settings, get_settings
 from shared.wiring import build_catalog, build_ledger, build_store, open_database
 
@@ -39,14 +37,14 @@ class ReportingBatchProcessor(BatchProcessor):
 
     def failure_handler(self, record: Any, exception: Any) -> Any:
         error = exception[1]
-        logger.warning(
-            "range message failed",
-            extra={
-                "message_id": getattr(record, "message_id", None) or getattr(record, "messageId", None),
-                "error_class": type(error).__name__,
-                "reason": describe_error(error),
-            },
-        )
+        details = {
+            "message_id": getattr(record, "message_id", None) or getattr(record, "messageId", None),
+            "error_class": type(error).__name__,
+            "reason": describe_error(error),
+        }
+        if isinstance(record, RangeRecord):
+            details.update(_range_keys(record.body))
+        logger.warning("range message failed", extra=details)
         return super().failure_handler(record, exception)
 
 
@@ -55,10 +53,10 @@ class Consumer:
     """The consumer's collaborators, built once per process (one Lambda container)."""
 
     settings: Settings
-    catalog: PostgresCatalog
-    ledger: PostgresLedger
-    store: RedisDocumentStore
-    embedder: BatchingEmbedder
+    catalog: Catalog
+    ledger: Ledger
+    store: DocumentStore
+    embedder: Embedder
 
 
 def build_consumer(settings: Settings) -> Consumer:
@@ -74,10 +72,13 @@ def _consumer() -> Consumer:
     return build_consumer(get_settings())
 
 
+def _range_keys(message: RangeMessage) -> dict[str, Any]:
+    return {"run_id": str(message.run_id), "first_id": message.first_id, "last_id": message.last_id}
+
+
 def record_handler(record: RangeRecord) -> None:
     consumer = _consumer()
     message = record.body
-    logger.append_keys(run_id=str(message.run_id), first_id=message.first_id, last_id=message.last_id)
     result = sync_range(
         message,
         catalog=consumer.catalog,
@@ -86,7 +87,10 @@ def record_handler(record: RangeRecord) -> None:
         ledger=consumer.ledger,
         chunk_size=consumer.settings.embed_batch_size,
     )
-    logger.info("range synced", extra={"drugs": result.drugs_written, "newly_done": result.newly_done})
+    logger.info(
+        "range synced",
+        extra={**_range_keys(message), "drugs": result.drugs_written, "newly_done": result.newly_done},
+    )
 
 
 @logger.inject_lambda_context(clear_state=True)
