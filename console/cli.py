@@ -20,11 +20,15 @@ from shared.settings import get_settings
 Command = Callable[[argparse.Namespace], int]
 
 
+_opened: list[Services] = []
+
+
 def services() -> Services:
     """Settings from the environment, falling back to the running local stack for what is unset."""
     local_stack.apply_stack_env()
     get_settings.cache_clear()
-    return Services(get_settings())
+    _opened.append(Services(get_settings()))
+    return _opened[-1]
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
@@ -185,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DrugSyncError as error:
         print(f"drugsync: {type(error).__name__}: {describe_error(error)}", file=sys.stderr)
         return 2
+    finally:
+        while _opened:
+            _opened.pop().close()
 
 
 if __name__ == "__main__":

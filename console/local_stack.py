@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,9 +27,6 @@ LOCAL_REGION = "us-east-1"
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 WORK_QUEUE = "drugsync-work"
 DEAD_LETTER_QUEUE = "drugsync-dlq"
-
-# pgserver asks platformdirs for a runtime dir; without XDG_RUNTIME_DIR it warns and uses /tmp.
-warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 @dataclass
@@ -106,10 +104,19 @@ def wait_for_port(port: int, seconds: float, what: str) -> None:
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {seconds:.0f}s")
 
 
-def start_postgres(state: StackState) -> None:
-    import pgserver
+@contextlib.contextmanager
+def _quiet_pgserver() -> Iterator[None]:
+    """pgserver asks platformdirs for a runtime dir, which warns when XDG_RUNTIME_DIR is unset."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        yield
 
-    server = pgserver.get_server(state_dir() / "postgres", cleanup_mode=None)
+
+def start_postgres(state: StackState) -> None:
+    with _quiet_pgserver():
+        import pgserver
+
+        server = pgserver.get_server(state_dir() / "postgres", cleanup_mode=None)
     state.env["DATABASE_URL"] = server.get_uri()
     pid = server.get_pid()
     if pid is not None:
@@ -157,6 +164,10 @@ def _read_pid(pidfile: Path, seconds: float) -> int:
     raise RuntimeError(f"no pid in {pidfile}")
 
 
+# Servers this process started, kept so they can be reaped (and not reported as leaked) on stop.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def start_sqs(state: StackState) -> None:
     folder = state_dir() / "sqs"
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,22 +180,23 @@ def start_sqs(state: StackState) -> None:
             start_new_session=True,
             cwd=Path(__file__).resolve().parents[1],
         )
+    _CHILDREN[process.pid] = process
     wait_for_port(port, 30, "the moto SQS server")
     state.pids["sqs"] = process.pid
     state.env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
     state.started.append("sqs")
 
 
-def create_queues(endpoint_url: str | None, options: QueueOptions) -> dict[str, str]:
+def create_queues(endpoint_url: str | None, options: QueueOptions, prefix: str = "") -> dict[str, str]:
     """Work queue and DLQ with a RedrivePolicy, as serverless.yml declares them."""
     sqs = boto3.client("sqs", endpoint_url=endpoint_url, region_name=LOCAL_REGION)
-    dlq_url = sqs.create_queue(QueueName=DEAD_LETTER_QUEUE)["QueueUrl"]
+    dlq_url = sqs.create_queue(QueueName=prefix + DEAD_LETTER_QUEUE)["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
     redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(options.max_receive_count)}
     queue_url = sqs.create_queue(
-        QueueName=WORK_QUEUE,
+        QueueName=prefix + WORK_QUEUE,
         Attributes={
             "VisibilityTimeout": str(options.visibility_timeout),
             "RedrivePolicy": json.dumps(redrive),
@@ -238,9 +250,10 @@ class _environment:
 def stop(state: StackState) -> None:
     """Stop what this stack started."""
     if "postgres" in state.started:
-        import pgserver
+        with _quiet_pgserver():
+            import pgserver
 
-        pgserver.get_server(state_dir() / "postgres", cleanup_mode="stop").cleanup()
+            pgserver.get_server(state_dir() / "postgres", cleanup_mode="stop").cleanup()
     for name in ("redis", "sqs"):
         pid = state.pids.get(name)
         if pid is not None and _alive(pid):
@@ -258,6 +271,11 @@ def _wait_gone(pid: int, seconds: float) -> None:
 
 
 def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 

@@ -6,7 +6,7 @@ from typing import Any
 import boto3
 import psycopg
 
-from producer.handler import Producer, build_producer
+from producer.handler import Producer
 from shared.embedders import BatchingEmbedder, build_embedder
 from shared.ledger import PostgresLedger
 from shared.postgres import PostgresCatalog
@@ -52,7 +52,18 @@ class Services:
 
     @cached_property
     def producer(self) -> Producer:
-        return build_producer(self.settings)
+        return Producer(self.settings, self.catalog, self.ledger, self.queue, self.store)
 
     def sqs_client(self) -> Any:
         return boto3.client("sqs")
+
+    def close(self) -> None:
+        """Close the database connection if this command opened one."""
+        if "conn" in self.__dict__:
+            self.conn.close()
+
+    def __enter__(self) -> "Services":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

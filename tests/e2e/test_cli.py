@@ -1,0 +1,102 @@
+"""The CLI and the local stack as a user runs them: `drugsync demo`, then `status --json`."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+DRUGSYNC = [sys.executable, "-m", "console.cli"]
+OUTSIDE = ("DATABASE_URL", "REDIS_URL", "QUEUE_URL", "DLQ_URL", "AWS_ENDPOINT_URL")
+
+
+@pytest.fixture(scope="module")
+def user_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A shell environment with its own state folder and no outside URLs; the stack is stopped after."""
+    env = {k: v for k, v in os.environ.items() if k not in OUTSIDE and not k.startswith("DRUGSYNC_")}
+    env["DRUGSYNC_STATE_DIR"] = str(tmp_path_factory.mktemp("drugsync-state"))
+    yield env
+    subprocess.run([*DRUGSYNC, "local", "down"], env=env, check=False, timeout=120)
+
+
+def drugsync(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DRUGSYNC, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _summary_counts(output: str) -> tuple[int, int, int]:
+    numbers = [
+        int(re.search(rf"{label}\s+([\d,]+)", output).group(1).replace(",", ""))  # type: ignore[union-attr]
+        for label in ("eligible rows in Postgres", "documents in Redis", "documents in the index")
+    ]
+    return numbers[0], numbers[1], numbers[2]
+
+
+def test_demo_ends_with_equal_counts_a_matching_search_and_status_agrees(user_env: dict[str, str]) -> None:
+    demo = drugsync(user_env, "demo", "--drugs", "2500", "--max-concurrency", "2")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "-> all equal" in demo.stdout
+    eligible, in_redis, in_index = _summary_counts(demo.stdout)
+    assert eligible == in_redis == in_index > 2000
+    top_hits = re.findall(r"^\s+\d\. [\d.]+\s+#\d+\s+(.*?) \|", demo.stdout, flags=re.MULTILINE)
+    assert len(top_hits) == 5
+    assert all(hit.startswith("Amoxicillin 500 mg capsule") for hit in top_hits), top_hits
+
+    status = drugsync(user_env, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    counts = report["counts"]
+    assert (counts["postgres_eligible"], counts["redis_documents"], counts["index_documents"]) == (
+        eligible,
+        in_redis,
+        in_index,
+    )
+    assert report["run"]["state"] == "complete"
+    assert report["run"]["drugs_done"] == eligible
+    assert report["queue"] == {"visible": 0, "in_flight": 0}
+    assert report["dead_letter"] == {"visible": 0, "in_flight": 0}
+
+
+def test_local_up_prints_exports_that_reach_every_service(user_env: dict[str, str], tmp_path: Path) -> None:
+    up = drugsync(user_env, "local", "up")
+    assert up.returncode == 0, up.stderr
+    script = tmp_path / "check.sh"
+    check = (
+        "import os, boto3, psycopg, redis;"
+        "psycopg.connect(os.environ['DATABASE_URL']).execute('select 1');"
+        "redis.Redis.from_url(os.environ['REDIS_URL']).ping();"
+        "print(boto3.client('sqs').get_queue_attributes(QueueUrl=os.environ['QUEUE_URL'],"
+        " AttributeNames=['RedrivePolicy'])['Attributes']['RedrivePolicy'])"
+    )
+    script.write_text(f'eval "{up.stdout}"\n{shlex.quote(sys.executable)} -c {shlex.quote(check)}\n')
+    reached = subprocess.run(["bash", str(script)], env=user_env, capture_output=True, text=True, timeout=120)
+    assert reached.returncode == 0, reached.stderr
+    assert int(json.loads(reached.stdout)["maxReceiveCount"]) == 3
+
+
+def test_search_and_sync_from_the_cli(user_env: dict[str, str]) -> None:
+    search = drugsync(user_env, "search", "lipitor 40 mg tablet", "-k", "3", "--json")
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)
+    assert hits[0]["name"] == "Lipitor 40 mg tablet"
+
+    sync = drugsync(user_env, "sync", "--max-drugs", "300", "--range-size", "100", "--json")
+    assert sync.returncode == 0, sync.stderr
+    assert json.loads(sync.stdout)["ranges"] == 3
+    work = drugsync(user_env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull)
+    assert work.returncode == 0, work.stderr
+    assert "3 records ok, 0 failed" in work.stdout
+
+
+def test_a_wrong_setting_is_reported_plainly(user_env: dict[str, str]) -> None:
+    result = drugsync({**user_env, "DRUGSYNC_TABLE": "drugs;drop"}, "status")
+    assert result.returncode == 2
+    assert "DRUGSYNC_TABLE" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,89 @@
+"""The real embedded servers, started once per test session; each test gets its own names."""
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import boto3
+import pytest
+
+from console import local_stack
+from console.local_stack import QueueOptions, StackState
+from shared.settings import Settings, get_settings
+
+OUTSIDE_URLS = ("DATABASE_URL", "REDIS_URL", "QUEUE_URL", "DLQ_URL", "AWS_ENDPOINT_URL")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
+    """PostgreSQL, Redis Stack and a moto SQS server, as `drugsync local up` starts them."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in OUTSIDE_URLS:
+            patch.delenv(name, raising=False)
+        patch.setenv("DRUGSYNC_STATE_DIR", str(tmp_path_factory.mktemp("stack")))
+        state = local_stack.up()
+        assert set(state.started) == {"postgres", "redis", "sqs"}, "the real servers must run, not be skipped"
+        try:
+            yield state
+        finally:
+            local_stack.stop(state)
+
+
+@dataclass(frozen=True)
+class Isolated:
+    """Names unique to one test, and the environment that points a process at them."""
+
+    settings: Settings
+    env: dict[str, str]
+
+
+def make_queues(stack: StackState, visibility_timeout: int, max_receive_count: int) -> dict[str, str]:
+    """A fresh work queue and DLQ (needs the stack's AWS_* variables in the environment)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    options = QueueOptions(visibility_timeout, max_receive_count)
+    return local_stack.create_queues(stack.env["AWS_ENDPOINT_URL"], options, prefix)
+
+
+@pytest.fixture
+def test_env(stack: StackState, monkeypatch: pytest.MonkeyPatch) -> Iterator[Isolated]:
+    """Settings and environment for one test: its own table, key prefix, index and queues."""
+    yield from _isolate(stack, monkeypatch, visibility_timeout=60)
+
+
+@pytest.fixture
+def fragile_env(stack: StackState, monkeypatch: pytest.MonkeyPatch) -> Iterator[Isolated]:
+    """Like test_env, but a failed message is visible again after 2 s and dead-lettered on its 2nd receive."""
+    yield from _isolate(stack, monkeypatch, visibility_timeout=2)
+
+
+def _isolate(
+    stack: StackState, monkeypatch: pytest.MonkeyPatch, visibility_timeout: int
+) -> Iterator[Isolated]:
+    tag = uuid.uuid4().hex[:8]
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    queues = make_queues(stack, visibility_timeout=visibility_timeout, max_receive_count=2)
+    env = {
+        **stack.env,
+        **queues,
+        "DRUGSYNC_TABLE": f"drugs_{tag}",
+        "DRUGSYNC_KEY_PREFIX": f"t{tag}:drug:",
+        "DRUGSYNC_INDEX_NAME": f"idx:t{tag}",
+        "DRUGSYNC_EMBEDDING_DIM": "128",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield Isolated(settings=get_settings(), env=env)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def sqs(stack: StackState):
+    return boto3.client(
+        "sqs",
+        endpoint_url=stack.env["AWS_ENDPOINT_URL"],
+        region_name=local_stack.LOCAL_REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )

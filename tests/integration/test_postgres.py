@@ -1,0 +1,125 @@
+"""Range planning, range reads and the ledger against the real embedded PostgreSQL."""
+
+import itertools
+import threading
+import uuid
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from console.seed import seed_drugs
+from shared.errors import RowError
+from shared.ledger import PostgresLedger
+from shared.models import PlannedRange
+from shared.postgres import PostgresCatalog, connect
+from tests.integration.conftest import Isolated
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def conn(test_env: Isolated):
+    connection = connect(test_env.env["DATABASE_URL"])
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def catalog(conn: psycopg.Connection, test_env: Isolated) -> PostgresCatalog:
+    seed_drugs(conn, test_env.settings, 0)  # creates the empty table
+    return PostgresCatalog(conn, test_env.settings.table_parts, "id", "eligible")
+
+
+def _fill(conn: psycopg.Connection, table: str, rows: list[tuple[int, bool]]) -> None:
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
+    with conn.cursor().copy(
+        sql.SQL("COPY {} (id, ndc, name, eligible) FROM STDIN").format(sql.Identifier(table))
+    ) as copy:
+        for drug_id, eligible in rows:
+            copy.write_row((drug_id, f"ndc-{drug_id}", f"drug {drug_id}", eligible))
+
+
+ids_with_eligibility = st.dictionaries(
+    keys=st.integers(min_value=0, max_value=10**12), values=st.booleans(), max_size=300
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=ids_with_eligibility, range_size=st.integers(1, 40), cap=st.none() | st.integers(1, 400))
+def test_ranges_cover_every_eligible_id_once_within_the_size_bound(
+    conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated, rows, range_size, cap
+) -> None:
+    _fill(conn, test_env.settings.table, sorted(rows.items()))
+    eligible = sorted(i for i, ok in rows.items() if ok)[:cap]
+
+    ranges = catalog.plan_ranges(range_size, cap)
+
+    covered = [i for i in eligible for r in ranges if r.first_id <= i <= r.last_id]
+    assert covered == eligible  # every eligible id (up to the cap) in exactly one range
+    assert all(a.last_id < b.first_id for a, b in itertools.pairwise(ranges))  # no overlap
+    assert all(r.first_id <= r.last_id for r in ranges)
+    assert all(0 < r.drug_count <= range_size for r in ranges)
+    for planned in ranges:
+        assert planned.drug_count == sum(planned.first_id <= i <= planned.last_id for i in eligible)
+
+
+def test_planning_494k_style_gaps_in_one_query(
+    conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
+) -> None:
+    seed_drugs(conn, test_env.settings, 5_000)
+    ranges = catalog.plan_ranges(1000, None)
+    assert sum(r.drug_count for r in ranges) == catalog.count_eligible()
+    assert [r.drug_count for r in ranges[:-1]] == [1000] * (len(ranges) - 1)
+
+
+def test_fetch_range_reads_only_eligible_rows_in_id_order(
+    conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
+) -> None:
+    _fill(conn, test_env.settings.table, [(1, True), (2, False), (5, True), (9, True)])
+    assert [d.id for d in catalog.fetch_range(1, 5)] == [1, 5]
+
+
+def test_a_broken_row_is_named_by_its_id(
+    conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
+) -> None:
+    _fill(conn, test_env.settings.table, [(1, True), (2, True)])
+    conn.execute(
+        sql.SQL("UPDATE {} SET ndc = '' WHERE id = 2").format(sql.Identifier(test_env.settings.table))
+    )
+    with pytest.raises(RowError, match=r"drug id 2: ndc"):
+        catalog.fetch_range(1, 2)
+
+
+def test_ledger_counts_a_range_once_even_under_concurrent_duplicates(
+    conn: psycopg.Connection, test_env: Isolated
+) -> None:
+    url = test_env.env["DATABASE_URL"]
+    ledger = PostgresLedger(conn)
+    ledger.ensure_schema()
+    run_id = uuid.uuid4()
+    ledger.start_run(run_id, 10, None, [PlannedRange(1, 10, 10), PlannedRange(11, 20, 7)])
+    results: list[bool] = []
+
+    def mark() -> None:
+        with connect(url) as own:
+            results.append(PostgresLedger(own).mark_range_done(run_id, 1, 10))
+
+    threads = [threading.Thread(target=mark) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == [False] * 5 + [True]
+    progress = ledger.progress(run_id)
+    assert progress is not None
+    assert (progress.ranges_done, progress.drugs_done, progress.complete) == (1, 10, False)
+    assert ledger.mark_range_done(run_id, 11, 7)
+    finished = ledger.progress(run_id)
+    assert finished is not None
+    assert finished.complete
+    assert finished.drugs_done == 17
+    assert ledger.latest_run_id() == run_id
