@@ -249,16 +249,13 @@ class _environment:
 
 def stop(state: StackState) -> None:
     """Stop what this stack started."""
-    if "postgres" in state.started:
-        with _quiet_pgserver():
-            import pgserver
-
-            pgserver.get_server(state_dir() / "postgres", cleanup_mode="stop").cleanup()
-    for name in ("redis", "sqs"):
+    # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM stops redis-server and the moto server.
+    stop_signals = {"postgres": signal.SIGINT, "redis": signal.SIGTERM, "sqs": signal.SIGTERM}
+    for name, stop_signal in stop_signals.items():
         pid = state.pids.get(name)
         if pid is not None and _alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            _wait_gone(pid, 10)
+            os.kill(pid, stop_signal)
+            _wait_gone(pid, 20)
 
 
 def _wait_gone(pid: int, seconds: float) -> None:

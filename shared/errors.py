@@ -1,5 +1,8 @@
 """The project's own errors: adapters translate infrastructure failures into these."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class DrugSyncError(Exception):
     """Base of every error drugsync raises on purpose."""
@@ -31,3 +34,12 @@ class UnavailableError(DrugSyncError):
 
 class EmbeddingError(DrugSyncError):
     """The embedding provider rejected a request for a reason that retrying will not fix."""
+
+
+@contextmanager
+def unavailable_on(transient: tuple[type[BaseException], ...], system: str, action: str) -> Iterator[None]:
+    """Re-raise an adapter's transient failures (connection loss, timeouts) as UnavailableError."""
+    try:
+        yield
+    except transient as error:
+        raise UnavailableError(f"{system} failed while {action}: {error}") from error

@@ -1,14 +1,13 @@
 """PostgreSQL adapter: connections, and the source catalog of drugs."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from pydantic import ValidationError
 
-from shared.errors import RowError, UnavailableError
+from shared.errors import RowError, UnavailableError, unavailable_on
 from shared.models import TEXT_FIELDS, Drug, PlannedRange
 from shared.redact import redact_url
 
@@ -49,13 +48,9 @@ def connect(url: str) -> psycopg.Connection[Any]:
         raise UnavailableError(f"cannot connect to PostgreSQL at {redact_url(url)}: {error}") from error
 
 
-@contextmanager
-def translate_errors(action: str) -> Iterator[None]:
-    """Turn connection-level psycopg failures into UnavailableError."""
-    try:
-        yield
-    except (psycopg.OperationalError, psycopg.InterfaceError) as error:
-        raise UnavailableError(f"PostgreSQL failed while {action}: {error}") from error
+def translate_errors(action: str) -> AbstractContextManager[None]:
+    """Connection-level psycopg failures are worth retrying; SQL errors are not."""
+    return unavailable_on((psycopg.OperationalError, psycopg.InterfaceError), "PostgreSQL", action)
 
 
 class PostgresCatalog:

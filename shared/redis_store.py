@@ -1,15 +1,15 @@
 """Redis adapter: JSON documents under deterministic keys, behind a RediSearch vector index."""
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
 
-from shared.errors import ConfigError, UnavailableError
+from shared.errors import ConfigError, unavailable_on
 from shared.ports import Vectors
 
 VECTOR_FIELD = "embedding"
@@ -57,13 +57,9 @@ def connect_redis(url: str) -> redis.Redis:
     )
 
 
-@contextmanager
-def translate_errors(action: str) -> Iterator[None]:
+def translate_errors(action: str) -> AbstractContextManager[None]:
     """Connection failures and timeouts are worth retrying; other Redis errors are not."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise UnavailableError(f"Redis failed while {action}: {error}") from error
+    return unavailable_on((redis.ConnectionError, redis.TimeoutError), "Redis", action)
 
 
 class RedisDocumentStore:

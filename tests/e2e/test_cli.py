@@ -100,3 +100,14 @@ def test_a_wrong_setting_is_reported_plainly(user_env: dict[str, str]) -> None:
     assert result.returncode == 2
     assert "DRUGSYNC_TABLE" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_local_down_stops_every_process_it_started(user_env: dict[str, str]) -> None:
+    state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())
+    assert set(state["pids"]) == {"postgres", "redis", "sqs"}
+
+    down = drugsync(user_env, "local", "down")
+
+    assert down.returncode == 0, down.stderr
+    for name, pid in state["pids"].items():
+        assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) still running"
