@@ -61,6 +61,10 @@ def run_demo(
     began = time.perf_counter()
     eligible = seed_drugs(services.conn, settings, drugs)
     out.write(f"seeded {drugs:,} drugs ({eligible:,} eligible) in {time.perf_counter() - began:.1f}s\n")
+    # A new synthetic catalog replaces the old one, so its Redis copy starts from nothing too.
+    removed = services.store.clear()
+    if removed:
+        out.write(f"cleared {removed:,} documents of an earlier demo from Redis\n")
 
     summary = services.producer.start(SyncRequest())
     out.write(

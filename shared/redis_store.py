@@ -151,6 +151,22 @@ class RedisDocumentStore:
                     _execute(pipe, "JSON.SET", self.key(drug_id), "$", json.dumps(document))
                 pipe.execute()
 
+    def clear(self) -> int:
+        """Drop the index and unlink every document under the prefix; returns documents removed."""
+        removed = 0
+        with translate_errors("clearing the index and documents"):
+            if self.index_info() is not None:
+                _execute(self._client, "FT.DROPINDEX", self.index_name)
+            batch: list[bytes] = []
+            for key in self._client.scan_iter(match=f"{self.key_prefix}*", count=5000):
+                batch.append(key)
+                if len(batch) == 1000:
+                    removed += int(self._client.unlink(*batch))
+                    batch.clear()
+            if batch:
+                removed += int(self._client.unlink(*batch))
+        return removed
+
     def count_documents(self) -> int:
         """Documents under the prefix, counted by SCAN (the keyspace may hold other data)."""
         with translate_errors("counting documents"):

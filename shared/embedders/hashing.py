@@ -16,31 +16,10 @@ from shared.embedders.base import BatchingEmbedder
 from shared.ports import Vectors
 
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "as",
-        "at",
-        "by",
-        "for",
-        "from",
-        "in",
-        "is",
-        "it",
-        "of",
-        "on",
-        "or",
-        "the",
-        "to",
-        "used",
-        "with",
-        "which",
-        "this",
-        "that",
-    ]
-)
+_STOPWORDS = frozenset((
+    "a", "an", "and", "as", "at", "by", "for", "from", "in", "is", "it", "of", "on", "or", "the",
+    "to", "used", "with", "which", "this", "that",
+))  # fmt: skip
 WORD_WEIGHT = 1.0
 PAIR_WEIGHT = 0.5
 NGRAM_WEIGHT = 0.25
@@ -52,16 +31,13 @@ def tokenize(text: str) -> list[str]:
     return [token for token in _TOKEN.findall(text.lower()) if token not in _STOPWORDS]
 
 
-def iter_features(tokens: Sequence[str]) -> Iterator[tuple[str, float]]:
-    """(feature, weight) pairs: each word, each adjacent pair, each padded char n-gram of a word."""
-    for token in tokens:
-        yield "w:" + token, WORD_WEIGHT
-        if len(token) > NGRAM_SIZE:
-            padded = f"<{token}>"
-            for start in range(len(padded) - NGRAM_SIZE + 1):
-                yield "c:" + padded[start : start + NGRAM_SIZE], NGRAM_WEIGHT
-    for left, right in itertools.pairwise(tokens):
-        yield f"p:{left} {right}", PAIR_WEIGHT
+def token_features(token: str) -> Iterator[tuple[str, float]]:
+    """(feature, weight) pairs of one word: the word itself and its padded character n-grams."""
+    yield "w:" + token, WORD_WEIGHT
+    if len(token) > NGRAM_SIZE:
+        padded = f"<{token}>"
+        for start in range(len(padded) - NGRAM_SIZE + 1):
+            yield "c:" + padded[start : start + NGRAM_SIZE], NGRAM_WEIGHT
 
 
 class HashingEmbedder(BatchingEmbedder):
@@ -72,19 +48,34 @@ class HashingEmbedder(BatchingEmbedder):
         return f"hashing-v1-{self.dimension}"
 
     def _embed_batch(self, texts: Sequence[str]) -> Vectors:
-        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        # Collect (row * dimension + slot, value) for the whole batch and sum with one bincount.
+        cells: list[int] = []
+        values: list[float] = []
         for row, text in enumerate(texts):
-            slots: list[int] = []
-            values: list[float] = []
-            for feature, weight in iter_features(tokenize(text)):
-                slot, sign = _hash_feature(feature, self.dimension)
-                slots.append(slot)
-                values.append(sign * weight)
-            np.add.at(vectors[row], slots, values)
+            offset = row * self.dimension
+            for slots, signed in self._text_features(tokenize(text)):
+                cells.extend(offset + slot for slot in slots)
+                values.extend(signed)
+        sums = np.bincount(cells, weights=values, minlength=len(texts) * self.dimension)
+        vectors = sums.reshape(len(texts), self.dimension).astype(np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         norms[norms == 0] = 1.0
         normalised: Vectors = vectors / norms
         return normalised
+
+    def _text_features(self, tokens: list[str]) -> Iterator[tuple[tuple[int, ...], tuple[float, ...]]]:
+        for token in tokens:
+            yield _hashed_token(token, self.dimension)
+        for left, right in itertools.pairwise(tokens):
+            slot, sign = _hash_feature(f"p:{left} {right}", self.dimension)
+            yield (slot,), (sign * PAIR_WEIGHT,)
+
+
+@lru_cache(maxsize=1 << 16)
+def _hashed_token(token: str, dimension: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Slots and signed weights of one word's features; a catalog's words repeat endlessly."""
+    hashed = [(_hash_feature(feature, dimension), weight) for feature, weight in token_features(token)]
+    return tuple(slot for (slot, _), _ in hashed), tuple(sign * weight for (_, sign), weight in hashed)
 
 
 @lru_cache(maxsize=1 << 18)

@@ -63,3 +63,15 @@ def test_search_ranks_the_drug_searched_for_first(test_env: Isolated) -> None:
         assert hit.fields["dosage_form"] == "capsule"
         assert "500 mg" in hit.fields["name"]
     assert hits[0].score >= hits[-1].score
+
+
+def test_clear_removes_the_index_and_every_document_under_the_prefix(test_env: Isolated) -> None:
+    store = build_store(test_env.settings)
+    store.ensure_index(128)
+    write_chunk(_drugs(300), HashingEmbedder(128, batch_size=100), store)
+
+    removed = store.clear()
+
+    assert removed == len(_drugs(300))
+    assert store.count_documents() == 0
+    assert store.index_info() is None
