@@ -9,7 +9,7 @@ import psycopg
 from producer.handler import Producer
 from shared.embedders import BatchingEmbedder, build_embedder
 from shared.ledger import PostgresLedger
-from shared.postgres import PostgresCatalog
+from shared.postgres import Database, PostgresCatalog
 from shared.queue import SqsQueue
 from shared.redis_store import RedisDocumentStore
 from shared.settings import Settings
@@ -23,16 +23,20 @@ class Services:
         self.settings = settings
 
     @cached_property
-    def conn(self) -> psycopg.Connection[Any]:
+    def db(self) -> Database:
         return open_database(self.settings)
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        return self.db.connection()
 
     @cached_property
     def catalog(self) -> PostgresCatalog:
-        return build_catalog(self.settings, self.conn)
+        return build_catalog(self.settings, self.db)
 
     @cached_property
     def ledger(self) -> PostgresLedger:
-        return build_ledger(self.conn)
+        return build_ledger(self.db)
 
     @cached_property
     def store(self) -> RedisDocumentStore:
@@ -59,8 +63,8 @@ class Services:
 
     def close(self) -> None:
         """Close the database connection if this command opened one."""
-        if "conn" in self.__dict__:
-            self.conn.close()
+        if "db" in self.__dict__:
+            self.db.close()
 
     def __enter__(self) -> "Services":
         return self

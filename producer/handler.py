@@ -44,11 +44,11 @@ class Producer:
 
 
 def build_producer(settings: Settings) -> Producer:
-    conn = open_database(settings)
+    db = open_database(settings)
     return Producer(
         settings=settings,
-        catalog=build_catalog(settings, conn),
-        ledger=build_ledger(conn),
+        catalog=build_catalog(settings, db),
+        ledger=build_ledger(db),
         queue=build_queue(settings.queue_url, "QUEUE_URL"),
         store=build_store(settings),
     )

@@ -2,10 +2,21 @@
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from shared.errors import InvalidMessage
 
 # The catalog's text fields, in the order they are stored and embedded.
 TEXT_FIELDS = (
@@ -19,7 +30,6 @@ TEXT_FIELDS = (
     "manufacturer",
     "description",
 )
-MESSAGE_VERSION = 1
 MAX_TEXT_LENGTH = 10_000
 
 
@@ -42,6 +52,23 @@ class Drug(BaseModel):
 
 
 @dataclass(frozen=True)
+class RowFailure:
+    """One drug that could not be synced, with the class and text of its error."""
+
+    drug_id: int
+    error_class: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Rows read from the catalog: the valid drugs, and the ids whose rows are broken."""
+
+    drugs: list[Drug]
+    broken: list[RowFailure]
+
+
+@dataclass(frozen=True)
 class PlannedRange:
     """An inclusive id range holding `drug_count` eligible drugs when it was planned."""
 
@@ -50,27 +77,46 @@ class PlannedRange:
     drug_count: int
 
 
+MAX_SPAN = 10**9  # ids per range message; far beyond any real range, it rejects nonsense
+MAX_ROWS_PER_MESSAGE = 1000
+MAX_DEFERRALS = 20
+
+
 class RangeMessage(BaseModel):
-    """Version 1 of the SQS message body: one range of one run."""
+    """Sync the eligible rows of first_id..last_id; a continuation names its range by range_first_id."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: Literal[1] = 1
+    kind: Literal["range"] = "range"
     run_id: UUID
     first_id: int = Field(ge=0, le=2**63 - 1)
     last_id: int = Field(ge=0, le=2**63 - 1)
     expected_count: int = Field(ge=0, le=1_000_000)
+    range_first_id: int | None = Field(None, ge=0, le=2**63 - 1)
+    continuations: int = Field(0, ge=0, le=1_000_000)
+    deferrals: int = Field(0, ge=0, le=MAX_DEFERRALS)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "RangeMessage":
         if self.first_id > self.last_id:
             raise ValueError(f"first_id {self.first_id} is greater than last_id {self.last_id}")
-        if self.expected_count > self.last_id - self.first_id + 1:
+        span = self.last_id - self.first_id + 1
+        if span > MAX_SPAN:
+            raise ValueError(f"span {span:,} of {self.first_id}..{self.last_id} exceeds {MAX_SPAN:,} ids")
+        if self.expected_count > span:
             raise ValueError(
-                f"expected_count {self.expected_count} exceeds the {self.last_id - self.first_id + 1}"
-                f" ids in {self.first_id}..{self.last_id}"
+                f"expected_count {self.expected_count} exceeds the {span} ids"
+                f" in {self.first_id}..{self.last_id}"
             )
+        if self.range_first_id is not None and self.range_first_id > self.first_id:
+            raise ValueError(f"range_first_id {self.range_first_id} is after first_id {self.first_id}")
         return self
+
+    @property
+    def range_key(self) -> int:
+        """The ledger's key for the range this message (or continuation) belongs to."""
+        return self.first_id if self.range_first_id is None else self.range_first_id
 
     @classmethod
     def for_range(cls, run_id: UUID, planned: PlannedRange) -> "RangeMessage":
@@ -80,6 +126,58 @@ class RangeMessage(BaseModel):
             last_id=planned.last_id,
             expected_count=planned.drug_count,
         )
+
+
+class RowsMessage(BaseModel):
+    """Sync exactly these ids: how rows isolated as poison travel to the DLQ and back."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1] = 1
+    kind: Literal["rows"] = "rows"
+    run_id: UUID
+    ids: list[int] = Field(min_length=1, max_length=MAX_ROWS_PER_MESSAGE)
+    error_class: str | None = Field(None, max_length=200)
+    error: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _check_ids(self) -> "RowsMessage":
+        if len(set(self.ids)) != len(self.ids) or min(self.ids) < 0:
+            raise ValueError("ids must be distinct non-negative integers")
+        return self
+
+
+def _message_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "range"))
+    return str(getattr(value, "kind", "range"))
+
+
+WorkMessage = Annotated[
+    Annotated[RangeMessage, Tag("range")] | Annotated[RowsMessage, Tag("rows")],
+    Discriminator(_message_kind),
+]
+_WORK_MESSAGE: TypeAdapter[RangeMessage | RowsMessage] = TypeAdapter(WorkMessage)
+MAX_BODY_BYTES = 16_384
+
+
+def parse_message(body: str) -> RangeMessage | RowsMessage:
+    """A queue message body as a typed message, or InvalidMessage saying exactly what is wrong."""
+    if len(body.encode()) > MAX_BODY_BYTES:
+        raise InvalidMessage(f"message body of {len(body.encode()):,} bytes exceeds {MAX_BODY_BYTES:,}")
+    try:
+        return _WORK_MESSAGE.validate_json(body)
+    except ValidationError as error:
+        raise InvalidMessage(describe_validation(error)) from error
+
+
+def describe_validation(error: ValidationError) -> str:
+    """Each wrong field named with pydantic's reason, on one line."""
+    problems = []
+    for detail in error.errors():
+        location = ".".join(str(part) for part in detail["loc"] if part not in ("range", "rows"))
+        problems.append(f"{location or 'body'}: {detail['msg']}")
+    return "; ".join(problems)
 
 
 class SyncRequest(BaseModel):

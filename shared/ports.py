@@ -1,6 +1,6 @@
 """The collaborators the core needs, as Protocols; adapters and test fakes both satisfy them."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -9,7 +9,7 @@ from uuid import UUID
 import numpy as np
 import numpy.typing as npt
 
-from shared.models import Drug, PlannedRange
+from shared.models import Fetched, PlannedRange, RowFailure
 
 Vectors = npt.NDArray[np.float32]
 
@@ -19,9 +19,13 @@ class Catalog(Protocol):
 
     def plan_ranges(self, range_size: int, max_drugs: int | None) -> list[PlannedRange]: ...
 
-    def fetch_range(self, first_id: int, last_id: int) -> list[Drug]: ...
+    def fetch_range(self, first_id: int, last_id: int) -> Fetched: ...
+
+    def fetch_ids(self, ids: Sequence[int]) -> Fetched: ...
 
     def count_eligible(self) -> int: ...
+
+    def count_range(self, first_id: int, last_id: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -36,10 +40,19 @@ class RunProgress:
     ranges_done: int
     drugs_done: int
     last_done_at: datetime | None
+    open_failures: int = 0
 
     @property
     def complete(self) -> bool:
+        """Every range is done (some rows may still have failed)."""
         return self.ranges_done == self.total_ranges
+
+    @property
+    def state(self) -> str:
+        """running, complete, or complete_with_failures when rows sit in the DLQ."""
+        if not self.complete:
+            return "running"
+        return "complete_with_failures" if self.open_failures else "complete"
 
 
 class Ledger(Protocol):
@@ -57,19 +70,33 @@ class Ledger(Protocol):
 
     def latest_run_id(self) -> UUID | None: ...
 
+    def range_last_id(self, run_id: UUID, first_id: int) -> int | None: ...
+
+    def record_failures(self, run_id: UUID, failures: Sequence[RowFailure]) -> None: ...
+
+    def resolve_failures(self, run_id: UUID, ids: Sequence[int]) -> None: ...
+
+    def open_failures(self, run_id: UUID) -> list[RowFailure]: ...
+
+    def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int: ...
+
 
 class DocumentStore(Protocol):
     """The Redis copy: one JSON document per drug behind a vector index."""
 
     def ensure_index(self, dimension: int) -> None: ...
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> None: ...
+    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
+        """Write every document; those Redis rejects one by one come back as failures."""
+        ...
 
 
 class WorkQueue(Protocol):
-    """The queue of range messages."""
+    """A queue of messages (the work queue, or the dead-letter queue)."""
 
-    def send_messages(self, bodies: Sequence[str]) -> int: ...
+    def send_messages(
+        self, bodies: Sequence[str], attributes: Mapping[str, str] | None = None, delay_seconds: int = 0
+    ) -> int: ...
 
 
 class Embedder(Protocol):

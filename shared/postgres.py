@@ -1,5 +1,6 @@
 """PostgreSQL adapter: connections, and the source catalog of drugs."""
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -8,7 +9,7 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from shared.errors import RowError, UnavailableError, unavailable_on
-from shared.models import TEXT_FIELDS, Drug, PlannedRange
+from shared.models import TEXT_FIELDS, Drug, Fetched, PlannedRange, RowFailure
 from shared.redact import redact_url
 
 # Ranges of at most range_size eligible rows. Eligible rows are numbered in id order and bucketed
@@ -37,7 +38,20 @@ WHERE {id} BETWEEN %(first_id)s AND %(last_id)s AND {eligible} IS TRUE
 ORDER BY {id}
 """
 
+# Specific eligible rows: rows isolated as poison, coming back from the DLQ.
+FETCH_IDS = """
+SELECT {id}, {text_columns}, updated_at
+FROM {table}
+WHERE {id} = ANY(%(ids)s) AND {eligible} IS TRUE
+ORDER BY {id}
+"""
+
 COUNT_ELIGIBLE = "SELECT count(*) FROM {table} WHERE {eligible} IS TRUE"
+
+COUNT_RANGE = """
+SELECT count(*) FROM {table}
+WHERE {id} BETWEEN %(first_id)s AND %(last_id)s AND {eligible} IS TRUE
+"""
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
@@ -53,13 +67,34 @@ def translate_errors(action: str) -> AbstractContextManager[None]:
     return unavailable_on((psycopg.OperationalError, psycopg.InterfaceError), "PostgreSQL", action)
 
 
+class Database:
+    """One autocommit connection, opened on first use and replaced when it breaks.
+
+    After a restart or failover the old connection is `broken`; the next call (a retry) reconnects.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = connect(self._url)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class PostgresCatalog:
     """The source table, with table and column names taken from settings as quoted identifiers."""
 
-    def __init__(
-        self, conn: psycopg.Connection[Any], table: tuple[str, ...], id_column: str, eligible: str
-    ) -> None:
-        self._conn = conn
+    def __init__(self, db: Database, table: tuple[str, ...], id_column: str, eligible: str) -> None:
+        self._db = db
         self._names = {
             "table": sql.Identifier(*table),
             "id": sql.Identifier(id_column),
@@ -73,22 +108,45 @@ class PostgresCatalog:
     def plan_ranges(self, range_size: int, max_drugs: int | None) -> list[PlannedRange]:
         params = {"range_size": range_size, "max_drugs": max_drugs}
         with translate_errors("planning ranges"):
-            rows = self._conn.execute(self._query(PLAN_RANGES), params).fetchall()
+            rows = self._db.connection().execute(self._query(PLAN_RANGES), params).fetchall()
         return [PlannedRange(first_id, last_id, count) for first_id, last_id, count in rows]
 
-    def fetch_range(self, first_id: int, last_id: int) -> list[Drug]:
+    def fetch_range(self, first_id: int, last_id: int) -> Fetched:
         params = {"first_id": first_id, "last_id": last_id}
         with translate_errors(f"reading ids {first_id}..{last_id}"):
-            rows = self._conn.execute(self._query(FETCH_RANGE), params).fetchall()
-        return [_drug_from_row(row) for row in rows]
+            rows = self._db.connection().execute(self._query(FETCH_RANGE), params).fetchall()
+        return _parse_rows(rows)
+
+    def fetch_ids(self, ids: Sequence[int]) -> Fetched:
+        with translate_errors(f"reading {len(ids)} ids"):
+            rows = self._db.connection().execute(self._query(FETCH_IDS), {"ids": list(ids)}).fetchall()
+        return _parse_rows(rows)
 
     def count_eligible(self) -> int:
         with translate_errors("counting eligible drugs"):
-            row = self._conn.execute(self._query(COUNT_ELIGIBLE)).fetchone()
+            row = self._db.connection().execute(self._query(COUNT_ELIGIBLE)).fetchone()
+        return int(row[0]) if row else 0
+
+    def count_range(self, first_id: int, last_id: int) -> int:
+        params = {"first_id": first_id, "last_id": last_id}
+        with translate_errors(f"counting ids {first_id}..{last_id}"):
+            row = self._db.connection().execute(self._query(COUNT_RANGE), params).fetchone()
         return int(row[0]) if row else 0
 
 
-def _drug_from_row(row: tuple[Any, ...]) -> Drug:
+def _parse_rows(rows: Sequence[tuple[Any, ...]]) -> Fetched:
+    """Valid rows become Drugs; a broken row becomes a RowFailure naming its id, not an exception."""
+    drugs: list[Drug] = []
+    broken: list[RowFailure] = []
+    for row in rows:
+        try:
+            drugs.append(drug_from_row(row))
+        except RowError as error:
+            broken.append(RowFailure(error.drug_id, "RowError", str(error)))
+    return Fetched(drugs, broken)
+
+
+def drug_from_row(row: tuple[Any, ...]) -> Drug:
     drug_id, *texts, updated_at = row
     fields = dict(zip(TEXT_FIELDS, texts, strict=True))
     try:

@@ -1,6 +1,6 @@
 """SQS adapter: batched sends with per-entry failure handling, and queue depths."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 SQS_BATCH_LIMIT = 10  # SendMessageBatch takes at most 10 entries
 SEND_ATTEMPTS = 3
+MAX_ATTRIBUTE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,37 @@ class SqsQueue:
         self._client = client
         self.queue_url = queue_url
 
-    def send_messages(self, bodies: Sequence[str]) -> int:
-        """Send every body with SendMessageBatch, resending entries SQS reports as failed."""
+    def send_messages(
+        self, bodies: Sequence[str], attributes: Mapping[str, str] | None = None, delay_seconds: int = 0
+    ) -> int:
+        """Send every body with SendMessageBatch, resending entries SQS reports as failed.
+
+        `attributes` become String message attributes (a DLQ entry's error class and reason);
+        `delay_seconds` (0-900) postpones delivery, as a backoff between deferrals.
+        """
         for start in range(0, len(bodies), SQS_BATCH_LIMIT):
-            self._send_batch(bodies[start : start + SQS_BATCH_LIMIT], start)
+            entries = [
+                self._entry(str(start + index), body, attributes, delay_seconds)
+                for index, body in enumerate(bodies[start : start + SQS_BATCH_LIMIT])
+            ]
+            self._send_batch(entries)
         return len(bodies)
 
-    def _send_batch(self, bodies: Sequence[str], offset: int) -> None:
-        pending: list[SendMessageBatchRequestEntryTypeDef] = [
-            {"Id": str(offset + index), "MessageBody": body} for index, body in enumerate(bodies)
-        ]
+    @staticmethod
+    def _entry(
+        entry_id: str, body: str, attributes: Mapping[str, str] | None, delay_seconds: int
+    ) -> "SendMessageBatchRequestEntryTypeDef":
+        entry: SendMessageBatchRequestEntryTypeDef = {"Id": entry_id, "MessageBody": body}
+        if delay_seconds:
+            entry["DelaySeconds"] = max(0, min(900, delay_seconds))
+        if attributes:
+            entry["MessageAttributes"] = {
+                name: {"DataType": "String", "StringValue": value[:MAX_ATTRIBUTE_CHARS] or "-"}
+                for name, value in attributes.items()
+            }
+        return entry
+
+    def _send_batch(self, pending: "list[SendMessageBatchRequestEntryTypeDef]") -> None:
         for _ in range(SEND_ATTEMPTS):
             try:
                 response = self._client.send_message_batch(QueueUrl=self.queue_url, Entries=pending)

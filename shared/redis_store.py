@@ -10,6 +10,7 @@ import numpy as np
 import redis
 
 from shared.errors import ConfigError, unavailable_on
+from shared.models import RowFailure
 from shared.ports import Vectors
 
 VECTOR_FIELD = "embedding"
@@ -141,15 +142,38 @@ class RedisDocumentStore:
                 return int(described["dim"])
         return None
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> None:
-        """JSON.SET each document through non-transactional pipelines of write_batch_size."""
+    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
+        """JSON.SET each document through non-transactional pipelines of write_batch_size.
+
+        A document that cannot be encoded, or that Redis rejects on its own, is returned as a
+        failure; losing the connection fails the whole call (retryable).
+        """
+        failures: list[RowFailure] = []
         for start in range(0, len(documents), self._write_batch_size):
             batch = documents[start : start + self._write_batch_size]
             with translate_errors(f"writing {len(batch)} documents"):
-                pipe = self._client.pipeline(transaction=False)
-                for drug_id, document in batch:
-                    _execute(pipe, "JSON.SET", self.key(drug_id), "$", json.dumps(document))
-                pipe.execute()
+                failures += self._write_batch(batch)
+        return failures
+
+    def _write_batch(self, batch: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
+        failures: list[RowFailure] = []
+        pipe = self._client.pipeline(transaction=False)
+        sent: list[int] = []
+        for drug_id, document in batch:
+            try:
+                encoded = json.dumps(document, allow_nan=False)
+            except (TypeError, ValueError) as error:
+                failures.append(RowFailure(drug_id, type(error).__name__, f"cannot encode: {error}"))
+                continue
+            _execute(pipe, "JSON.SET", self.key(drug_id), "$", encoded)
+            sent.append(drug_id)
+        results = pipe.execute(raise_on_error=False)
+        for drug_id, result in zip(sent, results, strict=True):
+            if isinstance(result, redis.ConnectionError | redis.TimeoutError):
+                raise result
+            if isinstance(result, Exception):
+                failures.append(RowFailure(drug_id, type(result).__name__, str(result)))
+        return failures
 
     def clear(self) -> int:
         """Drop the index and unlink every document under the prefix; returns documents removed."""

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     range_size: int = Field(1000, ge=1, le=100_000)
     write_batch_size: int = Field(500, ge=1, le=10_000)
 
+    # Time: the consumer hands off the rest of a range when less than this margin would remain,
+    # estimates a drug's cost before it has measured one, and retries transient errors this long.
+    handoff_margin_seconds: float = Field(10.0, ge=0.0, le=600.0)
+    seconds_per_drug: float = Field(0.005, gt=0.0, le=60.0)
+    retry_budget_seconds: float = Field(60.0, ge=0.0, le=900.0)
+
     @field_validator("table")
     @classmethod
     def _check_table(cls, value: str) -> str:

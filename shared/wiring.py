@@ -1,13 +1,10 @@
 """Build each adapter from settings; handlers and the console call these once per process."""
 
-from typing import Any
-
 import boto3
-import psycopg
 
 from shared.errors import ConfigError
 from shared.ledger import PostgresLedger
-from shared.postgres import PostgresCatalog, connect
+from shared.postgres import Database, PostgresCatalog
 from shared.queue import SqsQueue
 from shared.redis_store import RedisDocumentStore, connect_redis
 from shared.secrets import database_url_from_secret
@@ -22,16 +19,17 @@ def database_url(settings: Settings) -> str:
     raise ConfigError("no database: set DATABASE_URL or DRUGSYNC_DATABASE_SECRET_ARN")
 
 
-def open_database(settings: Settings) -> psycopg.Connection[Any]:
-    return connect(database_url(settings))
+def open_database(settings: Settings) -> Database:
+    """A lazily connecting Database; nothing is opened until the first query."""
+    return Database(database_url(settings))
 
 
-def build_catalog(settings: Settings, conn: psycopg.Connection[Any]) -> PostgresCatalog:
-    return PostgresCatalog(conn, settings.table_parts, settings.id_column, settings.eligible_column)
+def build_catalog(settings: Settings, db: Database) -> PostgresCatalog:
+    return PostgresCatalog(db, settings.table_parts, settings.id_column, settings.eligible_column)
 
 
-def build_ledger(conn: psycopg.Connection[Any]) -> PostgresLedger:
-    return PostgresLedger(conn)
+def build_ledger(db: Database) -> PostgresLedger:
+    return PostgresLedger(db)
 
 
 def build_store(settings: Settings) -> RedisDocumentStore:

@@ -1,6 +1,6 @@
 """In-memory fakes of the ports, type-checked against the same Protocols as the adapters."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -8,7 +8,8 @@ from uuid import UUID
 import numpy as np
 
 from shared.embedders.hashing import HashingEmbedder
-from shared.models import Drug, PlannedRange
+from shared.errors import EmbeddingError, UnavailableError
+from shared.models import Drug, Fetched, PlannedRange, RowFailure
 from shared.ports import Catalog, DocumentStore, Embedder, Ledger, RunProgress, Vectors, WorkQueue
 
 
@@ -29,13 +30,21 @@ def make_drug(drug_id: int, name: str = "Amoxicillin 500 mg capsule", **fields: 
 
 
 class FakeCatalog:
-    def __init__(self, drugs: Sequence[Drug], eligible: set[int] | None = None) -> None:
+    def __init__(
+        self, drugs: Sequence[Drug], eligible: set[int] | None = None, broken: Mapping[int, str] | None = None
+    ) -> None:
         self.drugs = {drug.id: drug for drug in drugs}
         self.eligible = eligible if eligible is not None else set(self.drugs)
+        self.broken = dict(broken or {})
         self.fetches: list[tuple[int, int]] = []
 
     def _eligible_ids(self) -> list[int]:
         return sorted(i for i in self.drugs if i in self.eligible)
+
+    def _fetched(self, ids: Sequence[int]) -> Fetched:
+        good = [self.drugs[i] for i in ids if i not in self.broken]
+        bad = [RowFailure(i, "RowError", f"drug id {i}: {self.broken[i]}") for i in ids if i in self.broken]
+        return Fetched(good, bad)
 
     def plan_ranges(self, range_size: int, max_drugs: int | None) -> list[PlannedRange]:
         ids = self._eligible_ids()[:max_drugs]
@@ -46,18 +55,26 @@ class FakeCatalog:
             ranges.append(PlannedRange(first, chunk[-1], len(chunk)))
         return ranges
 
-    def fetch_range(self, first_id: int, last_id: int) -> list[Drug]:
+    def fetch_range(self, first_id: int, last_id: int) -> Fetched:
         self.fetches.append((first_id, last_id))
-        return [self.drugs[i] for i in self._eligible_ids() if first_id <= i <= last_id]
+        return self._fetched([i for i in self._eligible_ids() if first_id <= i <= last_id])
+
+    def fetch_ids(self, ids: Sequence[int]) -> Fetched:
+        return self._fetched([i for i in self._eligible_ids() if i in set(ids)])
 
     def count_eligible(self) -> int:
         return len(self._eligible_ids())
+
+    def count_range(self, first_id: int, last_id: int) -> int:
+        return sum(first_id <= i <= last_id for i in self._eligible_ids())
 
 
 class FakeLedger:
     def __init__(self) -> None:
         self.runs: dict[UUID, dict[str, Any]] = {}
         self.done: dict[tuple[UUID, int], int] = {}
+        self.failures: dict[tuple[UUID, int], RowFailure] = {}
+        self.resolved: set[tuple[UUID, int]] = set()
 
     def ensure_schema(self) -> None:
         pass
@@ -87,42 +104,115 @@ class FakeLedger:
             ranges_done=len(done),
             drugs_done=sum(done.values()),
             last_done_at=None,
+            open_failures=len(self.open_failures(run_id)),
         )
 
     def latest_run_id(self) -> UUID | None:
         return next(reversed(self.runs), None)
 
+    def range_last_id(self, run_id: UUID, first_id: int) -> int | None:
+        ranges = self.runs.get(run_id, {}).get("ranges", [])
+        return next((r.last_id for r in ranges if r.first_id == first_id), None)
+
+    def record_failures(self, run_id: UUID, failures: Sequence[RowFailure]) -> None:
+        for failure in failures:
+            self.failures[(run_id, failure.drug_id)] = failure
+            self.resolved.discard((run_id, failure.drug_id))
+
+    def resolve_failures(self, run_id: UUID, ids: Sequence[int]) -> None:
+        self.resolved |= {(run_id, i) for i in ids if (run_id, i) in self.failures}
+
+    def open_failures(self, run_id: UUID) -> list[RowFailure]:
+        return [
+            f
+            for (run, i), f in sorted(self.failures.items())
+            if run == run_id and (run, i) not in self.resolved
+        ]
+
+    def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int:
+        return sum(first_id <= f.drug_id <= last_id for f in self.open_failures(run_id))
+
 
 class FakeStore:
-    def __init__(self) -> None:
+    def __init__(self, rejects: Callable[[dict[str, Any]], str | None] = lambda document: None) -> None:
         self.documents: dict[int, dict[str, Any]] = {}
         self.index_dimension: int | None = None
         self.write_calls = 0
+        self._rejects = rejects
 
     def ensure_index(self, dimension: int) -> None:
         self.index_dimension = dimension
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
         self.write_calls += 1
-        self.documents.update(documents)
+        failures = []
+        for drug_id, document in documents:
+            reason = self._rejects(document)
+            if reason:
+                failures.append(RowFailure(drug_id, "ResponseError", reason))
+            else:
+                self.documents[drug_id] = document
+        return failures
 
 
 class FakeQueue:
     def __init__(self) -> None:
         self.bodies: list[str] = []
+        self.sent: list[tuple[str, dict[str, str], int]] = []
 
-    def send_messages(self, bodies: Sequence[str]) -> int:
+    def send_messages(
+        self, bodies: Sequence[str], attributes: Mapping[str, str] | None = None, delay_seconds: int = 0
+    ) -> int:
         self.bodies.extend(bodies)
+        self.sent.extend((body, dict(attributes or {}), delay_seconds) for body in bodies)
         return len(bodies)
 
 
-class CountingEmbedder:
-    """The real hashing embedder, counting calls and texts."""
+class FakeClock:
+    """Time that moves only when told: embedders and deadlines share it."""
 
-    def __init__(self, dimension: int = 64, batch_size: int = 100) -> None:
-        self._inner = HashingEmbedder(dimension, batch_size)
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeDeadline:
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self._clock = clock
+        self._end = clock.now + seconds
+
+    def remaining_seconds(self) -> float:
+        return self._end - self._clock.now
+
+
+class CountingEmbedder:
+    """The real hashing embedder, counting calls and texts, with faults to order.
+
+    `seconds_per_text` advances a FakeClock; `rejects` names texts the "API" refuses;
+    `unavailable_calls` makes the next N calls fail as throttling would.
+    """
+
+    def __init__(
+        self,
+        dimension: int = 64,
+        clock: FakeClock | None = None,
+        seconds_per_text: float = 0.0,
+        rejects: Callable[[str], bool] = lambda text: False,
+        unavailable_calls: int = 0,
+    ) -> None:
+        self._inner = HashingEmbedder(dimension, batch_size=10_000)
         self.calls = 0
         self.texts = 0
+        self.embedded: list[str] = []
+        self._clock = clock
+        self._seconds_per_text = seconds_per_text
+        self._rejects = rejects
+        self.unavailable_calls = unavailable_calls
 
     @property
     def name(self) -> str:
@@ -134,7 +224,15 @@ class CountingEmbedder:
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         self.calls += 1
+        if self.unavailable_calls > 0:
+            self.unavailable_calls -= 1
+            raise UnavailableError("ThrottlingException: rate exceeded")
+        if any(self._rejects(text) for text in texts):
+            raise EmbeddingError("ValidationException: input rejected")
+        if self._clock is not None:
+            self._clock.sleep(self._seconds_per_text * len(texts))
         self.texts += len(texts)
+        self.embedded.extend(texts)
         return self._inner.embed_texts(texts)
 
 

@@ -69,7 +69,7 @@ def test_a_run_puts_every_eligible_drug_in_redis_current(test_env: Isolated, sqs
     # Not counts alone: each document carries the fingerprint of its row as Postgres has it now.
     embedder_name = services.embedder.name
     for planned in services.catalog.plan_ranges(1000, None):
-        for drug in services.catalog.fetch_range(planned.first_id, planned.last_id):
+        for drug in services.catalog.fetch_range(planned.first_id, planned.last_id).drugs:
             assert _stored(services, drug.id)["fingerprint"] == fingerprint(drug, embedder_name)
 
 
@@ -91,7 +91,7 @@ def test_a_redelivered_range_changes_neither_documents_nor_ledger(
     assert gather_counts(services.catalog, services.store).redis_documents == before.drugs_done
 
 
-def test_a_malformed_message_goes_to_the_dlq_and_the_rest_succeed(
+def test_a_malformed_message_goes_straight_to_the_dlq_and_the_rest_succeed(
     fragile_env: Isolated, sqs, stack_services
 ) -> None:
     test_env = fragile_env
@@ -108,9 +108,12 @@ def test_a_malformed_message_goes_to_the_dlq_and_the_rest_succeed(
     progress = services.ledger.progress(summary.run_id)
     assert progress is not None
     assert progress.complete
-    dead = sqs.receive_message(QueueUrl=test_env.settings.dlq_url, MaxNumberOfMessages=10)["Messages"]
+    dead = sqs.receive_message(
+        QueueUrl=test_env.settings.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    )["Messages"]
     assert [m["Body"] for m in dead] == [bad]
-    assert source.stats.failed == 2  # received twice (maxReceiveCount 2), then dead-lettered by SQS
+    assert dead[0]["MessageAttributes"]["reason"]["StringValue"] == "version: Input should be 1"
+    assert source.stats.failed == 0  # rejected on its first receive, not retried
 
 
 def test_an_overrunning_invocation_is_killed_and_its_message_left_to_sqs(

@@ -11,26 +11,30 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from console.seed import seed_drugs
-from shared.errors import RowError
 from shared.ledger import PostgresLedger
 from shared.models import PlannedRange
-from shared.postgres import PostgresCatalog, connect
+from shared.postgres import Database, PostgresCatalog
 from tests.integration.conftest import Isolated
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def conn(test_env: Isolated):
-    connection = connect(test_env.env["DATABASE_URL"])
-    yield connection
-    connection.close()
+def db(test_env: Isolated):
+    database = Database(test_env.env["DATABASE_URL"])
+    yield database
+    database.close()
 
 
 @pytest.fixture
-def catalog(conn: psycopg.Connection, test_env: Isolated) -> PostgresCatalog:
+def conn(db: Database) -> psycopg.Connection:
+    return db.connection()
+
+
+@pytest.fixture
+def catalog(db: Database, conn: psycopg.Connection, test_env: Isolated) -> PostgresCatalog:
     seed_drugs(conn, test_env.settings, 0)  # creates the empty table
-    return PostgresCatalog(conn, test_env.settings.table_parts, "id", "eligible")
+    return PostgresCatalog(db, test_env.settings.table_parts, "id", "eligible")
 
 
 def _fill(conn: psycopg.Connection, table: str, rows: list[tuple[int, bool]]) -> None:
@@ -79,33 +83,38 @@ def test_fetch_range_reads_only_eligible_rows_in_id_order(
     conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
 ) -> None:
     _fill(conn, test_env.settings.table, [(1, True), (2, False), (5, True), (9, True)])
-    assert [d.id for d in catalog.fetch_range(1, 5)] == [1, 5]
+    assert [d.id for d in catalog.fetch_range(1, 5).drugs] == [1, 5]
 
 
-def test_a_broken_row_is_named_by_its_id(
+def test_a_broken_row_is_named_by_its_id_and_the_rest_still_read(
     conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
 ) -> None:
     _fill(conn, test_env.settings.table, [(1, True), (2, True)])
     conn.execute(
         sql.SQL("UPDATE {} SET ndc = '' WHERE id = 2").format(sql.Identifier(test_env.settings.table))
     )
-    with pytest.raises(RowError, match=r"drug id 2: ndc"):
-        catalog.fetch_range(1, 2)
+    fetched = catalog.fetch_range(1, 2)
+    assert [d.id for d in fetched.drugs] == [1]
+    assert [(f.drug_id, f.error_class) for f in fetched.broken] == [(2, "RowError")]
+    assert fetched.broken[0].error.startswith("drug id 2: ndc")
 
 
 def test_ledger_counts_a_range_once_even_under_concurrent_duplicates(
-    conn: psycopg.Connection, test_env: Isolated
+    db: Database, test_env: Isolated
 ) -> None:
     url = test_env.env["DATABASE_URL"]
-    ledger = PostgresLedger(conn)
+    ledger = PostgresLedger(db)
     ledger.ensure_schema()
     run_id = uuid.uuid4()
     ledger.start_run(run_id, 10, None, [PlannedRange(1, 10, 10), PlannedRange(11, 20, 7)])
     results: list[bool] = []
 
     def mark() -> None:
-        with connect(url) as own:
+        own = Database(url)
+        try:
             results.append(PostgresLedger(own).mark_range_done(run_id, 1, 10))
+        finally:
+            own.close()
 
     threads = [threading.Thread(target=mark) for _ in range(6)]
     for thread in threads:

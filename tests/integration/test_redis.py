@@ -6,7 +6,7 @@ import time
 import pytest
 
 from console.seed import synthetic_drugs
-from consumer.sync import write_chunk
+from shared.documents import build_document, build_embedding_text
 from shared.embedders.hashing import HashingEmbedder
 from shared.errors import ConfigError
 from shared.models import TEXT_FIELDS, Drug
@@ -24,6 +24,12 @@ def _drugs(count: int) -> list[Drug]:
                 Drug(id=drug_id, updated_at=updated_at, **dict(zip(TEXT_FIELDS, texts, strict=True)))
             )
     return drugs
+
+
+def write_drugs(drugs: list[Drug], embedder: HashingEmbedder, store) -> None:
+    vectors = embedder.embed_texts([build_embedding_text(drug) for drug in drugs])
+    documents = [(d.id, build_document(d, v, embedder.name)) for d, v in zip(drugs, vectors, strict=True)]
+    assert store.write_documents(documents) == []
 
 
 def test_index_creation_is_idempotent_even_when_concurrent(test_env: Isolated) -> None:
@@ -49,7 +55,7 @@ def test_search_ranks_the_drug_searched_for_first(test_env: Isolated) -> None:
     embedder = HashingEmbedder(128, batch_size=256)
     store.ensure_index(128)
     drugs = _drugs(3000)
-    write_chunk(drugs, embedder, store)
+    write_drugs(drugs, embedder, store)
     deadline = time.monotonic() + 30
     while store.indexed_documents()[0] < len(drugs) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -68,7 +74,7 @@ def test_search_ranks_the_drug_searched_for_first(test_env: Isolated) -> None:
 def test_clear_removes_the_index_and_every_document_under_the_prefix(test_env: Isolated) -> None:
     store = build_store(test_env.settings)
     store.ensure_index(128)
-    write_chunk(_drugs(300), HashingEmbedder(128, batch_size=100), store)
+    write_drugs(_drugs(300), HashingEmbedder(128, batch_size=100), store)
 
     removed = store.clear()
 

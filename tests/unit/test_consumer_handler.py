@@ -4,63 +4,72 @@ import uuid
 import pytest
 
 from consumer import handler
+from shared.models import PlannedRange
 from shared.settings import Settings
 from tests.factories import lambda_context, range_body, sqs_event
-from tests.fakes import CountingEmbedder, FakeCatalog, FakeLedger, FakeStore, make_drug
+from tests.fakes import CountingEmbedder, FakeCatalog, FakeLedger, FakeQueue, FakeStore, make_drug
+
+RUN = uuid.uuid4()
 
 
 @pytest.fixture
 def consumer(monkeypatch: pytest.MonkeyPatch) -> handler.Consumer:
-    drugs = [make_drug(i) for i in range(1, 31)]
+    ledger = FakeLedger()
+    ledger.start_run(
+        RUN, 10, None, [PlannedRange(1, 10, 10), PlannedRange(11, 20, 10), PlannedRange(21, 30, 10)]
+    )
     built = handler.Consumer(
-        settings=Settings(embed_batch_size=8),
-        catalog=FakeCatalog(drugs),
-        ledger=FakeLedger(),
+        settings=Settings(embed_batch_size=8, handoff_margin_seconds=1.0),
+        catalog=FakeCatalog([make_drug(i) for i in range(1, 31)]),
+        ledger=ledger,
         store=FakeStore(),
         embedder=CountingEmbedder(dimension=16),
+        work_queue=FakeQueue(),
+        dead_letters=FakeQueue(),
     )
     monkeypatch.setattr(handler, "_consumer", lambda: built)
     return built
 
 
-def test_a_malformed_message_fails_alone_and_its_reason_is_logged(
-    consumer: handler.Consumer, caplog: pytest.LogCaptureFixture
+def test_malformed_messages_go_straight_to_the_dlq_with_the_reason_and_the_rest_succeed(
+    consumer: handler.Consumer,
 ) -> None:
-    run = uuid.uuid4()
     event = sqs_event(
-        range_body(run, 1, 10, 10),
+        range_body(RUN, 1, 10, 10),
         "{not json",
-        json.dumps({"version": 1, "run_id": str(run), "first_id": 9, "last_id": 3, "expected_count": 0}),
-        range_body(run, 11, 30, 20),
+        json.dumps({"version": 1, "run_id": str(RUN), "first_id": 9, "last_id": 3, "expected_count": 0}),
+        range_body(uuid.uuid4(), 11, 20, 10),
+        range_body(RUN, 21, 30, 10),
     )
 
     response = handler.lambda_handler(event, lambda_context())
 
-    assert response == {"batchItemFailures": [{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}]}
+    assert response == {"batchItemFailures": []}  # nothing left for SQS to retry uselessly
     assert isinstance(consumer.store, FakeStore)
-    assert sorted(consumer.store.documents) == list(range(1, 31))
-    failures = {r.message_id: vars(r) for r in caplog.records if r.getMessage() == "range message failed"}  # type: ignore[attr-defined]
-    assert set(failures) == {"m1", "m2"}
-    assert "Invalid JSON" in failures["m1"]["reason"]
-    assert "first_id 9 is greater than last_id 3" in failures["m2"]["reason"]
-    assert "first_id" not in failures["m1"]  # no keys left over from the previous record
+    assert sorted(consumer.store.documents) == list(range(1, 11)) + list(range(21, 31))
+    assert isinstance(consumer.dead_letters, FakeQueue)
+    reasons = [attributes["reason"] for _, attributes, _ in consumer.dead_letters.sent]
+    assert len(reasons) == 3
+    assert "Invalid JSON" in reasons[0]
+    assert "first_id 9 is greater than last_id 3" in reasons[1]
+    assert "has no range 11..20" in reasons[2]
+    assert consumer.dead_letters.sent[0][0] == "{not json"
 
 
-def test_a_failing_range_fails_alone(consumer: handler.Consumer) -> None:
-    run = uuid.uuid4()
+def test_a_failing_range_fails_alone_and_is_left_to_sqs(consumer: handler.Consumer) -> None:
     assert isinstance(consumer.catalog, FakeCatalog)
-    broken = consumer.catalog.fetch_range
+    working = consumer.catalog.fetch_range
 
     def fetch(first_id: int, last_id: int):
         if first_id == 11:
             raise RuntimeError("database went away")
-        return broken(first_id, last_id)
+        return working(first_id, last_id)
 
     consumer.catalog.fetch_range = fetch  # type: ignore[method-assign]
-    event = sqs_event(range_body(run, 1, 10, 10), range_body(run, 11, 20, 10), range_body(run, 21, 30, 10))
+    event = sqs_event(range_body(RUN, 1, 10, 10), range_body(RUN, 11, 20, 10), range_body(RUN, 21, 30, 10))
 
     response = handler.lambda_handler(event, lambda_context())
 
     assert response == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
     assert isinstance(consumer.ledger, FakeLedger)
-    assert set(consumer.ledger.done) == {(run, 1), (run, 21)}
+    assert set(consumer.ledger.done) == {(RUN, 1), (RUN, 21)}

@@ -1,58 +1,166 @@
+import math
 import uuid
 
-from consumer.sync import sync_range
-from shared.models import RangeMessage
-from tests.fakes import CountingEmbedder, FakeCatalog, FakeLedger, FakeStore, make_drug
+import pytest
+
+from consumer.sync import SyncEnv, sync_message
+from shared.errors import InvalidMessage, UnavailableError
+from shared.models import PlannedRange, RangeMessage, RowsMessage
+from shared.retry import RetryPolicy
+from tests.fakes import (
+    CountingEmbedder,
+    FakeCatalog,
+    FakeClock,
+    FakeDeadline,
+    FakeLedger,
+    FakeQueue,
+    FakeStore,
+    make_drug,
+)
 
 RUN = uuid.uuid4()
 
 
-def _setup(count: int = 25, ineligible: frozenset[int] = frozenset()):
-    drugs = [make_drug(i) for i in range(1, count + 1)]
-    catalog = FakeCatalog(drugs, eligible={d.id for d in drugs} - ineligible)
-    return catalog, CountingEmbedder(dimension=32), FakeStore(), FakeLedger()
+class World:
+    """A catalog of drugs 1..count, one planned range over all of them, and fakes around it."""
+
+    def __init__(self, count: int = 25, chunk_size: int = 10, **embedder_options) -> None:
+        self.clock = FakeClock()
+        drugs = [make_drug(i, name=f"Drug {i} 10 mg tablet") for i in range(1, count + 1)]
+        self.catalog = FakeCatalog(drugs, broken=embedder_options.pop("broken", None))
+        self.embedder = CountingEmbedder(dimension=32, clock=self.clock, **embedder_options)
+        self.store, self.ledger = FakeStore(), FakeLedger()
+        self.work_queue, self.dead_letters = FakeQueue(), FakeQueue()
+        self.ledger.start_run(RUN, count, None, [PlannedRange(1, count, count)])
+        self.env = SyncEnv(
+            catalog=self.catalog, embedder=self.embedder, store=self.store, ledger=self.ledger,
+            work_queue=self.work_queue, dead_letters=self.dead_letters,
+            retry=RetryPolicy(base_seconds=1.0, budget_seconds=30.0, sleep=self.clock.sleep, clock=self.clock),
+            chunk_size=chunk_size, margin_seconds=1.0, seconds_per_drug=0.1, clock=self.clock,
+        )  # fmt: skip
+        self.message = RangeMessage(run_id=RUN, first_id=1, last_id=count, expected_count=count)
+
+    def run(self, message=None, seconds: float = 1000.0):
+        return sync_message(message or self.message, self.env, FakeDeadline(self.clock, seconds))
+
+    def drain(self, seconds: float) -> int:
+        """Run the first message, then every continuation it leaves; returns the invocations."""
+        invocations, pending = 0, [self.message]
+        while pending:
+            before = len(self.work_queue.bodies)
+            self.run(pending.pop(0), seconds)
+            invocations += 1
+            pending += [RangeMessage.model_validate_json(b) for b in self.work_queue.bodies[before:]]
+        return invocations
 
 
-def _sync(catalog, embedder, store, ledger, message: RangeMessage, chunk_size: int = 10):
-    return sync_range(
-        message, catalog=catalog, embedder=embedder, store=store, ledger=ledger, chunk_size=chunk_size
-    )
+def test_every_eligible_drug_is_written_and_the_range_marked_done_once() -> None:
+    world = World(count=25)
+
+    outcome = world.run()
+    again = world.run()
+
+    assert sorted(world.store.documents) == list(range(1, 26))
+    assert outcome.range_done is True
+    assert again.range_done is False
+    assert world.ledger.done == {(RUN, 1): 25}
+    assert world.embedder.calls == 6  # 3 chunks of <= 10, twice: never one call per drug
 
 
-def test_every_eligible_drug_of_the_range_is_written_with_its_embedding() -> None:
-    catalog, embedder, store, ledger = _setup(ineligible=frozenset({3, 7}))
-    message = RangeMessage(run_id=RUN, first_id=1, last_id=20, expected_count=18)
+def test_a_short_timeout_hands_off_the_rest_without_re_embedding_finished_rows() -> None:
+    # GIVEN each text takes 0.1 s to embed and an invocation has 3 s, the range needs 10 s
+    world = World(count=100, chunk_size=10, seconds_per_text=0.1)
 
-    result = _sync(catalog, embedder, store, ledger, message)
+    invocations = world.drain(seconds=3.0)
 
-    assert sorted(store.documents) == [i for i in range(1, 21) if i not in (3, 7)]
-    document = store.documents[1]
-    assert len(document["embedding"]) == 32
-    assert document["name"] == "Amoxicillin 500 mg capsule"
-    assert len(document["fingerprint"]) == 32
-    assert result.drugs_written == 18
-    assert ledger.done[(RUN, 1)] == 18
-
-
-def test_embeds_in_batches_never_one_call_per_drug() -> None:
-    catalog, embedder, store, ledger = _setup(count=25)
-    message = RangeMessage(run_id=RUN, first_id=1, last_id=25, expected_count=25)
-
-    _sync(catalog, embedder, store, ledger, message, chunk_size=10)
-
-    assert embedder.calls == 3
-    assert embedder.texts == 25
+    assert invocations > 3
+    assert sorted(world.store.documents) == list(range(1, 101))
+    assert world.embedder.texts == 100  # each drug embedded exactly once
+    assert len(set(world.embedder.embedded)) == 100
+    assert world.ledger.done == {(RUN, 1): 100}
+    continuation = RangeMessage.model_validate_json(world.work_queue.bodies[0])
+    assert continuation.range_key == 1
+    assert continuation.last_id == 100
+    assert continuation.first_id > 1
 
 
-def test_a_redelivered_range_does_not_count_twice() -> None:
-    catalog, embedder, store, ledger = _setup(count=10)
-    message = RangeMessage(run_id=RUN, first_id=1, last_id=10, expected_count=10)
+def test_rejected_texts_are_isolated_by_halving_and_sent_to_the_dlq_by_id() -> None:
+    poison = {17, 42, 43}
+    world = World(count=64, chunk_size=64, rejects=lambda text: any(f"Drug {i} " in text for i in poison))
 
-    first = _sync(catalog, embedder, store, ledger, message)
-    documents_after_first = dict(store.documents)
-    second = _sync(catalog, embedder, store, ledger, message)
+    outcome = world.run()
 
-    assert first.newly_done is True
-    assert second.newly_done is False
-    assert store.documents == documents_after_first
-    assert ledger.done == {(RUN, 1): 10}
+    assert sorted(outcome.failed_ids) == sorted(poison)
+    assert set(world.store.documents) == set(range(1, 65)) - poison
+    dead = [RowsMessage.model_validate_json(body) for body in world.dead_letters.bodies]
+    assert sorted(i for message in dead for i in message.ids) == sorted(poison)
+    assert {message.error_class for message in dead} == {"EmbeddingError"}
+    assert world.ledger.done == {(RUN, 1): 61}
+    # halving: far fewer calls than trying each of the 64 rows alone
+    assert world.embedder.calls <= 1 + 2 * len(poison) * math.ceil(math.log2(64))
+    assert world.embedder.calls < 64
+
+
+def test_broken_rows_and_refused_documents_fail_alone() -> None:
+    world = World(count=10, broken={3: "ndc: String should have at least 1 character"})
+    world.store._rejects = lambda document: "ERR document too large" if document["id"] == 7 else None
+
+    outcome = world.run()
+
+    assert sorted(outcome.failed_ids) == [3, 7]
+    assert set(world.store.documents) == set(range(1, 11)) - {3, 7}
+    reasons = {attributes["reason"] for _, attributes, _ in world.dead_letters.sent}
+    assert reasons == {"drug id 3: ndc: String should have at least 1 character", "ERR document too large"}
+    progress = world.ledger.progress(RUN)
+    assert progress is not None
+    assert progress.state == "complete_with_failures"
+
+
+def test_throttling_is_retried_in_the_invocation_with_backoff() -> None:
+    world = World(count=10, unavailable_calls=4)
+
+    outcome = world.run()
+
+    assert outcome.range_done is True
+    assert world.env.retry.retries == 4
+    assert world.dead_letters.bodies == []
+
+
+def test_a_throttling_storm_defers_the_rest_instead_of_failing_the_message() -> None:
+    world = World(count=30, chunk_size=10, unavailable_calls=1_000)
+
+    outcome = world.run(seconds=20.0)
+
+    assert outcome.deferred is True
+    body, _, delay = world.work_queue.sent[0]
+    deferred = RangeMessage.model_validate_json(body)
+    assert (deferred.first_id, deferred.deferrals) == (1, 1)
+    assert delay > 0
+    assert world.dead_letters.bodies == []
+
+
+def test_a_range_the_run_does_not_have_is_rejected() -> None:
+    world = World(count=10)
+    stranger = RangeMessage(run_id=uuid.uuid4(), first_id=1, last_id=10, expected_count=10)
+    with pytest.raises(InvalidMessage, match=r"has no range 1\.\.10"):
+        world.run(stranger)
+
+
+def test_rows_back_from_the_dlq_are_written_and_resolved() -> None:
+    world = World(count=10, broken={4: "ndc: empty"})
+    world.run()
+    assert world.ledger.progress(RUN).state == "complete_with_failures"  # type: ignore[union-attr]
+    world.catalog.broken.clear()  # the row is fixed in Postgres
+
+    outcome = world.run(RowsMessage(run_id=RUN, ids=[4]))
+
+    assert outcome.drugs_written == 1
+    assert 4 in world.store.documents
+    assert world.ledger.progress(RUN).state == "complete"  # type: ignore[union-attr]
+
+
+def test_unavailable_errors_beyond_the_deferral_limit_fail_the_message() -> None:
+    world = World(count=10, unavailable_calls=1_000)
+    exhausted = world.message.model_copy(update={"deferrals": 20})
+    with pytest.raises(UnavailableError):
+        world.run(exhausted, seconds=5.0)

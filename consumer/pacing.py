@@ -1,0 +1,44 @@
+"""How much of a range fits in the time an invocation has left."""
+
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+SAFETY_FACTOR = 1.5  # a chunk may run slower than the ones before it
+SMOOTHING = 0.5  # weight of the newest chunk in the running estimate
+
+
+class _Deadline(Protocol):
+    def remaining_seconds(self) -> float: ...
+
+
+class Pacer:
+    """Sizes chunks from the measured seconds per drug so a chunk never runs past the deadline."""
+
+    def __init__(
+        self,
+        deadline: _Deadline,
+        margin_seconds: float,
+        seconds_per_drug: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._deadline = deadline
+        self._margin = margin_seconds
+        self.seconds_per_drug = seconds_per_drug
+        self._clock = clock
+
+    def next_chunk_size(self, chunk_size: int, made_progress: bool) -> int:
+        """Drugs to attempt next; 0 means hand off. Without progress yet, at least one drug is tried."""
+        available = self._deadline.remaining_seconds() - self._margin
+        fits = int(available / (self.seconds_per_drug * SAFETY_FACTOR)) if available > 0 else 0
+        size = min(chunk_size, fits)
+        return size if size > 0 or made_progress else 1
+
+    def timed(self, drugs: int, action: Callable[[], T]) -> T:
+        """Run one chunk and fold its seconds per drug into the estimate."""
+        began = self._clock()
+        result = action()
+        measured = (self._clock() - began) / max(drugs, 1)
+        self.seconds_per_drug = SMOOTHING * measured + (1 - SMOOTHING) * self.seconds_per_drug
+        return result
