@@ -7,14 +7,15 @@ from collections.abc import Callable, Sequence
 from uuid import UUID
 
 from console import local_stack
+from console.dead_letters import group_by_cause, list_dead_letters, redrive, render_groups
 from console.demo import render_search, run_demo
 from console.event_source import EventSourceConfig, LocalEventSource
 from console.seed import seed_drugs
 from console.services import Services
 from console.status import gather_status, render_status
 from shared.describe import describe_error
-from shared.errors import DrugSyncError
-from shared.models import SyncRequest
+from shared.errors import ConfigError, DrugSyncError
+from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest
 from shared.settings import get_settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -115,6 +116,37 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    found = services()
+    if found.dead_letter is None:
+        raise ConfigError("no dead-letter queue: set DLQ_URL")
+    groups = group_by_cause(list_dead_letters(found.sqs_client(), found.dead_letter.queue_url))
+    print(json.dumps(groups, indent=2) if args.json else render_groups(groups))
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    found = services()
+    if found.dead_letter is None:
+        raise ConfigError("no dead-letter queue: set DLQ_URL")
+    report = redrive(
+        found.sqs_client(),
+        found.dead_letter.queue_url,
+        found.queue.queue_url,
+        dry_run=args.dry_run,
+        max_messages=args.max,
+        rows_per_message=args.split,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    elif report.task_handle:
+        print(f"started StartMessageMoveTask {report.task_handle}: SQS moves every message back")
+    else:
+        verb = "would move" if report.dry_run else "moved"
+        print(f"{verb} {report.moved} message(s) ({report.method}): {'; '.join(report.ids) or '-'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     state = local_stack.up()
     print(f"local stack: {', '.join(state.started) or 'already running'}")
@@ -165,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=_positive, default=5)
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
+
+    dlq = commands.add_parser("dlq", help="dead-lettered messages grouped by cause")
+    dlq.add_argument("--json", action="store_true")
+    dlq.set_defaults(handler=cmd_dlq)
+
+    redrive_parser = commands.add_parser("redrive", help="move dead-lettered messages back to the work queue")
+    redrive_parser.add_argument("--dry-run", action="store_true", help="list what would move")
+    redrive_parser.add_argument("--max", type=_positive, help="move at most N messages")
+    redrive_parser.add_argument(
+        "--split",
+        type=_positive,
+        default=MAX_ROWS_PER_MESSAGE,
+        help="at most N ids per redriven rows message",
+    )
+    redrive_parser.add_argument("--json", action="store_true")
+    redrive_parser.set_defaults(handler=cmd_redrive)
 
     demo = commands.add_parser("demo", help="start the stack, seed, sync, consume, summarise")
     demo.add_argument("--drugs", type=_positive, default=20_000)

@@ -47,11 +47,13 @@ class WorkStats:
     timeouts: int = 0
     errors: int = 0
     cold_starts: int = 0
+    redeliveries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record(self, records: int, failures: int, result: InvocationResult) -> None:
+    def record(self, records: int, failures: int, redelivered: int, result: InvocationResult) -> None:
         with self._lock:
             self.invocations += 1
+            self.redeliveries += redelivered
             self.succeeded += records - failures
             self.failed += failures
             self.timeouts += result.timed_out
@@ -89,6 +91,10 @@ class LocalEventSource:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def busy_pids(self) -> list[int]:
+        """Processes running an invocation right now (what a fault test kills)."""
+        return [w.pid for w in self._all_workers if w.busy and w.pid is not None]
 
     def run(self) -> WorkStats:
         """Poll and invoke until stopped, or until the queue is drained with --until-empty."""
@@ -151,7 +157,10 @@ class LocalEventSource:
             result = worker.invoke(event, self._config.function_timeout)
             failed_ids = self._failed_ids(result, messages)
             self._delete([m for m in messages if m["MessageId"] not in failed_ids])
-            self.stats.record(len(messages), len(failed_ids), result)
+            redelivered = sum(
+                int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")) > 1 for m in messages
+            )
+            self.stats.record(len(messages), len(failed_ids), redelivered, result)
             self.stats.cold_starts = sum(w.cold_starts for w in self._all_workers)
             if self._on_invocation is not None:
                 self._on_invocation(self.stats)

@@ -17,6 +17,7 @@ from console.lambda_context import LocalLambdaContext
 
 # spawn, not fork: the parent may hold threads (boto3, a moto server) that fork would copy broken.
 _MP = multiprocessing.get_context("spawn")
+INIT_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class InvocationWorker:
         self._process: Any = None
         self._conn: Connection | None = None
         self.cold_starts = 0
+        self.busy = False
 
     def _ensure_started(self) -> Connection:
         if self._process is not None and self._process.is_alive() and self._conn is not None:
@@ -46,21 +48,33 @@ class InvocationWorker:
         self._process = _MP.Process(target=_serve, args=(child, self._handler, self._log_path), daemon=True)
         self._process.start()
         child.close()
+        # Lambda runs a function's init (imports, clients) before the invocation's timeout starts.
+        if not parent.poll(INIT_TIMEOUT_SECONDS) or parent.recv() != "ready":
+            self.kill()
+            raise RuntimeError(f"{self._handler} did not initialise within {INIT_TIMEOUT_SECONDS}s")
         self._conn = parent
         self.cold_starts += 1
         return parent
 
+    @property
+    def pid(self) -> int | None:
+        """The process running invocations now (None before the first or after a kill)."""
+        return self._process.pid if self._process is not None else None
+
     def invoke(self, event: dict[str, Any], timeout_seconds: float) -> InvocationResult:
         conn = self._ensure_started()
-        conn.send((event, self._function_name, timeout_seconds))
-        if not conn.poll(timeout_seconds):
-            self.kill()
-            return InvocationResult(timed_out=True, error=f"timed out after {timeout_seconds:.1f}s")
+        self.busy = True
         try:
+            conn.send((event, self._function_name, timeout_seconds))
+            if not conn.poll(timeout_seconds):
+                self.kill()
+                return InvocationResult(timed_out=True, error=f"timed out after {timeout_seconds:.1f}s")
             status, payload = conn.recv()
         except (EOFError, OSError):
             self.kill()
             return InvocationResult(error="the invocation's process exited without a response")
+        finally:
+            self.busy = False
         if status == "ok":
             return InvocationResult(response=payload)
         return InvocationResult(error=payload)
@@ -86,6 +100,7 @@ def _serve(conn: Connection, handler: str, log_path: str | None) -> None:
         os.dup2(log.fileno(), sys.stderr.fileno())
     module_name, function_name = handler.split(":")
     function = getattr(importlib.import_module(module_name), function_name)
+    conn.send("ready")
     while True:
         try:
             event, name, timeout_seconds = conn.recv()

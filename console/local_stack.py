@@ -132,7 +132,8 @@ def redis_stack_paths() -> tuple[Path, Path]:
     return root / "bin" / "redis-server", root / "lib"
 
 
-def start_redis(state: StackState) -> None:
+def start_redis(state: StackState, port: int | None = None) -> None:
+    """Start redis-server with the Search and JSON modules (on `port`, to restart in place)."""
     binary, modules = redis_stack_paths()
     folder = state_dir() / "redis"
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,8 +141,9 @@ def start_redis(state: StackState) -> None:
     libdir = library_path_for(binary, cache_dir())
     if libdir is not None:
         env["LD_LIBRARY_PATH"] = str(libdir)
-    port = free_port()
+    port = port or free_port()
     pidfile = folder / "redis.pid"
+    pidfile.unlink(missing_ok=True)
     command = [
         str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
         "--daemonize", "yes", "--pidfile", str(pidfile), "--logfile", str(folder / "redis.log"),
@@ -152,7 +154,35 @@ def start_redis(state: StackState) -> None:
     wait_for_port(port, 15, "redis-server")
     state.pids["redis"] = _read_pid(pidfile, 5)
     state.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    state.started.append("redis")
+    if "redis" not in state.started:
+        state.started.append("redis")
+
+
+def restart_redis(state: StackState) -> None:
+    """Stop Redis after saving a snapshot and start it again on the same port, as a failover would.
+
+    The snapshot keeps documents across the restart; RediSearch re-indexes them while loading.
+    """
+    import redis
+
+    port = int(state.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    with contextlib.suppress(redis.ConnectionError):
+        redis.Redis(port=port).shutdown(save=True)
+    _wait_gone(state.pids["redis"], 30)
+    start_redis(state, port)
+    save_state(state)
+
+
+def restart_postgres(state: StackState) -> None:
+    """`pg_ctl restart -m fast`: every open connection breaks, the data stays."""
+    with _quiet_pgserver():
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+
+    folder = state_dir() / "postgres"
+    user = folder.owner() if os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=folder, user=user, timeout=60)
+    state.pids["postgres"] = int((folder / "postmaster.pid").read_text().split()[0])
+    save_state(state)
 
 
 def _read_pid(pidfile: Path, seconds: float) -> int:
@@ -229,8 +259,12 @@ def up(options: QueueOptions | None = None) -> StackState:
     except Exception:
         stop(state)
         raise
-    state_file().write_text(json.dumps(asdict(state), indent=2))
+    save_state(state)
     return state
+
+
+def save_state(state: StackState) -> None:
+    state_file().write_text(json.dumps(asdict(state), indent=2))
 
 
 class _environment:

@@ -10,6 +10,8 @@ from shared.ports import Catalog, RunProgress
 from shared.queue import QueueDepth, SqsQueue
 from shared.redis_store import RedisDocumentStore
 
+MAX_LISTED_FAILURES = 50
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -53,7 +55,8 @@ def describe_run(progress: RunProgress, now: datetime) -> dict[str, Any]:
     elapsed = max((end - progress.started_at).total_seconds(), 0.0)
     return {
         "run_id": str(progress.run_id),
-        "state": "complete" if finished else "running",
+        "state": progress.state,
+        "failed_drugs": progress.open_failures,
         "started_at": progress.started_at.isoformat(),
         "ranges_done": progress.ranges_done,
         "ranges_total": progress.total_ranges,
@@ -80,8 +83,12 @@ def gather_status(
     ledger.ensure_schema()
     chosen = run_id or ledger.latest_run_id()
     progress = ledger.progress(chosen) if chosen else None
+    run = describe_run(progress, datetime.now(UTC)) if progress else None
+    if progress is not None and progress.open_failures:
+        failures = ledger.open_failures(progress.run_id)[:MAX_LISTED_FAILURES]
+        run = {**(run or {}), "failures": [asdict(failure) for failure in failures]}
     return StatusReport(
-        run=describe_run(progress, datetime.now(UTC)) if progress else None,
+        run=run,
         queue=queue.depth() if queue else None,
         dead_letter=dead_letter.depth() if dead_letter else None,
         counts=gather_counts(catalog, store),
@@ -113,6 +120,10 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"run {run['run_id']}  {run['state']}  started {run['started_at']}")
         lines.append(render_run_line(run))
         lines.append(f"elapsed {run['elapsed_seconds']:.1f}s")
+        for failure in run.get("failures", []):
+            lines.append(f"  failed: drug {failure['drug_id']} {failure['error_class']}: {failure['error']}")
+        if run["failed_drugs"]:
+            lines.append(f"{run['failed_drugs']} drugs failed and wait in the DLQ: see `drugsync dlq`")
     if report.queue is not None:
         lines.append(
             f"queue: {report.queue.visible} visible, {report.queue.in_flight} in flight"

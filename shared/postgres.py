@@ -1,6 +1,6 @@
 """PostgreSQL adapter: connections, and the source catalog of drugs."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -44,6 +44,15 @@ SELECT {id}, {text_columns}, updated_at
 FROM {table}
 WHERE {id} = ANY(%(ids)s) AND {eligible} IS TRUE
 ORDER BY {id}
+"""
+
+# Eligible rows in id order, a page at a time (keyset pagination: no long transaction, no OFFSET).
+PAGE_ELIGIBLE = """
+SELECT {id}, {text_columns}, updated_at
+FROM {table}
+WHERE {id} > %(after_id)s AND {eligible} IS TRUE
+ORDER BY {id}
+LIMIT %(page_size)s
 """
 
 COUNT_ELIGIBLE = "SELECT count(*) FROM {table} WHERE {eligible} IS TRUE"
@@ -121,6 +130,18 @@ class PostgresCatalog:
         with translate_errors(f"reading {len(ids)} ids"):
             rows = self._db.connection().execute(self._query(FETCH_IDS), {"ids": list(ids)}).fetchall()
         return _parse_rows(rows)
+
+    def iter_eligible(self, page_size: int = 5000) -> Iterator[Fetched]:
+        """Every eligible row, a page at a time, streamed rather than loaded at once."""
+        after_id = -1
+        while True:
+            params = {"after_id": after_id, "page_size": page_size}
+            with translate_errors("reading eligible drugs"):
+                rows = self._db.connection().execute(self._query(PAGE_ELIGIBLE), params).fetchall()
+            if not rows:
+                return
+            after_id = rows[-1][0]
+            yield _parse_rows(rows)
 
     def count_eligible(self) -> int:
         with translate_errors("counting eligible drugs"):

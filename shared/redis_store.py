@@ -191,6 +191,30 @@ class RedisDocumentStore:
                 removed += int(self._client.unlink(*batch))
         return removed
 
+    def fingerprints(self, page_size: int = 1000) -> dict[int, str]:
+        """Every document's id and content fingerprint, read with SCAN and JSON.MGET in pages."""
+        found: dict[int, str] = {}
+        keys: list[bytes] = []
+        with translate_errors("reading fingerprints"):
+            for key in self._client.scan_iter(match=f"{self.key_prefix}*", count=5000):
+                keys.append(key)
+                if len(keys) == page_size:
+                    found.update(self._fingerprint_page(keys))
+                    keys = []
+            found.update(self._fingerprint_page(keys))
+        return found
+
+    def _fingerprint_page(self, keys: list[bytes]) -> dict[int, str]:
+        if not keys:
+            return {}
+        values = _execute(self._client, "JSON.MGET", *keys, "$.fingerprint")
+        page = {}
+        for key, value in zip(keys, values, strict=True):
+            drug_id = int(key.decode()[len(self.key_prefix) :])
+            fingerprints = json.loads(value) if value else []
+            page[drug_id] = fingerprints[0] if fingerprints else ""
+        return page
+
     def count_documents(self) -> int:
         """Documents under the prefix, counted by SCAN (the keyspace may hold other data)."""
         with translate_errors("counting documents"):

@@ -12,7 +12,7 @@ from console.services import Services
 from console.status import gather_counts
 from shared.documents import fingerprint
 from shared.models import RangeMessage, SyncRequest
-from tests.integration.conftest import Isolated
+from tests.conftest import Isolated
 
 pytestmark = pytest.mark.integration
 

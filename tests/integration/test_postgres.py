@@ -14,7 +14,7 @@ from console.seed import seed_drugs
 from shared.ledger import PostgresLedger
 from shared.models import PlannedRange
 from shared.postgres import Database, PostgresCatalog
-from tests.integration.conftest import Isolated
+from tests.conftest import Isolated
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from shared.embedders.hashing import HashingEmbedder
 from shared.errors import ConfigError
 from shared.models import TEXT_FIELDS, Drug
 from shared.wiring import build_store
-from tests.integration.conftest import Isolated
+from tests.conftest import Isolated
 
 pytestmark = pytest.mark.integration
 

@@ -47,22 +47,27 @@ def make_queues(stack: StackState, visibility_timeout: int, max_receive_count: i
 @pytest.fixture
 def test_env(stack: StackState, monkeypatch: pytest.MonkeyPatch) -> Iterator[Isolated]:
     """Settings and environment for one test: its own table, key prefix, index and queues."""
-    yield from _isolate(stack, monkeypatch, visibility_timeout=60)
+    yield from isolate(stack, monkeypatch, visibility_timeout=60)
 
 
 @pytest.fixture
 def fragile_env(stack: StackState, monkeypatch: pytest.MonkeyPatch) -> Iterator[Isolated]:
     """Like test_env, but a failed message is visible again after 2 s and dead-lettered on its 2nd receive."""
-    yield from _isolate(stack, monkeypatch, visibility_timeout=2)
+    yield from isolate(stack, monkeypatch, visibility_timeout=2)
 
 
-def _isolate(
-    stack: StackState, monkeypatch: pytest.MonkeyPatch, visibility_timeout: int
+def isolate(
+    stack: StackState,
+    monkeypatch: pytest.MonkeyPatch,
+    visibility_timeout: int,
+    max_receive_count: int = 2,
+    **extra_env: str,
 ) -> Iterator[Isolated]:
+    """Point this process (and the workers it spawns) at names no other test uses."""
     tag = uuid.uuid4().hex[:8]
     for key, value in stack.env.items():
         monkeypatch.setenv(key, value)
-    queues = make_queues(stack, visibility_timeout=visibility_timeout, max_receive_count=2)
+    queues = make_queues(stack, visibility_timeout=visibility_timeout, max_receive_count=max_receive_count)
     env = {
         **stack.env,
         **queues,
@@ -70,6 +75,7 @@ def _isolate(
         "DRUGSYNC_KEY_PREFIX": f"t{tag}:drug:",
         "DRUGSYNC_INDEX_NAME": f"idx:t{tag}",
         "DRUGSYNC_EMBEDDING_DIM": "128",
+        **extra_env,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

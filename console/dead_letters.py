@@ -1,0 +1,240 @@
+"""`drugsync dlq` and `drugsync redrive`: what sits in the dead-letter queue, and moving it back."""
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.errors import InvalidMessage
+from shared.models import MAX_ROWS_PER_MESSAGE, RowsMessage, parse_message
+
+SQS_BATCH = 10
+HOLD_SECONDS = 60  # messages being listed or moved stay hidden from others this long
+_DRUG_ID_PREFIX = re.compile(r"^drug id \d+: ")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered message and why it is there."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    error_class: str
+    reason: str
+    receive_count: int
+    age_seconds: float
+
+    @property
+    def ids(self) -> str:
+        """The drugs it names: a range, a list of ids, or '-' for an unreadable message."""
+        try:
+            message = parse_message(self.body)
+        except InvalidMessage:
+            return "-"
+        if isinstance(message, RowsMessage):
+            return ",".join(str(i) for i in message.ids)
+        return f"{message.first_id}..{message.last_id}"
+
+    @property
+    def cause(self) -> tuple[str, str]:
+        return self.error_class, _DRUG_ID_PREFIX.sub("", self.reason)
+
+
+def _dead_letter(message: dict[str, Any], now_ms: int) -> DeadLetter:
+    attributes = message.get("MessageAttributes", {})
+    system = message.get("Attributes", {})
+    return DeadLetter(
+        message_id=message["MessageId"],
+        receipt_handle=message["ReceiptHandle"],
+        body=message["Body"],
+        # Messages SQS moved itself carry no reason: they failed maxReceiveCount times.
+        error_class=attributes.get("error_class", {}).get("StringValue", "MaxReceiveCountExceeded"),
+        reason=attributes.get("reason", {}).get("StringValue", "failed every receive allowed by the queue"),
+        receive_count=int(system.get("ApproximateReceiveCount", 0)),
+        age_seconds=round((now_ms - int(system.get("SentTimestamp", now_ms))) / 1000, 1),
+    )
+
+
+def _receive(sqs: Any, queue_url: str, limit: int | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Batches of messages, each hidden for HOLD_SECONDS, until the queue gives no more or `limit`."""
+    taken = 0
+    while limit is None or taken < limit:
+        wanted = SQS_BATCH if limit is None else min(SQS_BATCH, limit - taken)
+        batch = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=wanted, VisibilityTimeout=HOLD_SECONDS,
+            WaitTimeSeconds=0, AttributeNames=["All"], MessageAttributeNames=["All"],
+        ).get("Messages", [])  # fmt: skip
+        if not batch:
+            return
+        taken += len(batch)
+        yield batch
+
+
+def _release(sqs: Any, queue_url: str, letters: list[DeadLetter]) -> None:
+    """Make listed messages visible again at once."""
+    for start in range(0, len(letters), SQS_BATCH):
+        entries = [
+            {"Id": str(i), "ReceiptHandle": letter.receipt_handle, "VisibilityTimeout": 0}
+            for i, letter in enumerate(letters[start : start + SQS_BATCH])
+        ]
+        sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+
+
+def list_dead_letters(sqs: Any, dlq_url: str) -> list[DeadLetter]:
+    """Every message in the DLQ, read without consuming it."""
+    now_ms = int(time.time() * 1000)
+    letters = [_dead_letter(m, now_ms) for batch in _receive(sqs, dlq_url) for m in batch]
+    _release(sqs, dlq_url, letters)
+    return letters
+
+
+def group_by_cause(letters: list[DeadLetter]) -> list[dict[str, Any]]:
+    """One entry per (error class, reason), with the drugs and messages behind it."""
+    groups: dict[tuple[str, str], list[DeadLetter]] = {}
+    for letter in letters:
+        groups.setdefault(letter.cause, []).append(letter)
+    return [
+        {
+            "error_class": error_class,
+            "reason": reason,
+            "messages": len(members),
+            "ids": [letter.ids for letter in members],
+            "receive_count": max(letter.receive_count for letter in members),
+            "oldest_seconds": max(letter.age_seconds for letter in members),
+        }
+        for (error_class, reason), members in sorted(groups.items(), key=lambda item: -len(item[1]))
+    ]
+
+
+def render_groups(groups: list[dict[str, Any]]) -> str:
+    if not groups:
+        return "the dead-letter queue is empty"
+    lines = []
+    for group in groups:
+        lines.append(
+            f"{group['messages']} message(s)  {group['error_class']}: {group['reason']}"
+            f"  (receives {group['receive_count']}, oldest {group['oldest_seconds']:.0f}s)"
+        )
+        lines.append(f"    ids: {'; '.join(group['ids'])}")
+    return "\n".join(lines)
+
+
+@dataclass
+class RedriveReport:
+    """What a redrive did (or, with --dry-run, would do)."""
+
+    method: str
+    moved: int = 0
+    sent: int = 0
+    dry_run: bool = False
+    task_handle: str | None = None
+    native_unavailable: str | None = None
+    ids: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def split_body(body: str, rows_per_message: int) -> list[str]:
+    """A rows message with many ids becomes several; anything else travels as it is."""
+    try:
+        message = parse_message(body)
+    except InvalidMessage:
+        return [body]
+    if not isinstance(message, RowsMessage) or len(message.ids) <= rows_per_message:
+        return [body]
+    return [
+        message.model_copy(update={"ids": message.ids[start : start + rows_per_message]}).model_dump_json()
+        for start in range(0, len(message.ids), rows_per_message)
+    ]
+
+
+def redrive(
+    sqs: Any,
+    dlq_url: str,
+    work_url: str,
+    dry_run: bool = False,
+    max_messages: int | None = None,
+    rows_per_message: int = MAX_ROWS_PER_MESSAGE,
+) -> RedriveReport:
+    """Move dead letters back: SQS's own move task where it exists, else a mover that loses nothing."""
+    if dry_run:
+        letters = list_dead_letters(sqs, dlq_url)[:max_messages]
+        return RedriveReport("dry-run", moved=len(letters), dry_run=True, ids=[x.ids for x in letters])
+    native_unavailable = None
+    if max_messages is None and rows_per_message >= MAX_ROWS_PER_MESSAGE:
+        try:
+            return _native_move(sqs, dlq_url, work_url)
+        except (ClientError, BotoCoreError) as error:
+            native_unavailable = str(error)
+    report = _move(sqs, dlq_url, work_url, max_messages, rows_per_message)
+    report.native_unavailable = native_unavailable
+    return report
+
+
+def _native_move(sqs: Any, dlq_url: str, work_url: str) -> RedriveReport:
+    """StartMessageMoveTask (AWS): asynchronous, keeps attributes, moves everything in the DLQ."""
+    arns = [_queue_arn(sqs, url) for url in (dlq_url, work_url)]
+    # One attempt: an endpoint without the API (moto answers 500) should not be retried for seconds.
+    response = _client_without_retries(sqs).start_message_move_task(SourceArn=arns[0], DestinationArn=arns[1])
+    return RedriveReport("StartMessageMoveTask", task_handle=response.get("TaskHandle"))
+
+
+def _client_without_retries(sqs: Any) -> Any:
+    return boto3.client(
+        "sqs",
+        region_name=sqs.meta.region_name,
+        endpoint_url=sqs.meta.endpoint_url,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
+
+
+def _queue_arn(sqs: Any, url: str) -> str:
+    return str(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+
+
+def _move(
+    sqs: Any, dlq_url: str, work_url: str, max_messages: int | None, rows_per_message: int
+) -> RedriveReport:
+    """Receive, send to the work queue, and delete from the DLQ only what was sent.
+
+    A crash between send and delete leaves a message in both queues: a duplicate, which the
+    consumer absorbs (idempotent writes, ranges counted once). Nothing can be lost.
+    """
+    report = RedriveReport("receive-send-delete")
+    now_ms = int(time.time() * 1000)
+    for batch in _receive(sqs, dlq_url, max_messages):
+        sent_handles = []
+        for message in batch:
+            letter = _dead_letter(message, now_ms)
+            bodies = split_body(letter.body, rows_per_message)
+            if _send_all(sqs, work_url, bodies):
+                sent_handles.append(letter.receipt_handle)
+                report.sent += len(bodies)
+                report.ids.append(letter.ids)
+        _delete(sqs, dlq_url, sent_handles)
+        report.moved += len(sent_handles)
+    return report
+
+
+def _send_all(sqs: Any, queue_url: str, bodies: list[str]) -> bool:
+    for start in range(0, len(bodies), SQS_BATCH):
+        entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + SQS_BATCH])]
+        if sqs.send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed"):
+            return False
+    return True
+
+
+def _delete(sqs: Any, queue_url: str, receipt_handles: list[str]) -> None:
+    for start in range(0, len(receipt_handles), SQS_BATCH):
+        entries = [
+            {"Id": str(i), "ReceiptHandle": handle}
+            for i, handle in enumerate(receipt_handles[start : start + SQS_BATCH])
+        ]
+        sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
