@@ -20,7 +20,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.section("fault injection")
     terminalreporter.write_line(
-        f"{"fault":<50} {'times injected':>14} {'messages retried':>17} {'drugs lost':>11}"
+        f"{'fault':<50} {'times injected':>14} {'messages retried':>17} {'drugs lost':>11}"
     )
     for row in REPORT:
         terminalreporter.write_line(f"{row.fault:<50} {row.injected:>14} {row.retried:>17} {row.lost:>11}")
