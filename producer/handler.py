@@ -8,7 +8,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from producer.plan import start_sync
+from producer.plan import range_size_that_fits, start_sync
 from shared.errors import ConfigError
 from shared.ledger import PostgresLedger
 from shared.models import SyncRequest, SyncSummary
@@ -40,6 +40,11 @@ class Producer:
             store=self.store,
             embedding_dim=self.settings.embedding_dim,
             default_range_size=self.settings.range_size,
+            max_range_size=range_size_that_fits(
+                self.settings.consumer_timeout_seconds,
+                self.settings.handoff_margin_seconds,
+                self.settings.seconds_per_drug,
+            ),
         )
 
 

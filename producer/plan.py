@@ -16,9 +16,10 @@ def start_sync(
     store: DocumentStore,
     embedding_dim: int,
     default_range_size: int,
+    max_range_size: int | None = None,
 ) -> SyncSummary:
     """Plan, record and enqueue one run; the index exists before any consumer can write."""
-    range_size = request.range_size or default_range_size
+    range_size = min(request.range_size or default_range_size, max_range_size or 10**9)
     began = time.perf_counter()
     ranges = catalog.plan_ranges(range_size, request.max_drugs)
     planned = time.perf_counter()
@@ -41,3 +42,10 @@ def start_sync(
         plan_seconds=round(planned - began, 3),
         enqueue_seconds=round(enqueued - planned, 3),
     )
+
+
+def range_size_that_fits(timeout_seconds: float, margin_seconds: float, seconds_per_drug: float) -> int:
+    """The largest range a consumer finishes in half its usable time, so a normal range never
+    needs a continuation and a slow one has room to spare."""
+    usable = max(timeout_seconds - margin_seconds, 1.0)
+    return max(1, int(usable * 0.5 / seconds_per_drug))

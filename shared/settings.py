@@ -54,8 +54,10 @@ class Settings(BaseSettings):
     range_size: int = Field(1000, ge=1, le=100_000)
     write_batch_size: int = Field(500, ge=1, le=10_000)
 
-    # Time: the consumer hands off the rest of a range when less than this margin would remain,
-    # estimates a drug's cost before it has measured one, and retries transient errors this long.
+    # Time: the producer keeps ranges to what half a consumer timeout can do; the consumer hands
+    # off the rest of a range when less than the margin would remain, estimates a drug's cost
+    # before it has measured one, and retries transient errors this long.
+    consumer_timeout_seconds: float = Field(120.0, gt=0.0, le=900.0)
     handoff_margin_seconds: float = Field(10.0, ge=0.0, le=600.0)
     seconds_per_drug: float = Field(0.005, gt=0.0, le=60.0)
     retry_budget_seconds: float = Field(60.0, ge=0.0, le=900.0)

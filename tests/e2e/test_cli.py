@@ -95,6 +95,50 @@ def test_search_and_sync_from_the_cli(user_env: dict[str, str]) -> None:
     assert "3 records ok, 0 failed" in work.stdout
 
 
+def _stack_database_url(user_env: dict[str, str]) -> str:
+    state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())
+    return str(state["env"]["DATABASE_URL"])
+
+
+def test_poison_rows_end_in_the_dlq_and_a_redrive_after_the_fix_completes_the_run(
+    user_env: dict[str, str],
+) -> None:
+    import psycopg
+
+    with psycopg.connect(_stack_database_url(user_env), autocommit=True) as conn:
+        poison = [
+            r[0] for r in conn.execute("SELECT id FROM drugs WHERE eligible ORDER BY id LIMIT 3 OFFSET 50")
+        ]
+        conn.execute("UPDATE drugs SET ndc = '' WHERE id = ANY(%s)", [poison])
+        assert drugsync(user_env, "sync", "--json").returncode == 0
+        assert (
+            drugsync(user_env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode
+            == 0
+        )
+
+        status = json.loads(drugsync(user_env, "status", "--json").stdout)
+        assert status["run"]["state"] == "complete_with_failures"
+        assert sorted(f["drug_id"] for f in status["run"]["failures"]) == sorted(poison)
+        dlq = json.loads(drugsync(user_env, "dlq", "--json").stdout)
+        assert sorted(int(i) for group in dlq for ids in group["ids"] for i in ids.split(",")) == sorted(
+            poison
+        )
+        assert {group["error_class"] for group in dlq} == {"RowError"}
+
+        conn.execute("UPDATE drugs SET ndc = 'fixed-' || id WHERE id = ANY(%s)", [poison])
+
+    redriven = drugsync(user_env, "redrive")
+    assert redriven.returncode == 0, redriven.stderr
+    assert "moved 3 message(s) (receive-send-delete)" in redriven.stdout  # moto lacks the native API
+    assert (
+        drugsync(user_env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
+    )
+    after = json.loads(drugsync(user_env, "status", "--json").stdout)
+    assert after["run"]["state"] == "complete"
+    assert after["counts"]["consistent"] is True
+    assert after["dead_letter"] == {"visible": 0, "in_flight": 0}
+
+
 def test_a_wrong_setting_is_reported_plainly(user_env: dict[str, str]) -> None:
     result = drugsync({**user_env, "DRUGSYNC_TABLE": "drugs;drop"}, "status")
     assert result.returncode == 2

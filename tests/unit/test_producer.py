@@ -1,7 +1,7 @@
 import pytest
 
 from producer.handler import parse_request
-from producer.plan import start_sync
+from producer.plan import range_size_that_fits, start_sync
 from shared.errors import ConfigError
 from shared.models import RangeMessage, SyncRequest
 from tests.fakes import FakeCatalog, FakeLedger, FakeQueue, FakeStore, make_drug
@@ -45,3 +45,17 @@ def test_max_drugs_caps_a_proof_of_concept_run() -> None:
 def test_a_wrong_producer_event_names_the_field(event: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="invalid producer event"):
         parse_request(event)
+
+
+def test_ranges_are_sized_to_finish_well_inside_the_consumer_timeout() -> None:
+    queue = FakeQueue()
+    # 120 s timeout, 10 s margin, 0.1 s a drug: half the usable time holds 550 drugs
+    fit = range_size_that_fits(120, 10, 0.1)
+    summary = start_sync(
+        SyncRequest(range_size=1000),
+        catalog=_catalog(), ledger=FakeLedger(), queue=queue, store=FakeStore(),
+        embedding_dim=64, default_range_size=1000, max_range_size=fit,
+    )  # fmt: skip
+    assert fit == 550
+    assert summary.range_size == 550
+    assert max(RangeMessage.model_validate_json(b).expected_count for b in queue.bodies) == 550

@@ -1,0 +1,82 @@
+import json
+import uuid
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from console.dead_letters import group_by_cause, list_dead_letters, redrive, split_body
+from shared.models import RowsMessage
+
+RUN = uuid.uuid4()
+
+
+@pytest.fixture
+def queues():
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+        work = sqs.create_queue(QueueName="work")["QueueUrl"]
+        yield sqs, dlq, work
+
+
+def _dead(sqs, dlq: str, body: str, error_class: str | None = None, reason: str | None = None) -> None:
+    attributes = {}
+    if error_class:
+        attributes = {
+            "error_class": {"DataType": "String", "StringValue": error_class},
+            "reason": {"DataType": "String", "StringValue": reason or "-"},
+        }
+    sqs.send_message(QueueUrl=dlq, MessageBody=body, MessageAttributes=attributes)
+
+
+def _rows(ids: list[int]) -> str:
+    return RowsMessage(run_id=RUN, ids=ids, error_class="RowError", error="x").model_dump_json()
+
+
+def test_listing_groups_by_cause_and_leaves_every_message_in_place(queues) -> None:
+    sqs, dlq, _ = queues
+    _dead(sqs, dlq, _rows([3]), "RowError", "drug id 3: ndc: String should have at least 1 character")
+    _dead(sqs, dlq, _rows([9]), "RowError", "drug id 9: ndc: String should have at least 1 character")
+    _dead(sqs, dlq, "{oops", "InvalidMessage", "body: Invalid JSON")
+    range_body = json.dumps({"run_id": str(RUN), "first_id": 1, "last_id": 50, "expected_count": 40})
+    _dead(sqs, dlq, range_body)
+
+    groups = group_by_cause(list_dead_letters(sqs, dlq))
+
+    assert groups[0]["error_class"] == "RowError"
+    assert groups[0]["reason"] == "ndc: String should have at least 1 character"
+    assert sorted(groups[0]["ids"]) == ["3", "9"]
+    causes = {(g["error_class"], tuple(g["ids"])) for g in groups[1:]}
+    assert causes == {("InvalidMessage", ("-",)), ("MaxReceiveCountExceeded", ("1..50",))}
+    assert len(list_dead_letters(sqs, dlq)) == 4  # listing consumed nothing
+
+
+def test_rows_messages_split_when_asked() -> None:
+    parts = [RowsMessage.model_validate_json(b).ids for b in split_body(_rows(list(range(10))), 4)]
+    assert parts == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert split_body("{oops", 4) == ["{oops"]
+
+
+def test_the_mover_moves_every_message_and_only_then_deletes(queues) -> None:
+    sqs, dlq, work = queues
+    for i in range(23):
+        _dead(sqs, dlq, _rows([i]), "RowError", f"drug id {i}: bad")
+
+    report = redrive(sqs, dlq, work, max_messages=30)
+
+    assert report.method == "receive-send-delete"
+    assert report.moved == 23
+    assert list_dead_letters(sqs, dlq) == []
+    moved = set()
+    while batch := sqs.receive_message(QueueUrl=work, MaxNumberOfMessages=10).get("Messages", []):
+        moved |= {m["Body"] for m in batch}
+    assert moved == {_rows([i]) for i in range(23)}
+
+
+def test_dry_run_moves_nothing(queues) -> None:
+    sqs, dlq, work = queues
+    _dead(sqs, dlq, _rows([1]), "RowError", "bad")
+    report = redrive(sqs, dlq, work, dry_run=True)
+    assert (report.moved, report.dry_run) == (1, True)
+    assert len(list_dead_letters(sqs, dlq)) == 1
