@@ -7,6 +7,7 @@ from moto import mock_aws
 from shared.errors import ConfigError, UnavailableError
 from shared.postgres import connect
 from shared.redact import redact_url
+from shared.redis_store import RedisDocumentStore, connect_redis
 from shared.secrets import database_url_from_secret
 
 
@@ -55,3 +56,15 @@ def test_a_failed_connection_never_shows_the_password() -> None:
         connect("postgresql://u:hunter2@127.0.0.1:1/x?connect_timeout=1")
     assert "hunter2" not in str(caught.value)
     assert "u:***@127.0.0.1:1" in str(caught.value)
+
+
+def test_rediss_urls_connect_over_tls() -> None:
+    client = connect_redis("rediss://:hunter2@cache.example:6380/0")
+    assert client.connection_pool.connection_class.__name__ == "SSLConnection"
+
+
+def test_redis_errors_never_show_the_password() -> None:
+    store = RedisDocumentStore(connect_redis("redis://:hunter2@127.0.0.1:1/0"), "drug:", "idx")
+    with pytest.raises(UnavailableError) as caught:
+        store.count_documents()
+    assert "hunter2" not in str(caught.value)
