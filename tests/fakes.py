@@ -190,7 +190,22 @@ class FakeDeadline:
         return self._end - self._clock.now
 
 
-class CountingEmbedder:
+class WrappingEmbedder:
+    """An embedder that passes name and dimension through from the one it wraps."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self._inner = inner
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def dimension(self) -> int:
+        return self._inner.dimension
+
+
+class CountingEmbedder(WrappingEmbedder):
     """The real hashing embedder, counting calls and texts, with faults to order.
 
     `seconds_per_text` advances a FakeClock; `rejects` names texts the "API" refuses;
@@ -205,7 +220,7 @@ class CountingEmbedder:
         rejects: Callable[[str], bool] = lambda text: False,
         unavailable_calls: int = 0,
     ) -> None:
-        self._inner = HashingEmbedder(dimension, batch_size=10_000)
+        super().__init__(HashingEmbedder(dimension, batch_size=10_000))
         self.calls = 0
         self.texts = 0
         self.embedded: list[str] = []
@@ -213,14 +228,6 @@ class CountingEmbedder:
         self._seconds_per_text = seconds_per_text
         self._rejects = rejects
         self.unavailable_calls = unavailable_calls
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def dimension(self) -> int:
-        return self._inner.dimension
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         self.calls += 1

@@ -18,31 +18,24 @@ from consumer import handler as consumer_handler
 from shared.errors import EmbeddingError, UnavailableError
 from shared.ports import Embedder, Vectors
 from shared.settings import get_settings
+from tests.fakes import WrappingEmbedder
 
 
 def fault_counter(name: str) -> str:
     return f"faults:{os.environ['DRUGSYNC_KEY_PREFIX']}{name}"  # outside the document prefix
 
 
-class FaultyEmbedder:
+class FaultyEmbedder(WrappingEmbedder):
     """Wraps the real embedder; `fault(texts)` returns an exception to raise, or None."""
 
     def __init__(
         self, inner: Embedder, fault: Callable[[Sequence[str]], Exception | None], name: str
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._fault = fault
         self._counter = fault_counter(name)
         self._texts_counter = fault_counter("texts_embedded")
         self._redis = redis.Redis.from_url(os.environ["REDIS_URL"])
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def dimension(self) -> int:
-        return self._inner.dimension
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         error = self._fault(texts)
