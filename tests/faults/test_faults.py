@@ -129,6 +129,15 @@ def scenario(stack: StackState, monkeypatch: pytest.MonkeyPatch, sqs) -> Iterato
     built.services.close()
 
 
+def _busy_worker(source: LocalEventSource, seconds: float = 60) -> int:
+    deadline = time.monotonic() + seconds
+    while not source.busy_pids():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no invocation was running within {seconds}s to kill")
+        time.sleep(0.005)
+    return source.busy_pids()[0]
+
+
 def _assert_exact(scenario: Scenario, verdict: Verdict) -> None:
     assert verdict.drift.missing == []
     assert verdict.drift.extra == []
@@ -146,13 +155,12 @@ def test_consumer_killed_with_sigkill_mid_range(scenario: Scenario) -> None:
     def kill_twice(source: LocalEventSource) -> None:
         for ranges in (2, 6):
             scenario.wait_for_ranges(ranges)
-            while not source.busy_pids():
-                time.sleep(0.01)
-            pid = source.busy_pids()[0]
+            pid = _busy_worker(source)
             os.kill(pid, signal.SIGKILL)
             kills.append(pid)
 
-    stats = scenario.consume(chaos=kill_twice)
+    # Slow embedding (10 ms a text) keeps invocations running long enough to be killed mid-range.
+    stats = scenario.consume(handler=f"{HANDLERS}:slow_handler", chaos=kill_twice)
 
     verdict = scenario.verdict()
     scenario.report("consumer SIGKILLed mid-range", len(kills), stats, verdict)
@@ -176,7 +184,7 @@ def test_a_server_restarted_mid_run(
         scenario.wait_for_ranges(3)
         restart_server(stack)
 
-    stats = scenario.consume(chaos=restart)
+    stats = scenario.consume(handler=f"{HANDLERS}:slow_handler", chaos=restart)
 
     verdict = scenario.verdict()
     scenario.report(fault, 1, stats, verdict)
