@@ -162,15 +162,20 @@ def redrive(
     dry_run: bool = False,
     max_messages: int | None = None,
     rows_per_message: int = MAX_ROWS_PER_MESSAGE,
+    native_client: Any = None,
 ) -> RedriveReport:
-    """Move dead letters back: SQS's own move task where it exists, else a mover that loses nothing."""
+    """Move dead letters back: SQS's own move task where it exists, else a mover that loses nothing.
+
+    `native_client` makes the StartMessageMoveTask call (default: a client of the same endpoint
+    that does not retry, so an endpoint without the API is given up on at once).
+    """
     if dry_run:
         letters = list_dead_letters(sqs, dlq_url)[:max_messages]
         return RedriveReport("dry-run", moved=len(letters), dry_run=True, ids=[x.ids for x in letters])
     native_unavailable = None
     if max_messages is None and rows_per_message >= MAX_ROWS_PER_MESSAGE:
         try:
-            return _native_move(sqs, dlq_url, work_url)
+            return _native_move(sqs, native_client or _client_without_retries(sqs), dlq_url, work_url)
         except (ClientError, BotoCoreError) as error:
             native_unavailable = str(error)
     report = _move(sqs, dlq_url, work_url, max_messages, rows_per_message)
@@ -178,11 +183,10 @@ def redrive(
     return report
 
 
-def _native_move(sqs: Any, dlq_url: str, work_url: str) -> RedriveReport:
+def _native_move(sqs: Any, native: Any, dlq_url: str, work_url: str) -> RedriveReport:
     """StartMessageMoveTask (AWS): asynchronous, keeps attributes, moves everything in the DLQ."""
     arns = [_queue_arn(sqs, url) for url in (dlq_url, work_url)]
-    # One attempt: an endpoint without the API (moto answers 500) should not be retried for seconds.
-    response = _client_without_retries(sqs).start_message_move_task(SourceArn=arns[0], DestinationArn=arns[1])
+    response = native.start_message_move_task(SourceArn=arns[0], DestinationArn=arns[1])
     return RedriveReport("StartMessageMoveTask", task_handle=response.get("TaskHandle"))
 
 

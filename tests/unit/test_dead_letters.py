@@ -80,3 +80,45 @@ def test_dry_run_moves_nothing(queues) -> None:
     report = redrive(sqs, dlq, work, dry_run=True)
     assert (report.moved, report.dry_run) == (1, True)
     assert len(list_dead_letters(sqs, dlq)) == 1
+
+
+def test_where_sqs_has_the_native_move_task_it_is_used() -> None:
+    from botocore.stub import Stubber
+
+    client = boto3.client("sqs", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    dlq = "https://sqs.us-east-1.amazonaws.com/123456789012/dlq"
+    work = "https://sqs.us-east-1.amazonaws.com/123456789012/work"
+    with Stubber(client) as stubber:
+        for name in ("dlq", "work"):
+            stubber.add_response(
+                "get_queue_attributes",
+                {"Attributes": {"QueueArn": f"arn:aws:sqs:us-east-1:123456789012:{name}"}},
+            )
+        stubber.add_response(
+            "start_message_move_task",
+            {"TaskHandle": "task-1"},
+            {
+                "SourceArn": "arn:aws:sqs:us-east-1:123456789012:dlq",
+                "DestinationArn": "arn:aws:sqs:us-east-1:123456789012:work",
+            },
+        )
+        report = redrive(client, dlq, work, native_client=client)
+        stubber.assert_no_pending_responses()
+    assert (report.method, report.task_handle) == ("StartMessageMoveTask", "task-1")
+
+
+def test_without_the_native_api_the_mover_takes_over(queues) -> None:
+    from botocore.exceptions import ClientError
+
+    sqs, dlq, work = queues
+    _dead(sqs, dlq, _rows([5]), "RowError", "bad")
+
+    class NoMoveTask:
+        def start_message_move_task(self, **kwargs):
+            raise ClientError({"Error": {"Code": "InternalFailure", "Message": "not implemented"}}, "Start")
+
+    report = redrive(sqs, dlq, work, native_client=NoMoveTask())
+
+    assert report.method == "receive-send-delete"
+    assert report.moved == 1
+    assert "InternalFailure" in (report.native_unavailable or "")
