@@ -13,6 +13,7 @@ from console.event_source import EventSourceConfig, LocalEventSource
 from console.seed import seed_drugs
 from console.services import Services
 from console.status import gather_status, render_status
+from console.verify import render_report, repair, verify
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError
 from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest
@@ -147,6 +148,22 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    found = services()
+    report = verify(found.catalog, found.store, found.embedder.name)
+    if args.repair and not report.clean:
+        report.repair = repair(
+            report,
+            found.store,
+            found.ledger,
+            found.queue,
+            found.embedder.dimension,
+            found.settings.range_size,
+        )
+    print(json.dumps(report.to_json(), indent=2) if args.json else render_report(report))
+    return 0 if report.clean else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     state = local_stack.up()
     print(f"local stack: {', '.join(state.started) or 'already running'}")
@@ -197,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=_positive, default=5)
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
+
+    check = commands.add_parser("verify", help="compare Redis with Postgres; exit 1 on drift")
+    check.add_argument("--repair", action="store_true", help="delete extras, re-sync missing and stale")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=cmd_verify)
 
     dlq = commands.add_parser("dlq", help="dead-lettered messages grouped by cause")
     dlq.add_argument("--json", action="store_true")

@@ -1,10 +1,12 @@
 """Consumer Lambda: SQS partial batch responses over consumer.sync.sync_message."""
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -13,14 +15,42 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from consumer.sync import Outcome, SyncEnv, sync_message
 from shared.describe import describe_error
 from shared.embedders import build_embedder
-from shared.errors import InvalidMessage
+from shared.errors import InvalidMessage, ThrottledError
 from shared.models import RangeMessage, RowsMessage, parse_message
 from shared.ports import Catalog, DocumentStore, Embedder, Ledger, WorkQueue
 from shared.retry import RetryPolicy
 from shared.settings import Settings, get_settings
+from shared.telemetry import Notifier
 from shared.wiring import build_catalog, build_ledger, build_queue, build_store, open_database
 
 logger = Logger(service="drugsync-consumer")
+metrics = Metrics(namespace="drugsync", service="consumer")
+tracer = Tracer(service="drugsync-consumer")
+
+_UNITS = {"EmbeddingLatency": MetricUnit.Milliseconds}
+
+
+class MetricsTelemetry:
+    """The core's counts and durations as CloudWatch EMF metrics, flushed when the handler returns."""
+
+    def count(self, name: str, value: float = 1) -> None:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+    def milliseconds(self, name: str, value: float) -> None:
+        metrics.add_metric(name=name, unit=_UNITS.get(name, MetricUnit.Milliseconds), value=value)
+
+
+class SnsNotifier:
+    """Publishes a run's end to an SNS topic."""
+
+    def __init__(self, topic_arn: str) -> None:
+        import boto3
+
+        self._client = boto3.client("sns")
+        self._topic_arn = topic_arn
+
+    def notify(self, subject: str, message: str) -> None:
+        self._client.publish(TopicArn=self._topic_arn, Subject=subject[:100], Message=message)
 
 
 @dataclass(frozen=True)
@@ -34,8 +64,10 @@ class Consumer:
     embedder: Embedder
     work_queue: WorkQueue
     dead_letters: WorkQueue
+    notifier: Notifier | None = None
 
     def env(self) -> SyncEnv:
+        telemetry = MetricsTelemetry()
         return SyncEnv(
             catalog=self.catalog,
             embedder=self.embedder,
@@ -43,10 +75,16 @@ class Consumer:
             ledger=self.ledger,
             work_queue=self.work_queue,
             dead_letters=self.dead_letters,
-            retry=RetryPolicy(budget_seconds=self.settings.retry_budget_seconds),
+            retry=RetryPolicy(
+                budget_seconds=self.settings.retry_budget_seconds,
+                on_retry=lambda error: telemetry.count(
+                    "Throttles" if isinstance(error, ThrottledError) else "TransientRetries"
+                ),
+            ),
             chunk_size=self.settings.embed_batch_size,
             margin_seconds=self.settings.handoff_margin_seconds,
             seconds_per_drug=self.settings.seconds_per_drug,
+            telemetry=telemetry,
         )
 
 
@@ -63,6 +101,7 @@ def build_consumer(settings: Settings) -> Consumer:
         embedder=embedder,
         work_queue=build_queue(settings.queue_url, "QUEUE_URL"),
         dead_letters=build_queue(settings.dlq_url, "DLQ_URL"),
+        notifier=SnsNotifier(settings.completion_topic_arn) if settings.completion_topic_arn else None,
     )
 
 
@@ -102,8 +141,10 @@ class ReportingBatchProcessor(BatchProcessor):
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
     consumer = _consumer()
+    logger.remove_keys(["run_id", "kind", "range", "first_id", "last_id", "ids"])
     try:
         message = parse_message(record.body)
+        logger.append_keys(**_message_keys(message))  # every line about this message names its run
         outcome = sync_message(message, consumer.env(), ContextDeadline(lambda_context))
     except InvalidMessage as error:
         # Retrying cannot fix a bad message: it goes straight to the DLQ with the reason.
@@ -115,7 +156,17 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
             "message rejected to the DLQ", extra={"message_id": record.message_id, "reason": reason}
         )
         return
-    logger.info("message synced", extra={**_message_keys(message), **_outcome_keys(outcome)})
+    logger.info("message synced", extra=_outcome_keys(outcome))
+    if outcome.run_finished:
+        announce_end(consumer, str(message.run_id), outcome.run_finished)
+
+
+def announce_end(consumer: Consumer, run_id: str, state: str) -> None:
+    """The one consumer that finished the run says so: a log line, a metric, an optional SNS message."""
+    metrics.add_metric(name="RunsFinished", unit=MetricUnit.Count, value=1)
+    logger.info("run finished", extra={"run_id": run_id, "state": state})
+    if consumer.notifier is not None:
+        consumer.notifier.notify(f"drugsync run {state}", json.dumps({"run_id": run_id, "state": state}))
 
 
 def _message_keys(message: RangeMessage | RowsMessage) -> dict[str, Any]:
@@ -141,7 +192,10 @@ def _outcome_keys(outcome: Outcome) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    metrics.add_metric(name="Messages", unit=MetricUnit.Count, value=len(event.get("Records", [])))
     processor = ReportingBatchProcessor(event_type=EventType.SQS)
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context

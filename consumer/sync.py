@@ -8,7 +8,7 @@ every good row is written.
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol, TypeVar
 from uuid import UUID
@@ -19,6 +19,7 @@ from shared.errors import EmbeddingError, InvalidMessage, UnavailableError
 from shared.models import MAX_DEFERRALS, Drug, RangeMessage, RowFailure, RowsMessage
 from shared.ports import Catalog, DocumentStore, Embedder, Ledger, Vectors, WorkQueue
 from shared.retry import RetryPolicy
+from shared.telemetry import NoTelemetry, Telemetry
 
 T = TypeVar("T")
 
@@ -44,6 +45,7 @@ class SyncEnv:
     margin_seconds: float
     seconds_per_drug: float
     clock: Callable[[], float] = time.monotonic
+    telemetry: Telemetry = field(default_factory=NoTelemetry)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Outcome:
     continued_at: int | None = None
     deferred: bool = False
     range_done: bool = False
+    run_finished: str | None = None  # the run's state, set only by the message that finished it
 
 
 def sync_message(message: RangeMessage | RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
@@ -85,9 +88,19 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
             return _continue(message, drugs[position:], env, written, failed, deferred=True)
         failed += isolate(env, deadline, message.run_id, failures)
         written += len(chunk) - len(failures)
+        env.telemetry.count("DrugsSynced", len(chunk) - len(failures))
         position += size
     newly_done = _complete_range(message, env, deadline)
-    return Outcome(written, tuple(failed), range_done=newly_done)
+    finished = _finish_run(message.run_id, env, deadline) if newly_done else None
+    return Outcome(written, tuple(failed), range_done=newly_done, run_finished=finished)
+
+
+def _finish_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
+    """If this range was the run's last, mark the run finished (once) and return its state."""
+    if not _retried(env, deadline, lambda: env.ledger.finish_run(run_id)):
+        return None
+    progress = _retried(env, deadline, lambda: env.ledger.progress(run_id))
+    return progress.state if progress else None
 
 
 def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> bool:
@@ -98,7 +111,10 @@ def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> 
         written = env.catalog.count_range(first, last) - env.ledger.open_failures_between(run_id, first, last)
         return env.ledger.mark_range_done(run_id, first, written)
 
-    return _retried(env, deadline, count_and_mark)
+    newly_done = _retried(env, deadline, count_and_mark)
+    if newly_done:
+        env.telemetry.count("RangesDone")
+    return newly_done
 
 
 def _continue(
@@ -153,7 +169,7 @@ def embed_isolating(
     """
     texts = [build_embedding_text(drug) for drug in drugs]
     try:
-        vectors = _retried(env, deadline, lambda: env.embedder.embed_texts(texts))
+        vectors = _retried(env, deadline, lambda: _timed_embedding(texts, env))
     except EmbeddingError as error:
         if len(drugs) == 1:
             return [], [RowFailure(drugs[0].id, type(error).__name__, str(error))]
@@ -164,10 +180,19 @@ def embed_isolating(
     return list(zip(drugs, vectors, strict=True)), []
 
 
+def _timed_embedding(texts: Sequence[str], env: SyncEnv) -> Vectors:
+    began = env.clock()
+    env.telemetry.count("EmbeddingCalls")
+    vectors = env.embedder.embed_texts(texts)
+    env.telemetry.milliseconds("EmbeddingLatency", (env.clock() - began) * 1000)
+    return vectors
+
+
 def isolate(env: SyncEnv, deadline: Deadline, run_id: UUID, failures: Sequence[RowFailure]) -> list[int]:
     """Record failed rows in the ledger, then send them to the DLQ as rows messages, one per cause."""
     if not failures:
         return []
+    env.telemetry.count("RowsFailed", len(failures))
     _retried(env, deadline, lambda: env.ledger.record_failures(run_id, failures))
     by_cause: dict[tuple[str, str], list[int]] = {}
     for failure in failures:

@@ -2,8 +2,9 @@
 
 import time
 import uuid
+from collections.abc import Sequence
 
-from shared.models import RangeMessage, SyncRequest, SyncSummary
+from shared.models import PlannedRange, RangeMessage, SyncRequest, SyncSummary
 from shared.ports import Catalog, DocumentStore, Ledger, WorkQueue
 
 
@@ -24,24 +25,41 @@ def start_sync(
     ranges = catalog.plan_ranges(range_size, request.max_drugs)
     planned = time.perf_counter()
 
-    store.ensure_index(embedding_dim)
-    ledger.ensure_schema()
-    run_id = uuid.uuid4()
-    ledger.start_run(run_id, range_size, request.max_drugs, ranges)
-    bodies = [RangeMessage.for_range(run_id, planned).model_dump_json() for planned in ranges]
-    sent = queue.send_messages(bodies)
+    run_id = enqueue_run(
+        ranges, range_size, request.max_drugs,
+        ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
+    )  # fmt: skip
     enqueued = time.perf_counter()
 
     return SyncSummary(
         run_id=run_id,
         eligible_drugs=sum(planned.drug_count for planned in ranges),
         ranges=len(ranges),
-        messages_sent=sent,
+        messages_sent=len(ranges),
         range_size=range_size,
         max_drugs=request.max_drugs,
         plan_seconds=round(planned - began, 3),
         enqueue_seconds=round(enqueued - planned, 3),
     )
+
+
+def enqueue_run(
+    ranges: Sequence[PlannedRange],
+    range_size: int,
+    max_drugs: int | None,
+    *,
+    ledger: Ledger,
+    queue: WorkQueue,
+    store: DocumentStore,
+    embedding_dim: int,
+) -> uuid.UUID:
+    """Record a new run of these ranges, then send one message per range (index first)."""
+    store.ensure_index(embedding_dim)
+    ledger.ensure_schema()
+    run_id = uuid.uuid4()
+    ledger.start_run(run_id, range_size, max_drugs, ranges)
+    queue.send_messages([RangeMessage.for_range(run_id, planned).model_dump_json() for planned in ranges])
+    return run_id
 
 
 def range_size_that_fits(timeout_seconds: float, margin_seconds: float, seconds_per_drug: float) -> int:

@@ -1,7 +1,7 @@
 """How a drug becomes text to embed and a Redis JSON document."""
 
 import hashlib
-import json
+from collections.abc import Sequence
 from typing import Any
 
 from shared.models import TEXT_FIELDS, Drug
@@ -21,11 +21,16 @@ def build_embedding_text(drug: Drug) -> str:
 
 def fingerprint(drug: Drug, embedder_name: str) -> str:
     """Content fingerprint: changes when any stored field or the embedder changes."""
-    content = {field: getattr(drug, field) for field in TEXT_FIELDS}
-    content["id"] = drug.id
-    content["embedder"] = embedder_name
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return row_fingerprint(drug.id, [getattr(drug, field) for field in TEXT_FIELDS], embedder_name)
+
+
+def row_fingerprint(drug_id: int, texts: Sequence[str | None], embedder_name: str) -> str:
+    """The same fingerprint from a raw row's text fields (in TEXT_FIELDS order), without validation.
+
+    Each part is length-prefixed, so no two different rows share an encoding; None is '-'.
+    """
+    parts = [str(drug_id), embedder_name, *("-" if text is None else f"{len(text)}:{text}" for text in texts)]
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def build_document(drug: Drug, embedding: Vectors, embedder_name: str) -> dict[str, Any]:

@@ -32,6 +32,10 @@ class UnavailableError(DrugSyncError):
     retryable = True
 
 
+class ThrottledError(UnavailableError):
+    """The provider asked us to slow down (throttling); counted apart from other transient errors."""
+
+
 class EmbeddingError(DrugSyncError):
     """The embedding provider rejected a request for a reason that retrying will not fix."""
 

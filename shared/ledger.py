@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS drugsync_runs (
     eligible_drugs bigint NOT NULL,
     total_ranges   integer NOT NULL
 );
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS finished_at timestamptz;
 CREATE TABLE IF NOT EXISTS drugsync_ranges (
     run_id         uuid NOT NULL REFERENCES drugsync_runs ON DELETE CASCADE,
     first_id       bigint NOT NULL,
@@ -87,6 +88,14 @@ SELECT count(*) FROM drugsync_failures
 WHERE run_id = %(run_id)s AND resolved_at IS NULL AND drug_id BETWEEN %(first_id)s AND %(last_id)s
 """
 
+# Exactly one caller finishes a run: the first to find every range done, under the row lock.
+FINISH_RUN = """
+UPDATE drugsync_runs r SET finished_at = now()
+WHERE r.run_id = %(run_id)s AND r.finished_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
+RETURNING 1
+"""
+
 LATEST_RUN = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT 1"
 
 
@@ -126,6 +135,11 @@ class PostgresLedger:
         with translate_errors("reading run progress"):
             row = self._db.connection().execute(RUN_PROGRESS, {"run_id": run_id}).fetchone()
         return RunProgress(*row) if row else None
+
+    def finish_run(self, run_id: UUID) -> bool:
+        """Mark the run finished if every range is done; True only for the one call that did."""
+        with translate_errors("finishing a run"):
+            return self._db.connection().execute(FINISH_RUN, {"run_id": run_id}).fetchone() is not None
 
     def range_last_id(self, run_id: UUID, first_id: int) -> int | None:
         """The last id of a planned range, or None when the run has no such range."""

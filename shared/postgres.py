@@ -133,6 +133,11 @@ class PostgresCatalog:
 
     def iter_eligible(self, page_size: int = 5000) -> Iterator[Fetched]:
         """Every eligible row, a page at a time, streamed rather than loaded at once."""
+        for rows in self.iter_eligible_rows(page_size):
+            yield _parse_rows(rows)
+
+    def iter_eligible_rows(self, page_size: int = 5000) -> Iterator[list[tuple[Any, ...]]]:
+        """Raw rows (id, text fields..., updated_at) of every eligible drug, a page at a time."""
         after_id = -1
         while True:
             params = {"after_id": after_id, "page_size": page_size}
@@ -141,7 +146,7 @@ class PostgresCatalog:
             if not rows:
                 return
             after_id = rows[-1][0]
-            yield _parse_rows(rows)
+            yield rows
 
     def count_eligible(self) -> int:
         with translate_errors("counting eligible drugs"):

@@ -215,6 +215,15 @@ class RedisDocumentStore:
             page[drug_id] = fingerprints[0] if fingerprints else ""
         return page
 
+    def delete_documents(self, drug_ids: Sequence[int]) -> int:
+        """Unlink these drugs' documents; returns how many existed."""
+        removed = 0
+        with translate_errors(f"deleting {len(drug_ids)} documents"):
+            for start in range(0, len(drug_ids), 1000):
+                keys = [self.key(i) for i in drug_ids[start : start + 1000]]
+                removed += int(self._client.unlink(*keys))
+        return removed
+
     def count_documents(self) -> int:
         """Documents under the prefix, counted by SCAN (the keyspace may hold other data)."""
         with translate_errors("counting documents"):

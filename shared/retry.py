@@ -24,6 +24,7 @@ class RetryPolicy:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     jitter: Callable[[float], float] = field(default=lambda ceiling: random.uniform(0, ceiling))
+    on_retry: Callable[[DrugSyncError], None] = field(default=lambda error: None)
     retries: int = 0
 
     def call(self, action: Callable[[], T], budget_seconds: float | None = None) -> T:
@@ -42,4 +43,5 @@ class RetryPolicy:
                     raise
                 attempt += 1
                 self.retries += 1
+                self.on_retry(error)
                 self.sleep(pause)

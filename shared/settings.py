@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     seconds_per_drug: float = Field(0.005, gt=0.0, le=60.0)
     retry_budget_seconds: float = Field(60.0, ge=0.0, le=900.0)
 
+    # Optional: an SNS topic told when a run finishes.
+    completion_topic_arn: str | None = None
+
     @field_validator("table")
     @classmethod
     def _check_table(cls, value: str) -> str:

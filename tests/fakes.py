@@ -110,6 +110,13 @@ class FakeLedger:
     def latest_run_id(self) -> UUID | None:
         return next(reversed(self.runs), None)
 
+    def finish_run(self, run_id: UUID) -> bool:
+        progress = self.progress(run_id)
+        if progress is None or not progress.complete or self.runs[run_id].get("finished"):
+            return False
+        self.runs[run_id]["finished"] = True
+        return True
+
     def range_last_id(self, run_id: UUID, first_id: int) -> int | None:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
         return next((r.last_id for r in ranges if r.first_id == first_id), None)

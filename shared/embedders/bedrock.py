@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.embedders.base import BatchingEmbedder
-from shared.errors import EmbeddingError, UnavailableError
+from shared.errors import DrugSyncError, EmbeddingError, ThrottledError, UnavailableError
 from shared.ports import Vectors
 
 if TYPE_CHECKING:
@@ -28,6 +28,12 @@ _RETRYABLE_CODES = frozenset(
         "ModelTimeoutException",
     }
 )
+
+
+def _error_kind(code: str) -> type[DrugSyncError]:
+    if code == "ThrottlingException":
+        return ThrottledError
+    return UnavailableError if code in _RETRYABLE_CODES else EmbeddingError
 
 
 class TitanEmbedder(BatchingEmbedder):
@@ -69,7 +75,7 @@ class TitanEmbedder(BatchingEmbedder):
             )
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
-            kind = UnavailableError if code in _RETRYABLE_CODES else EmbeddingError
+            kind = _error_kind(code)
             raise kind(f"bedrock {self._model_id}: {code}: {error}") from error
         except BotoCoreError as error:
             raise UnavailableError(f"bedrock {self._model_id}: {error}") from error

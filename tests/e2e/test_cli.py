@@ -64,6 +64,52 @@ def test_demo_ends_with_equal_counts_a_matching_search_and_status_agrees(user_en
     assert report["dead_letter"] == {"visible": 0, "in_flight": 0}
 
 
+def test_verify_finds_exactly_the_drift_planted_and_repair_removes_it(user_env: dict[str, str]) -> None:
+    import psycopg
+    import redis
+
+    clean = drugsync(user_env, "verify", "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert json.loads(clean.stdout)["clean"] is True
+
+    state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())["env"]
+    with psycopg.connect(state["DATABASE_URL"], autocommit=True) as conn:
+        deleted, changed = [
+            r[0] for r in conn.execute("SELECT id FROM drugs WHERE eligible ORDER BY id LIMIT 2")
+        ]
+        conn.execute("DELETE FROM drugs WHERE id = %s", [deleted])
+        conn.execute("UPDATE drugs SET strength = '750 mg' WHERE id = %s", [changed])
+    stray = 987_654_321
+    redis.Redis.from_url(state["REDIS_URL"]).execute_command(  # type: ignore[no-untyped-call]
+        "JSON.SET", f"drug:{stray}", "$", json.dumps({"id": stray, "name": "stray", "fingerprint": "x"})
+    )
+
+    drift = drugsync(user_env, "verify", "--json")
+    assert drift.returncode == 1
+    found = json.loads(drift.stdout)
+    assert (found["missing_ids"], found["extra_ids"], found["stale_ids"]) == (
+        [],
+        sorted([deleted, stray]),
+        [changed],
+    )
+
+    repaired = drugsync(user_env, "verify", "--repair", "--json")
+    assert repaired.returncode == 1  # it found drift; the repair is under way
+    assert json.loads(repaired.stdout)["repair"]["deleted_extras"] == 2
+    assert json.loads(repaired.stdout)["repair"]["ranges"] == 1
+    assert (
+        drugsync(user_env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
+    )
+
+    after = drugsync(user_env, "verify", "--json")
+    assert after.returncode == 0, after.stdout
+    assert (
+        json.loads(after.stdout)["missing"],
+        json.loads(after.stdout)["extra"],
+        json.loads(after.stdout)["stale"],
+    ) == (0, 0, 0)
+
+
 def test_local_up_prints_exports_that_reach_every_service(user_env: dict[str, str], tmp_path: Path) -> None:
     up = drugsync(user_env, "local", "up")
     assert up.returncode == 0, up.stderr

@@ -50,12 +50,15 @@ def _stored(services: Services, drug_id: int) -> dict[str, Any]:
     return document
 
 
-def test_a_run_puts_every_eligible_drug_in_redis_current(test_env: Isolated, sqs, stack_services) -> None:
+def test_a_run_puts_every_eligible_drug_in_redis_current(
+    test_env: Isolated, sqs, stack_services, tmp_path
+) -> None:
     services = stack_services(test_env)
     eligible = seed_drugs(services.conn, test_env.settings, 3_000)
+    log = tmp_path / "consumer.log"
 
     summary = services.producer.start(SyncRequest(range_size=250))
-    source = _consume(sqs, test_env.settings.queue_url)
+    source = _consume(sqs, test_env.settings.queue_url, log_path=str(log))
 
     counts = gather_counts(services.catalog, services.store)
     assert (counts.postgres_eligible, counts.redis_documents, counts.index_documents) == (eligible,) * 3
@@ -71,6 +74,37 @@ def test_a_run_puts_every_eligible_drug_in_redis_current(test_env: Isolated, sqs
     for planned in services.catalog.plan_ranges(1000, None):
         for drug in services.catalog.fetch_range(planned.first_id, planned.last_id).drugs:
             assert _stored(services, drug.id)["fingerprint"] == fingerprint(drug, embedder_name)
+
+
+def _log_lines(path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_consumer_logs_are_json_with_the_run_id_and_metrics_are_emf(
+    test_env: Isolated, sqs, stack_services, tmp_path
+) -> None:
+    services = stack_services(test_env)
+    seed_drugs(services.conn, test_env.settings, 600)
+    log = tmp_path / "consumer.log"
+
+    summary = services.producer.start(SyncRequest(range_size=200))
+    _consume(sqs, test_env.settings.queue_url, log_path=str(log))
+
+    lines = _log_lines(log)  # every line parses as JSON, or this fails
+    synced = [line for line in lines if line.get("message") == "message synced"]
+    assert len(synced) == summary.ranges
+    assert {line["run_id"] for line in synced} == {str(summary.run_id)}
+    finished = [line for line in lines if line.get("message") == "run finished"]
+    assert [(line["run_id"], line["state"]) for line in finished] == [(str(summary.run_id), "complete")]
+    emf = [line["_aws"] for line in lines if "_aws" in line]
+    assert emf, "no EMF metrics were emitted"
+    names = {m["Name"] for blob in emf for d in blob["CloudWatchMetrics"] for m in d["Metrics"]}
+    assert {"DrugsSynced", "RangesDone", "EmbeddingCalls", "EmbeddingLatency", "RunsFinished"} <= names
+    assert {d["Namespace"] for blob in emf for d in blob["CloudWatchMetrics"]} == {"drugsync"}
+    # EMF keeps every value of a metric added within one flush, as a list
+    values = [line.get("DrugsSynced", []) for line in lines if "_aws" in line]
+    drugs_synced = sum(sum(v) if isinstance(v, list) else v for v in values)
+    assert drugs_synced == summary.eligible_drugs
 
 
 def test_a_redelivered_range_changes_neither_documents_nor_ledger(

@@ -1,0 +1,146 @@
+"""`drugsync verify [--repair]`: does Redis hold every eligible drug, current, and nothing else?"""
+
+import bisect
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from producer.plan import enqueue_run
+from shared.documents import row_fingerprint
+from shared.drift import Drift, compare_fingerprints
+from shared.ledger import PostgresLedger
+from shared.models import PlannedRange
+from shared.postgres import PostgresCatalog
+from shared.queue import SqsQueue
+from shared.redis_store import RedisDocumentStore
+
+SHOWN_IDS = 20
+
+
+@dataclass
+class VerifyReport:
+    """What differs, with the index's own counts and how long the comparison took."""
+
+    drift: Drift
+    eligible_ids: list[int]
+    postgres_eligible: int
+    redis_documents: int
+    index_documents: int
+    index_failures: int
+    seconds: float
+    repair: dict[str, Any] | None = field(default=None)
+
+    @property
+    def clean(self) -> bool:
+        return (
+            self.drift.clean and self.index_documents == self.postgres_eligible and self.index_failures == 0
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clean": self.clean,
+            "missing": len(self.drift.missing),
+            "extra": len(self.drift.extra),
+            "stale": len(self.drift.stale),
+            "missing_ids": self.drift.missing[:SHOWN_IDS],
+            "extra_ids": self.drift.extra[:SHOWN_IDS],
+            "stale_ids": self.drift.stale[:SHOWN_IDS],
+            "postgres_eligible": self.postgres_eligible,
+            "redis_documents": self.redis_documents,
+            "index_documents": self.index_documents,
+            "index_failures": self.index_failures,
+            "seconds": round(self.seconds, 2),
+            "repair": self.repair,
+        }
+
+
+def verify(catalog: PostgresCatalog, store: RedisDocumentStore, embedder_name: str) -> VerifyReport:
+    """Stream both sides and compare ids and content fingerprints."""
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as redis_side:
+        actual_future = redis_side.submit(store.fingerprints)  # both sides stream at once
+        expected = {
+            row[0]: row_fingerprint(row[0], row[1:-1], embedder_name)
+            for rows in catalog.iter_eligible_rows(page_size=10_000)
+            for row in rows
+        }
+        actual = actual_future.result()
+    indexed, failures = store.indexed_documents()
+    return VerifyReport(
+        drift=compare_fingerprints(expected, actual),
+        eligible_ids=sorted(expected),
+        postgres_eligible=len(expected),
+        redis_documents=len(actual),
+        index_documents=indexed,
+        index_failures=failures,
+        seconds=time.perf_counter() - began,
+    )
+
+
+def covering_ranges(dirty: list[int], eligible: list[int], range_size: int) -> list[PlannedRange]:
+    """The fewest ranges of at most range_size eligible ids that cover every dirty id.
+
+    Greedy from the left is optimal: each range starts at the first uncovered dirty id and reaches
+    as far as range_size eligible ids allow, ending on the last dirty id within that reach.
+    """
+    ranges: list[PlannedRange] = []
+    index = 0
+    while index < len(dirty):
+        first = dirty[index]
+        start = bisect.bisect_left(eligible, first)
+        reach = eligible[min(start + range_size, len(eligible)) - 1]
+        end_index = bisect.bisect_right(dirty, reach) - 1
+        last = dirty[end_index]
+        count = bisect.bisect_right(eligible, last) - start
+        ranges.append(PlannedRange(first, last, count))
+        index = end_index + 1
+    return ranges
+
+
+def repair(
+    report: VerifyReport,
+    store: RedisDocumentStore,
+    ledger: PostgresLedger,
+    queue: SqsQueue,
+    embedding_dim: int,
+    range_size: int,
+) -> dict[str, Any]:
+    """Delete the extras now; enqueue, as a new run, the fewest ranges that fix missing and stale."""
+    deleted = store.delete_documents(report.drift.extra)
+    dirty = sorted(set(report.drift.missing) | set(report.drift.stale))
+    ranges = covering_ranges(dirty, report.eligible_ids, range_size)
+    run_id: UUID | None = None
+    if ranges:
+        run_id = enqueue_run(
+            ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim
+        )
+    return {
+        "deleted_extras": deleted,
+        "run_id": str(run_id) if run_id else None,
+        "ranges": len(ranges),
+        "drugs_to_resync": len(dirty),
+    }
+
+
+def render_report(report: VerifyReport) -> str:
+    drift = report.drift
+    lines = [
+        f"missing {len(drift.missing):,}  extra {len(drift.extra):,}  stale {len(drift.stale):,}"
+        f"  (postgres eligible {report.postgres_eligible:,}, redis documents {report.redis_documents:,},"
+        f" index documents {report.index_documents:,}, indexing failures {report.index_failures})"
+        f"  in {report.seconds:.1f}s",
+    ]
+    for label, ids in (("missing", drift.missing), ("extra", drift.extra), ("stale", drift.stale)):
+        if ids:
+            more = f" (+{len(ids) - SHOWN_IDS} more)" if len(ids) > SHOWN_IDS else ""
+            lines.append(f"  {label}: {', '.join(map(str, ids[:SHOWN_IDS]))}{more}")
+    lines.append("no drift" if report.clean else "DRIFT: Redis does not match Postgres")
+    if report.repair:
+        repaired = report.repair
+        lines.append(
+            f"repair: deleted {repaired['deleted_extras']} extra document(s); run {repaired['run_id']}"
+            f" re-syncs {repaired['drugs_to_resync']} drug(s) in {repaired['ranges']} range(s)"
+        )
+    return "\n".join(lines)
