@@ -7,16 +7,19 @@ from collections.abc import Callable, Sequence
 from uuid import UUID
 
 from console import local_stack
+from console.capacity import SAMPLE_SIZE, make_plan, measure, render_plan
 from console.dead_letters import group_by_cause, list_dead_letters, redrive, render_groups
 from console.demo import render_search, run_demo
 from console.event_source import EventSourceConfig, LocalEventSource
-from console.seed import seed_drugs
+from console.seed import seed_drugs, synthetic_sample
 from console.services import Services
 from console.status import gather_status, render_status
 from console.verify import render_report, repair, verify
+from producer.plan import range_size_that_fits
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError
 from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest
+from shared.postgres import free_connections
 from shared.settings import get_settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -164,6 +167,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    found = services()
+    settings = found.settings
+    sample = next(found.catalog.iter_eligible(page_size=SAMPLE_SIZE), None)
+    drugs = sample.drugs if sample and sample.drugs else synthetic_sample(SAMPLE_SIZE)
+    measured = measure(drugs, found.embedder, found.store)
+    range_size = min(
+        settings.range_size,
+        range_size_that_fits(
+            settings.consumer_timeout_seconds, settings.handoff_margin_seconds, settings.seconds_per_drug
+        ),
+    )
+    plan = make_plan(
+        args.drugs if args.drugs is not None else found.catalog.count_eligible(),
+        range_size, args.max_concurrency, measured,
+        embedder=found.embedder.name, dimension=found.embedder.dimension,
+        consumer_memory_mb=args.memory_mb, consumer_timeout=settings.consumer_timeout_seconds,
+        redis_limit=found.store.memory_limit(), postgres_free=free_connections(found.db),
+    )  # fmt: skip
+    print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     state = local_stack.up()
     print(f"local stack: {', '.join(state.started) or 'already running'}")
@@ -214,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=_positive, default=5)
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
+
+    plan = commands.add_parser("plan", help="what a run will take and whether it fits, before it runs")
+    plan.add_argument("--drugs", type=_positive, help="plan for this many drugs (default: the table's)")
+    plan.add_argument("--max-concurrency", type=_positive, default=10, help="consumers at once")
+    plan.add_argument("--memory-mb", type=_positive, default=1024, help="consumer memory (MB)")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(handler=cmd_plan)
 
     check = commands.add_parser("verify", help="compare Redis with Postgres; exit 1 on drift")
     check.add_argument("--repair", action="store_true", help="delete extras, re-sync missing and stale")

@@ -9,7 +9,8 @@ import psycopg
 from psycopg import sql
 
 from console.catalog_data import GENERICS, MANUFACTURERS, PACKAGES
-from shared.models import TEXT_FIELDS
+from shared.models import TEXT_FIELDS, Drug
+from shared.postgres import drug_from_row
 from shared.settings import Settings
 
 # The source table drugsync reads. Table, id and eligibility column names come from settings.
@@ -93,3 +94,11 @@ def seed_drugs(conn: psycopg.Connection[Any], settings: Settings, count: int) ->
                 copy.write_row(row)
     conn.execute(sql.SQL("ANALYZE {table}").format(**names))
     return eligible
+
+
+def synthetic_sample(count: int) -> list[Drug]:
+    """Synthetic drugs as models, for measuring when the table is still empty."""
+    return [
+        drug_from_row((drug_id, *texts, updated_at))
+        for drug_id, *texts, _eligible, updated_at in synthetic_drugs(count)
+    ]

@@ -180,3 +180,17 @@ def drug_from_row(row: tuple[Any, ...]) -> Drug:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise RowError(drug_id, problems) from error
+
+
+# Connections a new client may still open: the limit, less those reserved for superusers, less those open.
+FREE_CONNECTIONS = """
+SELECT current_setting('max_connections')::int
+     - current_setting('superuser_reserved_connections')::int
+     - (SELECT count(*) FROM pg_stat_activity)
+"""
+
+
+def free_connections(db: Database) -> int:
+    with translate_errors("reading connection limits"):
+        row = db.connection().execute(FREE_CONNECTIONS).fetchone()
+    return int(row[0]) if row else 0

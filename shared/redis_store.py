@@ -1,6 +1,8 @@
 """Redis adapter: JSON documents under deterministic keys, behind a RediSearch vector index."""
 
+import itertools
 import json
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -223,6 +225,34 @@ class RedisDocumentStore:
                 keys = [self.key(i) for i in drug_ids[start : start + 1000]]
                 removed += int(self._client.unlink(*keys))
         return removed
+
+    def scratch(self, name: str) -> "RedisDocumentStore":
+        """A store on the same server under its own prefix and index, for measuring; clear() it after."""
+        return RedisDocumentStore(self._client, f"{name}:", name, write_batch_size=self._write_batch_size)
+
+    def wait_until_indexed(self, count: int, seconds: float = 60) -> None:
+        """Block until the index holds `count` documents (indexing of JSON is asynchronous)."""
+        deadline = time.monotonic() + seconds
+        while self.indexed_documents()[0] < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def memory_per_document(self, sample: int = 100) -> tuple[float, float]:
+        """(bytes per JSON document by MEMORY USAGE, bytes per document of index) on this server."""
+        with translate_errors("measuring memory"):
+            keys = list(itertools.islice(self._client.scan_iter(match=f"{self.key_prefix}*"), sample))
+            used = [int(self._client.memory_usage(key) or 0) for key in keys]
+            info = self.index_info() or {}
+        documents = max(int(info.get("num_docs", 0)), 1)
+        index_mb = float(info.get("vector_index_sz_mb", 0)) + float(info.get("total_index_memory_sz_mb", 0))
+        return (sum(used) / max(len(used), 1), index_mb * 2**20 / documents)
+
+    def memory_limit(self) -> tuple[int, str]:
+        """maxmemory, or the server's RAM when no maxmemory is set, with which one it is."""
+        with translate_errors("reading memory limits"):
+            maxmemory = int(self._client.config_get("maxmemory").get("maxmemory") or 0)
+            if maxmemory:
+                return maxmemory, "maxmemory"
+            return int(self._client.info("memory").get("total_system_memory", 0)), "server RAM (no maxmemory)"
 
     def count_documents(self) -> int:
         """Documents under the prefix, counted by SCAN (the keyspace may hold other data)."""

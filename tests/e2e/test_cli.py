@@ -110,6 +110,27 @@ def test_verify_finds_exactly_the_drift_planted_and_repair_removes_it(user_env: 
     ) == (0, 0, 0)
 
 
+def test_plan_prints_the_figures_for_the_table_and_for_494000_drugs(user_env: dict[str, str]) -> None:
+    table = drugsync(user_env, "plan")
+    assert table.returncode == 0, table.stderr
+    for figure in (
+        "ranges of <=",
+        "wall time at max concurrency",
+        "Redis memory:",
+        "as HASH",
+        "Postgres connections:",
+        "cost estimate (USD):",
+        "price assumptions:",
+    ):
+        assert figure in table.stdout
+    big = json.loads(drugsync(user_env, "plan", "--drugs", "494000", "--json").stdout)
+    assert big["drugs"] == 494_000
+    assert big["ranges"] == 494
+    assert big["redis_json_bytes"] > big["redis_hash_bytes"] > 0
+    assert big["wall_seconds"] > 0
+    assert set(big["costs_usd"]) == {"lambda", "sqs", "embedding"}
+
+
 def test_local_up_prints_exports_that_reach_every_service(user_env: dict[str, str], tmp_path: Path) -> None:
     up = drugsync(user_env, "local", "up")
     assert up.returncode == 0, up.stderr

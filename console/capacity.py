@@ -1,0 +1,183 @@
+"""`drugsync plan`: before a run, what it will take (time, memory, connections, money) and whether it fits.
+
+Costs per drug are measured here, on a sample of the table: embedding and encoding in this process,
+and insertion into a scratch HNSW index on the Redis server. Prices are assumptions, printed.
+"""
+
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared.documents import build_document, build_embedding_text
+from shared.models import Drug
+from shared.ports import Embedder
+from shared.redis_store import RedisDocumentStore
+
+SAMPLE_SIZE = 500
+# Price assumptions (us-east-1, on demand, no free tier), printed with every plan.
+PRICES = {
+    "lambda_gb_second_arm64_usd": 0.0000133334,
+    "lambda_request_usd": 0.0000002,
+    "sqs_request_usd": 0.0000004,
+    "titan_v2_per_1k_tokens_usd": 0.00002,
+}
+CHARS_PER_TOKEN = 4.0  # a common rule of thumb for English text
+SQS_REQUESTS_PER_MESSAGE = 3  # send, receive, delete
+HASH_OVERHEAD_BYTES = 300  # per key, for a HASH layout estimate
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Per-drug costs measured on a sample."""
+
+    sample: int
+    client_seconds_per_drug: float
+    server_seconds_per_drug: float
+    json_bytes_per_drug: float
+    index_bytes_per_drug: float
+    text_chars_per_drug: float
+    hash_bytes_per_drug: float
+
+
+def measure(sample: list[Drug], embedder: Embedder, store: RedisDocumentStore) -> Measured:
+    """Embed and encode the sample here; insert it into a scratch index on the server; clean up."""
+    began = time.perf_counter()
+    texts = [build_embedding_text(drug) for drug in sample]
+    vectors = embedder.embed_texts(texts)
+    documents = [(d.id, build_document(d, v, embedder.name)) for d, v in zip(sample, vectors, strict=True)]
+    client_seconds = time.perf_counter() - began
+    scratch = store.scratch(f"drugsync-plan-{uuid.uuid4().hex[:8]}")
+    try:
+        scratch.ensure_index(embedder.dimension)
+        began = time.perf_counter()
+        scratch.write_documents(documents)
+        scratch.wait_until_indexed(len(documents))
+        server_seconds = time.perf_counter() - began
+        json_bytes, index_bytes = scratch.memory_per_document(len(documents))
+    finally:
+        scratch.clear()
+    count = max(len(sample), 1)
+    field_bytes = sum(len(t) for t in texts) / count
+    return Measured(
+        sample=len(sample),
+        client_seconds_per_drug=client_seconds / count,
+        server_seconds_per_drug=server_seconds / count,
+        json_bytes_per_drug=json_bytes,
+        index_bytes_per_drug=index_bytes,
+        text_chars_per_drug=field_bytes,
+        hash_bytes_per_drug=field_bytes + embedder.dimension * 4 + HASH_OVERHEAD_BYTES,
+    )
+
+
+@dataclass
+class Plan:
+    """What a run of `drugs` drugs needs, and the warnings when it will not fit."""
+
+    drugs: int
+    ranges: int
+    range_size: int
+    max_concurrency: int
+    dimension: int
+    embedder: str
+    measured: Measured
+    wall_seconds: float
+    bottleneck: str
+    redis_json_bytes: float
+    redis_hash_bytes: float
+    redis_limit_bytes: int
+    redis_limit_source: str
+    postgres_connections_needed: int
+    postgres_connections_free: int
+    costs_usd: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "prices": PRICES}
+
+
+def make_plan(
+    drugs: int, range_size: int, max_concurrency: int, measured: Measured, *, embedder: str, dimension: int,
+    consumer_memory_mb: int, consumer_timeout: float, redis_limit: tuple[int, str], postgres_free: int,
+) -> Plan:  # fmt: skip
+    """Turn measured per-drug costs into the figures for a run of `drugs` drugs."""
+    ranges = math.ceil(drugs / range_size) if drugs else 0
+    consumers_rate = max_concurrency / measured.client_seconds_per_drug
+    server_rate = 1 / measured.server_seconds_per_drug
+    rate = min(consumers_rate, server_rate)
+    bottleneck = "Redis index insertion (one server)" if server_rate < consumers_rate else "consumers"
+    gb_seconds = drugs * (measured.client_seconds_per_drug + measured.server_seconds_per_drug)
+    gb_seconds *= consumer_memory_mb / 1024
+    tokens = drugs * measured.text_chars_per_drug / CHARS_PER_TOKEN
+    costs = {
+        "lambda": gb_seconds * PRICES["lambda_gb_second_arm64_usd"] + ranges * PRICES["lambda_request_usd"],
+        "sqs": ranges * SQS_REQUESTS_PER_MESSAGE * PRICES["sqs_request_usd"],
+        "embedding": tokens / 1000 * PRICES["titan_v2_per_1k_tokens_usd"] if "titan" in embedder else 0.0,
+    }
+    plan = Plan(
+        drugs=drugs, ranges=ranges, range_size=range_size, max_concurrency=max_concurrency,
+        dimension=dimension, embedder=embedder, measured=measured,
+        wall_seconds=drugs / rate if drugs else 0.0, bottleneck=bottleneck,
+        redis_json_bytes=drugs * (measured.json_bytes_per_drug + measured.index_bytes_per_drug),
+        redis_hash_bytes=drugs * (measured.hash_bytes_per_drug + measured.index_bytes_per_drug),
+        redis_limit_bytes=redis_limit[0], redis_limit_source=redis_limit[1],
+        postgres_connections_needed=max_concurrency + 2, postgres_connections_free=postgres_free,
+        costs_usd={name: round(value, 4) for name, value in costs.items()},
+    )  # fmt: skip
+    plan.warnings = _warnings(plan, consumer_timeout)
+    return plan
+
+
+def _warnings(plan: Plan, consumer_timeout: float) -> list[str]:
+    warnings = []
+    if plan.redis_limit_bytes and plan.redis_json_bytes > plan.redis_limit_bytes:
+        warnings.append(
+            f"Redis needs {_gib(plan.redis_json_bytes)} as JSON (HASH: {_gib(plan.redis_hash_bytes)})"
+            f" but {plan.redis_limit_source} is {_gib(plan.redis_limit_bytes)}: the run will not fit"
+        )
+    if plan.postgres_connections_needed > plan.postgres_connections_free:
+        warnings.append(
+            f"{plan.postgres_connections_needed} Postgres connections needed,"
+            f" {plan.postgres_connections_free} free: lower maxConcurrency or raise max_connections"
+        )
+    range_seconds = plan.range_size * (
+        plan.measured.client_seconds_per_drug + plan.measured.server_seconds_per_drug
+    )
+    if range_seconds > consumer_timeout / 2:
+        warnings.append(
+            f"a range of {plan.range_size} takes ~{range_seconds:.0f}s, over half the {consumer_timeout:.0f}s"
+            " consumer timeout: ranges will continue across invocations; lower the range size"
+        )
+    return warnings
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.2f} GiB"
+
+
+def render_plan(plan: Plan) -> str:
+    m = plan.measured
+    lines = [
+        f"plan for {plan.drugs:,} drugs: {plan.ranges:,} ranges of <= {plan.range_size:,}"
+        f" ({plan.ranges:,} messages)",
+        f"  measured on {m.sample} drugs: {m.client_seconds_per_drug * 1000:.2f} ms/drug in a consumer"
+        f" ({plan.embedder}, {plan.dimension}d), {m.server_seconds_per_drug * 1000:.2f} ms/drug"
+        " Redis insertion",
+        f"  wall time at max concurrency {plan.max_concurrency}: ~{_duration(plan.wall_seconds)}"
+        f" (bound by {plan.bottleneck}; HNSW insertion slows as the index grows, so allow up to 2x)",
+        f"  Redis memory: {_gib(plan.redis_json_bytes)} as JSON, {_gib(plan.redis_hash_bytes)} as HASH"
+        f" (index included); {plan.redis_limit_source} {_gib(plan.redis_limit_bytes)}",
+        f"  Postgres connections: {plan.postgres_connections_needed} needed,"
+        f" {plan.postgres_connections_free} free",
+        "  cost estimate (USD): "
+        + ", ".join(f"{name} {value:.4f}" for name, value in plan.costs_usd.items())
+        + f"  total {sum(plan.costs_usd.values()):.4f}",
+        "  price assumptions: " + ", ".join(f"{name} {value}" for name, value in PRICES.items()),
+    ]
+    lines += [f"WARNING: {warning}" for warning in plan.warnings] or ["fits: no warnings"]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f} min"

@@ -1,0 +1,45 @@
+from console.capacity import Measured, make_plan, render_plan
+
+MEASURED = Measured(
+    sample=500,
+    client_seconds_per_drug=0.001,
+    server_seconds_per_drug=0.002,
+    json_bytes_per_drug=14_000,
+    index_bytes_per_drug=2_000,
+    text_chars_per_drug=400,
+    hash_bytes_per_drug=2_000,
+)
+
+
+def _plan(
+    drugs: int = 494_000, concurrency: int = 10, redis_limit: int = 64 * 2**30, free: int = 90, titan=False
+):
+    return make_plan(
+        drugs, 1000, concurrency, MEASURED,
+        embedder="amazon.titan-embed-text-v2:0-1024" if titan else "hashing-v1-384", dimension=384,
+        consumer_memory_mb=1024, consumer_timeout=120, redis_limit=(redis_limit, "maxmemory"), postgres_free=free,
+    )  # fmt: skip
+
+
+def test_a_plan_that_fits() -> None:
+    plan = _plan()
+    assert plan.ranges == 494
+    assert plan.bottleneck == "Redis index insertion (one server)"  # 500 docs/s < 10 consumers x 1000/s
+    assert round(plan.wall_seconds) == 988
+    assert plan.redis_json_bytes == 494_000 * 16_000
+    assert plan.redis_hash_bytes == 494_000 * 4_000
+    assert plan.warnings == []
+    assert "fits: no warnings" in render_plan(plan)
+
+
+def test_warnings_when_redis_or_postgres_cannot_hold_the_run() -> None:
+    plan = _plan(redis_limit=2 * 2**30, free=5)
+    assert any("the run will not fit" in w for w in plan.warnings)
+    assert any("12 Postgres connections needed, 5 free" in w for w in plan.warnings)
+    assert "WARNING:" in render_plan(plan)
+
+
+def test_embedding_tokens_are_priced_for_titan_only() -> None:
+    assert _plan().costs_usd["embedding"] == 0.0
+    # 494,000 drugs x 400 chars / 4 chars a token = 49.4 M tokens at $0.00002 per 1k
+    assert _plan(titan=True).costs_usd["embedding"] == 0.988
