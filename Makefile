@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DRUGS ?= 20000
 
-.PHONY: demo test lint typecheck unit integration e2e bench down clean
+NODE_BIN := node_modules/.bin
+CHECKOV := .drugsync/checkov-venv/bin/checkov
+TEMPLATE := .serverless/cloudformation-template-update-stack.json
+
+.PHONY: demo test lint typecheck infra-check package unit integration e2e faults bench down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +21,32 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/drugsync demo --drugs $(DRUGS)
 
-## test: lint, type-check, then unit, integration (real servers) and end-to-end tests
-test: lint typecheck
+## test: lint, type-check, check the infrastructure, then unit, integration (real servers),
+## fault-injection and end-to-end tests
+test: lint typecheck infra-check
 	$(BIN)/pytest tests
+
+$(NODE_BIN)/osls: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# checkov pins an old boto3, so it lives in a venv of its own
+$(CHECKOV):
+	$(PYTHON) -m venv .drugsync/checkov-venv
+	.drugsync/checkov-venv/bin/python -m pip install --quiet --disable-pip-version-check "checkov==3.3.30"
+
+## infra-check: package serverless.yml offline, then cfn-lint, the project's own checks and checkov
+infra-check: $(STAMP) $(NODE_BIN)/osls $(CHECKOV)
+	$(NODE_BIN)/osls package
+	# W3005: the framework adds DependsOn for custom roles that a GetAtt already implies
+	$(BIN)/cfn-lint --ignore-checks W3005 -- $(TEMPLATE)
+	$(BIN)/python -m infra.check_template $(TEMPLATE)
+	$(CHECKOV) -f $(TEMPLATE) --config-file .checkov.yaml
+	$(BIN)/pytest -q tests/unit/test_template_check.py
+
+## package: the Lambda zip with Linux wheels for serverless.yml's runtime and architecture
+package: $(STAMP)
+	$(BIN)/python -m infra.package
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -37,6 +64,9 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e
 
+faults: $(STAMP)
+	$(BIN)/pytest tests/faults
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.pipeline
 
@@ -44,4 +74,4 @@ down: $(STAMP)
 	$(BIN)/drugsync local down
 
 clean: down
-	rm -rf .drugsync .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .drugsync .pytest_cache .mypy_cache .ruff_cache .hypothesis .serverless dist node_modules

@@ -1,0 +1,204 @@
+"""Checks of the compiled CloudFormation template for what cfn-lint and checkov miss.
+
+    python -m infra.check_template .serverless/cloudformation-template-update-stack.json
+
+Each check returns the problems it finds, in words an operator can act on; the command exits 1
+when there is any.
+"""
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+Template = dict[str, Any]
+VISIBILITY_FACTOR = 6  # https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html
+MAX_RECEIVE_COUNT = (2, 10)
+# Actions that accept no resource narrower than "*" (per the AWS service authorization reference).
+UNSCOPABLE_ACTIONS = frozenset(
+    {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "cloudwatch:PutMetricData",
+     "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface"}
+)  # fmt: skip
+REQUIRED_ENVIRONMENT = {
+    "producer/handler.lambda_handler": ("QUEUE_URL", "REDIS_URL", "DRUGSYNC_DATABASE_SECRET_ARN"),
+    "consumer/handler.lambda_handler": (
+        "QUEUE_URL", "DLQ_URL", "REDIS_URL", "DRUGSYNC_DATABASE_SECRET_ARN",
+        "DRUGSYNC_CONSUMER_TIMEOUT_SECONDS",
+    ),
+}  # fmt: skip
+
+
+def resources(template: Template, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, resource in template.get("Resources", {}).items():
+        if resource.get("Type") == kind:
+            yield name, resource.get("Properties", {})
+
+
+def referenced(value: Any) -> str | None:
+    """The logical id behind a Ref or Fn::GetAtt, if the value is one."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return str(value["Ref"])
+        if "Fn::GetAtt" in value:
+            target = value["Fn::GetAtt"]
+            return str(target[0] if isinstance(target, list) else target.split(".")[0])
+    return None
+
+
+def check_visibility_timeout(template: Template) -> list[str]:
+    problems = []
+    for name, mapping in resources(template, "AWS::Lambda::EventSourceMapping"):
+        queue = template["Resources"].get(referenced(mapping.get("EventSourceArn")) or "", {})
+        function = template["Resources"].get(referenced(mapping.get("FunctionName")) or "", {})
+        visibility = int(queue.get("Properties", {}).get("VisibilityTimeout", 30))
+        timeout = int(function.get("Properties", {}).get("Timeout", 6))
+        if visibility < VISIBILITY_FACTOR * timeout:
+            problems.append(
+                f"{name}: queue visibility timeout {visibility}s is under {VISIBILITY_FACTOR} x the"
+                f" function timeout {timeout}s ({VISIBILITY_FACTOR * timeout}s): messages would be"
+                " delivered again while still being processed"
+            )
+    return problems
+
+
+def check_redrive(template: Template) -> list[str]:
+    """Every queue a function consumes sends what keeps failing to a DLQ of this template."""
+    problems = []
+    queues = dict(resources(template, "AWS::SQS::Queue"))
+    mappings = resources(template, "AWS::Lambda::EventSourceMapping")
+    consumed = {referenced(mapping.get("EventSourceArn")) for _, mapping in mappings}
+    for name, queue in queues.items():
+        if name not in consumed:
+            continue
+        policy = queue.get("RedrivePolicy")
+        if not policy:
+            problems.append(f"{name}: no RedrivePolicy: a message that keeps failing is retried forever")
+            continue
+        if referenced(policy.get("deadLetterTargetArn")) not in queues:
+            problems.append(f"{name}: RedrivePolicy's dead-letter queue is not a queue of this template")
+        count = int(policy.get("maxReceiveCount", 0))
+        if not MAX_RECEIVE_COUNT[0] <= count <= MAX_RECEIVE_COUNT[1]:
+            problems.append(
+                f"{name}: maxReceiveCount {count} is outside {MAX_RECEIVE_COUNT[0]}..{MAX_RECEIVE_COUNT[1]}"
+            )
+    return problems
+
+
+def check_queue_encryption(template: Template) -> list[str]:
+    return [
+        f"{name}: queue is not encrypted (set SqsManagedSseEnabled or KmsMasterKeyId)"
+        for name, queue in resources(template, "AWS::SQS::Queue")
+        if not (queue.get("SqsManagedSseEnabled") is True or queue.get("KmsMasterKeyId"))
+    ]
+
+
+def check_dlq_alarm(template: Template) -> list[str]:
+    dead_letter_queues = {
+        referenced(q.get("RedrivePolicy", {}).get("deadLetterTargetArn"))
+        for _, q in resources(template, "AWS::SQS::Queue")
+    } - {None}
+    problems = []
+    for dlq in sorted(q for q in dead_letter_queues if q):
+        alarms = [
+            alarm for _, alarm in resources(template, "AWS::CloudWatch::Alarm")
+            if alarm.get("MetricName") == "ApproximateNumberOfMessagesVisible"
+            and any(referenced(d.get("Value")) == dlq for d in alarm.get("Dimensions", []))
+        ]  # fmt: skip
+        if not alarms:
+            problems.append(
+                f"{dlq}: no alarm on ApproximateNumberOfMessagesVisible of this dead-letter queue"
+            )
+        elif not any(alarm.get("AlarmActions") for alarm in alarms):
+            problems.append(f"{dlq}: its alarm has no AlarmActions: nobody would be told")
+    return problems
+
+
+def check_dashboards(template: Template) -> list[str]:
+    problems = []
+    for name, dashboard in resources(template, "AWS::CloudWatch::Dashboard"):
+        body = dashboard.get("DashboardBody")
+        if isinstance(body, dict) and "Fn::Sub" in body:
+            sub = body["Fn::Sub"]
+            body = sub[0] if isinstance(sub, list) else sub
+        if not isinstance(body, str):
+            continue
+        try:
+            json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+        except json.JSONDecodeError as error:
+            problems.append(f"{name}: dashboard body is not valid JSON: {error}")
+    return problems
+
+
+def _statements(template: Template) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, role in resources(template, "AWS::IAM::Role"):
+        for policy in role.get("Policies", []):
+            for statement in policy.get("PolicyDocument", {}).get("Statement", []):
+                if statement.get("Effect") == "Allow":
+                    yield name, statement
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def check_iam_wildcards(template: Template) -> list[str]:
+    problems = []
+    for name, statement in _statements(template):
+        actions = [str(a) for a in _as_list(statement.get("Action", []))]
+        for action in actions:
+            if action == "*" or action.endswith(":*"):
+                problems.append(f"{name}: wildcard action {action!r}: name the actions the function calls")
+        if "*" in _as_list(statement.get("Resource", [])) and not set(actions) <= UNSCOPABLE_ACTIONS:
+            problems.append(f"{name}: Resource '*' for {', '.join(actions)}: name the resource")
+    return problems
+
+
+def check_environment(template: Template) -> list[str]:
+    problems = []
+    for name, function in resources(template, "AWS::Lambda::Function"):
+        required = REQUIRED_ENVIRONMENT.get(function.get("Handler", ""), ())
+        present = function.get("Environment", {}).get("Variables", {})
+        missing = [variable for variable in required if variable not in present]
+        if missing:
+            problems.append(f"{name}: missing environment variables {', '.join(missing)}")
+    return problems
+
+
+def check_consumer_event(template: Template) -> list[str]:
+    problems = []
+    mappings = list(resources(template, "AWS::Lambda::EventSourceMapping"))
+    if not mappings:
+        problems.append("no SQS event source mapping: nothing would consume the work queue")
+    for name, mapping in mappings:
+        if "ReportBatchItemFailures" not in mapping.get("FunctionResponseTypes", []):
+            problems.append(
+                f"{name}: no ReportBatchItemFailures: one failing range would fail its whole batch"
+            )
+        if not mapping.get("ScalingConfig", {}).get("MaximumConcurrency"):
+            problems.append(f"{name}: no maximumConcurrency: consumers could exhaust Postgres connections")
+    return problems
+
+
+CHECKS: tuple[Callable[[Template], list[str]], ...] = (
+    check_visibility_timeout, check_redrive, check_queue_encryption, check_dlq_alarm,
+    check_dashboards, check_iam_wildcards, check_environment, check_consumer_event,
+)  # fmt: skip
+
+
+def check_template(template: Template) -> list[str]:
+    return [problem for check in CHECKS for problem in check(template)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    path = Path((argv or sys.argv[1:])[0])
+    problems = check_template(json.loads(path.read_text()))
+    for problem in problems:
+        print(f"FAIL {problem}")
+    print(f"{len(CHECKS)} checks, {len(problems)} problem(s) in {path}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Plant each mistake in a compiled template and expect the project's check to catch it.
+
+tests/data/compiled-template.json is `osls package` output for serverless.yml; `make infra-check`
+checks the template compiled from the current serverless.yml with the same code.
+"""
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.check_template import check_template
+
+GOOD = json.loads((Path(__file__).parents[1] / "data" / "compiled-template.json").read_text())
+
+
+def _resource(template: dict[str, Any], kind: str, handler: str | None = None) -> Any:
+    for resource in template["Resources"].values():
+        if resource["Type"] == kind and (handler is None or resource["Properties"].get("Handler") == handler):
+            return resource["Properties"]
+    raise AssertionError(f"no {kind}")
+
+
+def _queue(template: dict[str, Any], name: str) -> Any:
+    return template["Resources"][name]["Properties"]
+
+
+def _policy(template: dict[str, Any], role: str) -> Any:
+    return template["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+
+
+def _dlq_alarm(template: dict[str, Any]) -> Any:
+    return template["Resources"]["DeadLetterQueueNotEmptyAlarm"]["Properties"]
+
+
+CONSUMER = "consumer/handler.lambda_handler"
+MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    (
+        "visibility timeout below 6x",
+        lambda t: _queue(t, "WorkQueue").update(VisibilityTimeout=300),
+        "under 6 x",
+    ),
+    ("no redrive policy", lambda t: _queue(t, "WorkQueue").pop("RedrivePolicy"), "no RedrivePolicy"),
+    (
+        "redrive to a queue outside the template",
+        lambda t: _queue(t, "WorkQueue")["RedrivePolicy"].update(
+            deadLetterTargetArn="arn:aws:sqs:us-east-1:123456789012:elsewhere"
+        ),
+        "not a queue of this template",
+    ),
+    (
+        "absurd maxReceiveCount",
+        lambda t: _queue(t, "WorkQueue")["RedrivePolicy"].update(maxReceiveCount=100),
+        "outside 2..10",
+    ),
+    (
+        "unencrypted queue",
+        lambda t: _queue(t, "DeadLetterQueue").pop("SqsManagedSseEnabled"),
+        "not encrypted",
+    ),
+    ("no DLQ alarm", lambda t: t["Resources"].pop("DeadLetterQueueNotEmptyAlarm"), "no alarm"),
+    ("DLQ alarm without actions", lambda t: _dlq_alarm(t).pop("AlarmActions"), "no AlarmActions"),
+    (
+        "dashboard JSON broken",
+        lambda t: t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"].__setitem__(
+            0, t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0].replace("]", "", 1)
+        ),
+        "not valid JSON",
+    ),
+    (
+        "wildcard IAM action",
+        lambda t: _policy(t, "ConsumerRole")[0].update(Action="sqs:*"),
+        "wildcard action",
+    ),
+    ("wildcard IAM resource", lambda t: _policy(t, "ProducerRole")[1].update(Resource="*"), "Resource '*'"),
+    (
+        "consumer without DLQ_URL",
+        lambda t: _resource(t, "AWS::Lambda::Function", CONSUMER)["Environment"]["Variables"].pop("DLQ_URL"),
+        "missing environment variables DLQ_URL",
+    ),
+    (
+        "no ReportBatchItemFailures",
+        lambda t: _resource(t, "AWS::Lambda::EventSourceMapping").pop("FunctionResponseTypes"),
+        "no ReportBatchItemFailures",
+    ),
+    (
+        "no maximumConcurrency",
+        lambda t: _resource(t, "AWS::Lambda::EventSourceMapping").pop("ScalingConfig"),
+        "no maximumConcurrency",
+    ),
+]
+
+
+def test_the_compiled_template_passes() -> None:
+    assert check_template(GOOD) == []
+
+
+@pytest.mark.parametrize(("mistake", "plant", "expected"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_each_planted_mistake_is_caught(
+    mistake: str, plant: Callable[[dict[str, Any]], None], expected: str
+) -> None:
+    template = copy.deepcopy(GOOD)
+    plant(template)
+    problems = check_template(template)
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
