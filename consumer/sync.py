@@ -72,10 +72,15 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
     if range_last is None or range_last != message.last_id:
         raise InvalidMessage(f"run {message.run_id} has no range {message.range_key}..{message.last_id}")
     fetched = _retried(env, deadline, lambda: env.catalog.fetch_range(message.first_id, message.last_id))
-    failed = isolate(env, deadline, message.run_id, fetched.broken)
+    # Broken rows are isolated as the range reaches them, so a continuation never isolates twice.
+    broken = sorted(fetched.broken, key=lambda row: row.drug_id)
+    failed: list[int] = []
     pacer = Pacer(deadline, env.margin_seconds, env.seconds_per_drug, env.clock)
     drugs, position, written = fetched.drugs, 0, 0
     while position < len(drugs):
+        passed = [row for row in broken if row.drug_id < drugs[position].id]
+        broken = broken[len(passed) :]
+        failed += isolate(env, deadline, message.run_id, passed)
         size = pacer.next_chunk_size(env.chunk_size, made_progress=position > 0)
         if size == 0:
             return _continue(message, drugs[position:], env, written, failed, deferred=False)
@@ -90,6 +95,7 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
         written += len(chunk) - len(failures)
         env.telemetry.count("DrugsSynced", len(chunk) - len(failures))
         position += size
+    failed += isolate(env, deadline, message.run_id, broken)  # those after the last good row
     newly_done = _complete_range(message, env, deadline)
     finished = _finish_run(message.run_id, env, deadline) if newly_done else None
     return Outcome(written, tuple(failed), range_done=newly_done, run_finished=finished)

@@ -164,3 +164,15 @@ def test_unavailable_errors_beyond_the_deferral_limit_fail_the_message() -> None
     exhausted = world.message.model_copy(update={"deferrals": 20})
     with pytest.raises(UnavailableError):
         world.run(exhausted, seconds=5.0)
+
+
+def test_broken_rows_are_isolated_once_even_when_the_range_continues() -> None:
+    # GIVEN broken rows spread over a range that needs several invocations
+    world = World(count=100, chunk_size=10, seconds_per_text=0.1, broken={5: "bad", 55: "bad", 100: "bad"})
+
+    world.drain(seconds=3.0)
+
+    dead_ids = [i for body in world.dead_letters.bodies for i in RowsMessage.model_validate_json(body).ids]
+    assert sorted(dead_ids) == [5, 55, 100]  # each exactly once
+    assert set(world.store.documents) == set(range(1, 101)) - {5, 55, 100}
+    assert world.ledger.done == {(RUN, 1): 97}
