@@ -44,9 +44,13 @@ class StackState:
     env: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     started: list[str] = field(default_factory=list)
+    bin_dir: str | None = None  # tools for this stack (redis-cli), put first on PATH by the exports
 
     def exports(self) -> str:
-        return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in sorted(self.env.items()))
+        lines = [f"export {key}={shlex.quote(value)}" for key, value in sorted(self.env.items())]
+        if self.bin_dir:
+            lines.append(f'export PATH={shlex.quote(self.bin_dir)}:"$PATH"')
+        return "\n".join(lines)
 
 
 def state_file() -> Path:
@@ -154,8 +158,20 @@ def start_redis(state: StackState, port: int | None = None) -> None:
     wait_for_port(port, 15, "redis-server")
     state.pids["redis"] = _read_pid(pidfile, 5)
     state.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    state.bin_dir = str(_write_redis_cli(binary.parent / "redis-cli", libdir))
     if "redis" not in state.started:
         state.started.append("redis")
+
+
+def _write_redis_cli(real: Path, libdir: Path | None) -> Path:
+    """A redis-cli wrapper that finds OpenSSL 1.1 the way the server does, in the stack's bin folder."""
+    folder = state_dir() / "bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    library = f"LD_LIBRARY_PATH={shlex.quote(str(libdir))} " if libdir else ""
+    wrapper = folder / "redis-cli"
+    wrapper.write_text(f'#!/bin/sh\n{library}exec {shlex.quote(str(real))} "$@"\n')
+    wrapper.chmod(0o755)
+    return folder
 
 
 def restart_redis(state: StackState) -> None:

@@ -142,10 +142,17 @@ def test_local_up_prints_exports_that_reach_every_service(user_env: dict[str, st
         "print(boto3.client('sqs').get_queue_attributes(QueueUrl=os.environ['QUEUE_URL'],"
         " AttributeNames=['RedrivePolicy'])['Attributes']['RedrivePolicy'])"
     )
-    script.write_text(f'eval "{up.stdout}"\n{shlex.quote(sys.executable)} -c {shlex.quote(check)}\n')
+    script.write_text(
+        f'eval "$(cat {shlex.quote(str(tmp_path / "exports"))})"\n'
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(check)}\n"
+        'redis-cli -u "$REDIS_URL" ping\n'
+    )
+    (tmp_path / "exports").write_text(up.stdout)
     reached = subprocess.run(["bash", str(script)], env=user_env, capture_output=True, text=True, timeout=120)
     assert reached.returncode == 0, reached.stderr
-    assert int(json.loads(reached.stdout)["maxReceiveCount"]) == 3
+    policy, pong = reached.stdout.strip().splitlines()
+    assert int(json.loads(policy)["maxReceiveCount"]) == 3
+    assert pong == "PONG"  # the stack's own redis-cli, put on PATH by the exports
 
 
 def test_search_and_sync_from_the_cli(user_env: dict[str, str]) -> None:
