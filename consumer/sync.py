@@ -68,9 +68,11 @@ def sync_message(message: RangeMessage | RowsMessage, env: SyncEnv, deadline: De
 
 def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
     """Write the range from message.first_id on; hand off the rest if time or the API runs short."""
-    range_last = _retried(env, deadline, lambda: env.ledger.range_last_id(message.run_id, message.range_key))
-    if range_last is None or range_last != message.last_id:
+    state = _retried(env, deadline, lambda: env.ledger.range_state(message.run_id, message.range_key))
+    if state is None or state[0] != message.last_id:
         raise InvalidMessage(f"run {message.run_id} has no range {message.range_key}..{message.last_id}")
+    if state[1]:
+        return Outcome(0)  # already done: a redelivery pays for no embedding twice
     fetched = _retried(env, deadline, lambda: env.catalog.fetch_range(message.first_id, message.last_id))
     # Broken rows are isolated as the range reaches them, so a continuation never isolates twice.
     broken = sorted(fetched.broken, key=lambda row: row.drug_id)

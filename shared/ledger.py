@@ -63,7 +63,10 @@ WHERE r.run_id = %(run_id)s
 GROUP BY r.run_id
 """
 
-RANGE_LAST_ID = "SELECT last_id FROM drugsync_ranges WHERE run_id = %(run_id)s AND first_id = %(first_id)s"
+RANGE_STATE = """
+SELECT last_id, done_at IS NOT NULL FROM drugsync_ranges
+WHERE run_id = %(run_id)s AND first_id = %(first_id)s
+"""
 
 # A row that fails again after a redrive is open again, with its newest error.
 RECORD_FAILURE = """
@@ -141,15 +144,15 @@ class PostgresLedger:
         with translate_errors("finishing a run"):
             return self._db.connection().execute(FINISH_RUN, {"run_id": run_id}).fetchone() is not None
 
-    def range_last_id(self, run_id: UUID, first_id: int) -> int | None:
-        """The last id of a planned range, or None when the run has no such range."""
+    def range_state(self, run_id: UUID, first_id: int) -> tuple[int, bool] | None:
+        """(last id, done) of a planned range, or None when the run has no such range."""
         with translate_errors("looking up a range"):
             row = (
                 self._db.connection()
-                .execute(RANGE_LAST_ID, {"run_id": run_id, "first_id": first_id})
+                .execute(RANGE_STATE, {"run_id": run_id, "first_id": first_id})
                 .fetchone()
             )
-        return int(row[0]) if row else None
+        return (int(row[0]), bool(row[1])) if row else None
 
     def record_failures(self, run_id: UUID, failures: Sequence[RowFailure]) -> None:
         rows = [

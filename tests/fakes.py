@@ -117,9 +117,10 @@ class FakeLedger:
         self.runs[run_id]["finished"] = True
         return True
 
-    def range_last_id(self, run_id: UUID, first_id: int) -> int | None:
+    def range_state(self, run_id: UUID, first_id: int) -> tuple[int, bool] | None:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
-        return next((r.last_id for r in ranges if r.first_id == first_id), None)
+        last = next((r.last_id for r in ranges if r.first_id == first_id), None)
+        return None if last is None else (last, (run_id, first_id) in self.done)
 
     def record_failures(self, run_id: UUID, failures: Sequence[RowFailure]) -> None:
         for failure in failures:
