@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from uuid import UUID
@@ -292,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DrugSyncError as error:
         print(f"drugsync: {type(error).__name__}: {describe_error(error)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `drugsync status | head`: the reader left; say nothing more (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         while _opened:
             _opened.pop().close()
