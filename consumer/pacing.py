@@ -9,7 +9,9 @@ SAFETY_FACTOR = 1.5  # a chunk may run slower than the ones before it
 SMOOTHING = 0.5  # weight of the newest chunk in the running estimate
 
 
-class _Deadline(Protocol):
+class Deadline(Protocol):
+    """How long the invocation has left."""
+
     def remaining_seconds(self) -> float: ...
 
 
@@ -18,7 +20,7 @@ class Pacer:
 
     def __init__(
         self,
-        deadline: _Deadline,
+        deadline: Deadline,
         margin_seconds: float,
         seconds_per_drug: float,
         clock: Callable[[], float] = time.monotonic,

@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
-from consumer.pacing import Pacer
+from consumer.pacing import Deadline, Pacer
 from shared.documents import build_document, build_embedding_text
 from shared.errors import EmbeddingError, InvalidMessage, UnavailableError
 from shared.models import MAX_DEFERRALS, Drug, RangeMessage, RowFailure, RowsMessage
@@ -22,12 +22,6 @@ from shared.retry import RetryPolicy
 from shared.telemetry import NoTelemetry, Telemetry
 
 T = TypeVar("T")
-
-
-class Deadline(Protocol):
-    """How long the invocation has left."""
-
-    def remaining_seconds(self) -> float: ...
 
 
 @dataclass
