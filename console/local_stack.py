@@ -82,12 +82,35 @@ def running_state() -> StackState | None:
     return state
 
 
+# Variables that go together: a user who names their own queue (or SQS endpoint) keeps their own
+# credentials and endpoint too, so the local moto endpoint never captures calls meant for AWS.
+_SQS_VARIABLES = frozenset(
+    {
+        "AWS_ENDPOINT_URL",
+        "QUEUE_URL",
+        "DLQ_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+    }
+)
+
+
+def stack_env_to_apply(stack_env: dict[str, str], current: dict[str, str]) -> dict[str, str]:
+    """The stack's variables this environment lacks, all SQS ones or none of them."""
+    own_sqs = any(current.get(name) for name in ("QUEUE_URL", "AWS_ENDPOINT_URL"))
+    return {
+        key: value
+        for key, value in stack_env.items()
+        if key not in current and not (own_sqs and key in _SQS_VARIABLES)
+    }
+
+
 def apply_stack_env() -> StackState | None:
-    """Point this process at the running local stack, leaving any variable already set alone."""
+    """Point this process at the running local stack for whatever the environment does not name."""
     state = running_state()
     if state is not None:
-        for key, value in state.env.items():
-            os.environ.setdefault(key, value)
+        os.environ.update(stack_env_to_apply(state.env, dict(os.environ)))
     return state
 
 
