@@ -10,7 +10,7 @@ from uuid import UUID
 from console import local_stack
 from console.capacity import SAMPLE_SIZE, make_plan, measure, render_plan
 from console.dead_letters import group_by_cause, list_dead_letters, redrive, render_groups
-from console.demo import render_search, run_demo
+from console.demo import render_search, run_demo, search
 from console.event_source import EventSourceConfig, LocalEventSource
 from console.seed import seed_drugs, synthetic_sample
 from console.services import Services
@@ -113,8 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     found = services()
     if args.json:
-        vector = found.embedder.embed_texts([args.text])[0]
-        hits = found.store.search(vector, args.k)
+        hits = search(found, args.text, args.k)
         print(json.dumps([{"id": h.drug_id, "score": h.score, **h.fields} for h in hits], indent=2))
     else:
         print(render_search(found, args.text, args.k))

@@ -10,10 +10,10 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.errors import InvalidMessage
+from shared.errors import InvalidMessage, UnavailableError
 from shared.models import MAX_ROWS_PER_MESSAGE, RowsMessage, parse_message
+from shared.queue import SQS_BATCH_LIMIT, SqsQueue
 
-SQS_BATCH = 10
 HOLD_SECONDS = 60  # messages being listed or moved stay hidden from others this long
 _DRUG_ID_PREFIX = re.compile(r"^drug id \d+: ")
 
@@ -65,7 +65,7 @@ def _receive(sqs: Any, queue_url: str, limit: int | None = None) -> Iterator[lis
     """Batches of messages, each hidden for HOLD_SECONDS, until the queue gives no more or `limit`."""
     taken = 0
     while limit is None or taken < limit:
-        wanted = SQS_BATCH if limit is None else min(SQS_BATCH, limit - taken)
+        wanted = SQS_BATCH_LIMIT if limit is None else min(SQS_BATCH_LIMIT, limit - taken)
         batch = sqs.receive_message(
             QueueUrl=queue_url, MaxNumberOfMessages=wanted, VisibilityTimeout=HOLD_SECONDS,
             WaitTimeSeconds=0, AttributeNames=["All"], MessageAttributeNames=["All"],
@@ -78,10 +78,10 @@ def _receive(sqs: Any, queue_url: str, limit: int | None = None) -> Iterator[lis
 
 def _release(sqs: Any, queue_url: str, letters: list[DeadLetter]) -> None:
     """Make listed messages visible again at once."""
-    for start in range(0, len(letters), SQS_BATCH):
+    for start in range(0, len(letters), SQS_BATCH_LIMIT):
         entries = [
             {"Id": str(i), "ReceiptHandle": letter.receipt_handle, "VisibilityTimeout": 0}
-            for i, letter in enumerate(letters[start : start + SQS_BATCH])
+            for i, letter in enumerate(letters[start : start + SQS_BATCH_LIMIT])
         ]
         sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
 
@@ -212,33 +212,20 @@ def _move(
     consumer absorbs (idempotent writes, ranges counted once). Nothing can be lost.
     """
     report = RedriveReport("receive-send-delete")
+    work, dead = SqsQueue(sqs, work_url), SqsQueue(sqs, dlq_url)
     now_ms = int(time.time() * 1000)
     for batch in _receive(sqs, dlq_url, max_messages):
         sent_handles = []
         for message in batch:
             letter = _dead_letter(message, now_ms)
             bodies = split_body(letter.body, rows_per_message)
-            if _send_all(sqs, work_url, bodies):
-                sent_handles.append(letter.receipt_handle)
-                report.sent += len(bodies)
-                report.ids.append(letter.ids)
-        _delete(sqs, dlq_url, sent_handles)
+            try:
+                work.send_messages(bodies)
+            except UnavailableError:
+                continue  # not deleted: it stays in the DLQ for the next redrive
+            sent_handles.append(letter.receipt_handle)
+            report.sent += len(bodies)
+            report.ids.append(letter.ids)
+        dead.delete_messages(sent_handles)
         report.moved += len(sent_handles)
     return report
-
-
-def _send_all(sqs: Any, queue_url: str, bodies: list[str]) -> bool:
-    for start in range(0, len(bodies), SQS_BATCH):
-        entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + SQS_BATCH])]
-        if sqs.send_message_batch(QueueUrl=queue_url, Entries=entries).get("Failed"):
-            return False
-    return True
-
-
-def _delete(sqs: Any, queue_url: str, receipt_handles: list[str]) -> None:
-    for start in range(0, len(receipt_handles), SQS_BATCH):
-        entries = [
-            {"Id": str(i), "ReceiptHandle": handle}
-            for i, handle in enumerate(receipt_handles[start : start + SQS_BATCH])
-        ]
-        sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)

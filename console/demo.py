@@ -13,6 +13,7 @@ from console.seed import seed_drugs
 from console.services import Services
 from console.status import Counts, describe_run, gather_counts, render_run_line
 from shared.models import SyncRequest
+from shared.redis_store import SearchHit
 
 DEMO_QUERY = "amoxicillin 500 mg capsule"
 
@@ -105,9 +106,13 @@ def render_counts(counts: Counts) -> str:
     )
 
 
+def search(services: Services, text: str, k: int) -> list[SearchHit]:
+    """The k drugs nearest to `text`, embedded as the documents were."""
+    return services.store.search(services.embedder.embed_texts([text])[0], k)
+
+
 def render_search(services: Services, text: str, k: int) -> str:
-    vector = services.embedder.embed_texts([text])[0]
-    hits = services.store.search(vector, k)
+    hits = search(services, text, k)
     lines = [f'search "{text}" (top {k}):']
     for rank, hit in enumerate(hits, 1):
         fields = hit.fields

@@ -13,12 +13,12 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 from console.invoker import InvocationResult, InvocationWorker
+from shared.queue import SQS_BATCH_LIMIT, SqsQueue
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import MessageTypeDef
 
-SQS_RECEIVE_LIMIT = 10
 DRAINED_CHECKS = 2  # approximate counts: only believe "empty" when seen twice in a row
 
 
@@ -139,7 +139,7 @@ class LocalEventSource:
         while len(messages) < self._config.batch_size and not self._stop.is_set():
             received = self._sqs.receive_message(
                 QueueUrl=self._config.queue_url,
-                MaxNumberOfMessages=min(SQS_RECEIVE_LIMIT, self._config.batch_size - len(messages)),
+                MaxNumberOfMessages=min(SQS_BATCH_LIMIT, self._config.batch_size - len(messages)),
                 WaitTimeSeconds=wait,
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
@@ -181,12 +181,7 @@ class LocalEventSource:
         return every_id if not reported <= every_id else {str(item) for item in reported}
 
     def _delete(self, messages: list["MessageTypeDef"]) -> None:
-        for start in range(0, len(messages), SQS_RECEIVE_LIMIT):
-            chunk = messages[start : start + SQS_RECEIVE_LIMIT]
-            self._sqs.delete_message_batch(
-                QueueUrl=self._config.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)],
-            )
+        SqsQueue(self._sqs, self._config.queue_url).delete_messages([m["ReceiptHandle"] for m in messages])
 
     def _to_record(self, message: "MessageTypeDef") -> dict[str, Any]:
         """An SQS message in the shape Lambda hands to a function."""

@@ -33,6 +33,11 @@ class VerifyReport:
     repair: dict[str, Any] | None = field(default=None)
 
     @property
+    def lost(self) -> int:
+        """Drugs Postgres has that Redis lacks or holds out of date."""
+        return len(self.drift.missing) + len(self.drift.stale)
+
+    @property
     def clean(self) -> bool:
         return (
             self.drift.clean and self.index_documents == self.postgres_eligible and self.index_failures == 0

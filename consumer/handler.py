@@ -27,8 +27,6 @@ logger = Logger(service="drugsync-consumer")
 metrics = Metrics(namespace="drugsync", service="consumer")
 tracer = Tracer(service="drugsync-consumer")
 
-_UNITS = {"EmbeddingLatency": MetricUnit.Milliseconds}
-
 
 class MetricsTelemetry:
     """The core's counts and durations as CloudWatch EMF metrics, flushed when the handler returns."""
@@ -37,7 +35,7 @@ class MetricsTelemetry:
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
     def milliseconds(self, name: str, value: float) -> None:
-        metrics.add_metric(name=name, unit=_UNITS.get(name, MetricUnit.Milliseconds), value=value)
+        metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=value)
 
 
 class SnsNotifier:

@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from producer.plan import range_size_that_fits, start_sync
+from shared.describe import validation_problems
 from shared.errors import ConfigError
 from shared.ledger import PostgresLedger
 from shared.models import SyncRequest, SyncSummary
@@ -69,8 +70,7 @@ def parse_request(event: dict[str, Any] | None) -> SyncRequest:
     try:
         return SyncRequest.model_validate(event or {})
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"invalid producer event: {problems}") from error
+        raise ConfigError(f"invalid producer event: {validation_problems(error)}") from error
 
 
 @logger.inject_lambda_context(clear_state=True)

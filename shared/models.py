@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.describe import validation_problems
 from shared.errors import InvalidMessage
 
 # The catalog's text fields, in the order they are stored and embedded.
@@ -168,16 +169,8 @@ def parse_message(body: str) -> RangeMessage | RowsMessage:
     try:
         return _WORK_MESSAGE.validate_json(body)
     except ValidationError as error:
-        raise InvalidMessage(describe_validation(error)) from error
-
-
-def describe_validation(error: ValidationError) -> str:
-    """Each wrong field named with pydantic's reason, on one line."""
-    problems = []
-    for detail in error.errors():
-        location = ".".join(str(part) for part in detail["loc"] if part not in ("range", "rows"))
-        problems.append(f"{location or 'body'}: {detail['msg']}")
-    return "; ".join(problems)
+        # The union's tags ("range", "rows") are not fields a sender wrote: leave them out.
+        raise InvalidMessage(validation_problems(error, skip=("range", "rows"))) from error
 
 
 class SyncRequest(BaseModel):

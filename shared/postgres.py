@@ -8,6 +8,7 @@ import psycopg
 from psycopg import sql
 from pydantic import ValidationError
 
+from shared.describe import validation_problems
 from shared.errors import RowError, UnavailableError, unavailable_on
 from shared.models import TEXT_FIELDS, Drug, Fetched, PlannedRange, RowFailure
 from shared.redact import redact_url
@@ -178,8 +179,7 @@ def drug_from_row(row: tuple[Any, ...]) -> Drug:
     try:
         return Drug(id=drug_id, updated_at=updated_at, **fields)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise RowError(drug_id, problems) from error
+        raise RowError(drug_id, validation_problems(error)) from error
 
 
 # Connections a new client may still open: the limit, less those reserved for superusers, less those open.

@@ -10,9 +10,12 @@ from shared.errors import UnavailableError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
+    from mypy_boto3_sqs.type_defs import (
+        DeleteMessageBatchRequestEntryTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
 
-SQS_BATCH_LIMIT = 10  # SendMessageBatch takes at most 10 entries
+SQS_BATCH_LIMIT = 10  # ReceiveMessage, SendMessageBatch and DeleteMessageBatch take at most 10
 SEND_ATTEMPTS = 3
 MAX_ATTRIBUTE_CHARS = 1000
 
@@ -77,6 +80,18 @@ class SqsQueue:
             f"SQS rejected {len(pending)} messages after {SEND_ATTEMPTS} attempts: "
             + "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in failures)
         )
+
+    def delete_messages(self, receipt_handles: Sequence[str]) -> None:
+        """DeleteMessageBatch, ten at a time: these messages are done with."""
+        for start in range(0, len(receipt_handles), SQS_BATCH_LIMIT):
+            entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+                {"Id": str(index), "ReceiptHandle": handle}
+                for index, handle in enumerate(receipt_handles[start : start + SQS_BATCH_LIMIT])
+            ]
+            try:
+                self._client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            except (ClientError, BotoCoreError) as error:
+                raise UnavailableError(f"SQS DeleteMessageBatch on {self.queue_url}: {error}") from error
 
     def depth(self) -> QueueDepth:
         try:

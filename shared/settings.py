@@ -14,6 +14,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.describe import validation_problems
 from shared.errors import ConfigError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -105,8 +106,5 @@ def get_settings() -> Settings:
 
 def describe_settings_error(error: ValidationError) -> str:
     """One line per wrong setting, named by the environment variable an operator would set."""
-    problems = []
-    for detail in error.errors():
-        field = ".".join(str(part) for part in detail["loc"]) or "settings"
-        problems.append(f"DRUGSYNC_{field.upper()}: {detail['msg']}")
-    return "invalid settings: " + "; ".join(problems)
+    problems = validation_problems(error, empty="settings", rename=lambda field: f"DRUGSYNC_{field.upper()}")
+    return "invalid settings: " + problems

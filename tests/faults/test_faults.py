@@ -24,12 +24,12 @@ from console.event_source import EventSourceConfig, LocalEventSource, WorkStats
 from console.local_stack import StackState
 from console.seed import seed_drugs
 from console.services import Services
+from console.verify import VerifyReport, verify
 from shared.models import RangeMessage, RowsMessage, SyncRequest
 from shared.retry import RetryPolicy
 from tests.conftest import Isolated, isolate
 from tests.faults.conftest import REPORT, FaultRow
 from tests.faults.handlers import fault_counter
-from tests.verification import Verdict, verify
 
 pytestmark = pytest.mark.integration
 DRUGS = 1200
@@ -103,15 +103,19 @@ class Scenario:
     def dead_letters(self) -> list[Any]:
         return list_dead_letters(self.sqs, str(self.env.settings.dlq_url))
 
-    def verdict(self, wait_for_index: float = 30) -> Verdict:
+    def compare(self) -> VerifyReport:
+        """`drugsync verify` on this scenario's table and index."""
+        return verify(self.services.catalog, self.services.store, self.services.embedder.name)
+
+    def verdict(self, wait_for_index: float = 30) -> VerifyReport:
         deadline = time.monotonic() + wait_for_index
-        verdict = self.retry.call(lambda: verify(self.services))
-        while not verdict.exact and time.monotonic() < deadline:  # the index catches up asynchronously
+        verdict = self.retry.call(self.compare)
+        while not verdict.clean and time.monotonic() < deadline:  # the index catches up asynchronously
             time.sleep(0.2)
-            verdict = self.retry.call(lambda: verify(self.services))
+            verdict = self.retry.call(self.compare)
         return verdict
 
-    def report(self, fault: str, injected: int, stats: WorkStats, verdict: Verdict) -> None:
+    def report(self, fault: str, injected: int, stats: WorkStats, verdict: VerifyReport) -> None:
         REPORT.append(FaultRow(fault, injected, stats.redeliveries, verdict.lost))
 
 
@@ -138,12 +142,12 @@ def _busy_worker(source: LocalEventSource, seconds: float = 60) -> int:
     return source.busy_pids()[0]
 
 
-def _assert_exact(scenario: Scenario, verdict: Verdict) -> None:
+def _assert_exact(scenario: Scenario, verdict: VerifyReport) -> None:
     assert verdict.drift.missing == []
     assert verdict.drift.extra == []
     assert verdict.drift.stale == []
-    assert verdict.expected == scenario.eligible
-    assert verdict.indexed == scenario.eligible
+    assert verdict.postgres_eligible == scenario.eligible
+    assert verdict.index_documents == scenario.eligible
     assert scenario.state() == "complete"
     assert scenario.dead_letters() == []
 
@@ -247,7 +251,7 @@ def test_poison_rows_fail_alone_and_a_redrive_after_the_fix_completes_the_run(sc
     dead_ids = sorted(i for letter in dead for i in RowsMessage.model_validate_json(letter.body).ids)
     assert dead_ids == sorted(poison)
     assert {letter.error_class for letter in dead} == {"RowError", "EmbeddingError"}
-    assert verify(scenario.services).drift.missing == sorted(poison)  # every other drug is written
+    assert scenario.compare().drift.missing == sorted(poison)  # every other drug is written
 
     _fix_poison(scenario, poison)
     moved = redrive(scenario.sqs, str(scenario.env.settings.dlq_url), str(scenario.env.settings.queue_url))
