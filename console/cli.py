@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
+from pydantic import ValidationError
+
 from console import local_stack
 from console.capacity import SAMPLE_SIZE, make_plan, measure, render_plan
 from console.dead_letters import group_by_cause, list_dead_letters, redrive, render_groups
@@ -14,13 +16,14 @@ from console.demo import render_search, run_demo, search
 from console.event_source import EventSourceConfig, LocalEventSource
 from console.seed import seed_drugs, synthetic_sample
 from console.services import Services
-from console.status import gather_status, render_status
+from console.status import gather_runs, gather_status, render_runs, render_status
 from console.verify import render_report, repair, verify
-from producer.plan import range_size_that_fits
+from producer.plan import range_size_that_fits, resume_run
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError
 from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest
 from shared.postgres import free_connections
+from shared.redact import redact_text
 from shared.settings import get_settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -107,6 +110,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         UUID(args.run) if args.run else None,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else render_status(report))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    found = services()
+    runs = gather_runs(found.ledger, found.queue if found.settings.queue_url else None, args.limit)
+    print(json.dumps(runs, indent=2) if args.json else render_runs(runs))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    found = services()
+    found.ledger.ensure_schema()
+    run_id = UUID(args.run) if args.run else found.ledger.latest_run_id()
+    if run_id is None:
+        raise ConfigError("no run to resume: the ledger has none")
+    sent = resume_run(run_id, ledger=found.ledger, queue=found.queue)
+    if sent:
+        print(f"run {run_id}: sent {sent} message(s) again for what is not done")
+    else:
+        print(f"run {run_id} is complete and announced: nothing to resume")
     return 0
 
 
@@ -231,9 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     work.set_defaults(handler=cmd_work)
 
     status = commands.add_parser("status", help="progress of a run and the counts that must agree")
-    status.add_argument("--run", help="run id (default: the latest)")
+    status.add_argument("--run", type=_run_id, help="run id (default: the latest)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
+
+    runs = commands.add_parser("runs", help="recent runs and their states")
+    runs.add_argument("--limit", type=_positive, default=10)
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=cmd_runs)
+
+    resume = commands.add_parser("resume", help="send again what a run has not done (stalled, not enqueued)")
+    resume.add_argument("run", nargs="?", type=_run_id, help="run id (default: the latest)")
+    resume.set_defaults(handler=cmd_resume)
 
     search = commands.add_parser("search", help="KNN search over the index")
     search.add_argument("text")
@@ -277,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_id(text: str) -> str:
+    try:
+        return str(UUID(text))
+    except ValueError:
+        message = f"{text!r} is not a run id (a UUID, as `drugsync runs` lists them)"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -289,13 +330,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(args)
-    except DrugSyncError as error:
+    except (DrugSyncError, ValidationError) as error:
         print(f"drugsync: {type(error).__name__}: {describe_error(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `drugsync status | head`: the reader left; say nothing more (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        # An operator gets one line naming what failed; DRUGSYNC_DEBUG=1 shows where.
+        if os.environ.get("DRUGSYNC_DEBUG"):
+            raise
+        print(f"drugsync: unexpected {type(error).__name__}: {redact_text(str(error))}"
+              " (set DRUGSYNC_DEBUG=1 for the traceback)", file=sys.stderr)  # fmt: skip
+        return 3
     finally:
         while _opened:
             _opened.pop().close()

@@ -48,14 +48,41 @@ class StatusReport:
         }
 
 
-def describe_run(progress: RunProgress, now: datetime) -> dict[str, Any]:
+STALL_SECONDS = 600  # well beyond a consumer timeout, a deferral's delay is up to 900 s but counted as queued
+
+
+def run_state(progress: RunProgress, queue: QueueDepth | None, now: datetime) -> str:
+    """The ledger's state, or `stalled` when the run is unfinished, nothing of it is queued,
+    delayed or in flight, and nothing moved for STALL_SECONDS: no consumer will ever finish it."""
+    state = progress.state
+    if progress.complete or state == "enqueue_failed" or queue is None or not queue.empty:
+        return state
+    quiet = (now - progress.last_activity).total_seconds()
+    return "stalled" if quiet >= STALL_SECONDS else state
+
+
+def advice(run: dict[str, Any]) -> str | None:
+    """What an operator should do about a run in this state."""
+    if run["state"] == "enqueue_failed":
+        return f"its messages were not all sent: `drugsync resume {run['run_id']}` sends what is not done"
+    if run["state"] == "stalled":
+        return (
+            f"nothing of it is queued or in flight and nothing moved for {STALL_SECONDS // 60} min:"
+            f" see `drugsync dlq`, then `drugsync resume {run['run_id']}`"
+        )
+    return None
+
+
+def describe_run(progress: RunProgress, now: datetime, queue: QueueDepth | None = None) -> dict[str, Any]:
     """A run's progress with its state, elapsed time and rate."""
-    finished = progress.complete
-    end = progress.last_done_at if finished and progress.last_done_at else now
+    end = progress.finished_at or now
     elapsed = max((end - progress.started_at).total_seconds(), 0.0)
     return {
         "run_id": str(progress.run_id),
-        "state": progress.state,
+        "state": run_state(progress, queue, now),
+        "enqueue_error": progress.enqueue_error,
+        "documents_removed": progress.documents_removed,
+        "announced": progress.announced_at is not None,
         "failed_drugs": progress.open_failures,
         "started_at": progress.started_at.isoformat(),
         "ranges_done": progress.ranges_done,
@@ -83,13 +110,14 @@ def gather_status(
     ledger.ensure_schema()
     chosen = run_id or ledger.latest_run_id()
     progress = ledger.progress(chosen) if chosen else None
-    run = describe_run(progress, datetime.now(UTC)) if progress else None
+    depth = queue.depth() if queue else None
+    run = describe_run(progress, datetime.now(UTC), depth) if progress else None
     if progress is not None and progress.open_failures:
         failures = ledger.open_failures(progress.run_id)[:MAX_LISTED_FAILURES]
         run = {**(run or {}), "failures": [asdict(failure) for failure in failures]}
     return StatusReport(
         run=run,
-        queue=queue.depth() if queue else None,
+        queue=depth,
         dead_letter=dead_letter.depth() if dead_letter else None,
         counts=gather_counts(catalog, store),
     )
@@ -124,9 +152,14 @@ def render_status(report: StatusReport) -> str:
             lines.append(f"  failed: drug {failure['drug_id']} {failure['error_class']}: {failure['error']}")
         if run["failed_drugs"]:
             lines.append(f"{run['failed_drugs']} drugs failed and wait in the DLQ: see `drugsync dlq`")
+        if run["documents_removed"]:
+            lines.append(f"{run['documents_removed']:,} documents of drugs no longer eligible removed")
+        if todo := advice(run):
+            lines.append(f"{run['state'].upper()}: {todo}")
     if report.queue is not None:
         lines.append(
-            f"queue: {report.queue.visible} visible, {report.queue.in_flight} in flight"
+            f"queue: {report.queue.visible} visible, {report.queue.in_flight} in flight,"
+            f" {report.queue.delayed} delayed"
             + (f"; dead-letter: {report.dead_letter.visible}" if report.dead_letter else "")
         )
     counts = report.counts
@@ -135,4 +168,29 @@ def render_status(report: StatusReport) -> str:
         f" | index documents {counts.index_documents:,} (failures {counts.index_failures})"
         f" -> {'consistent' if counts.consistent else 'NOT consistent'}"
     )
+    return "\n".join(lines)
+
+
+def gather_runs(ledger: PostgresLedger, queue: SqsQueue | None, limit: int) -> list[dict[str, Any]]:
+    """The most recent runs, newest first, each described as `status` describes one."""
+    ledger.ensure_schema()
+    depth = queue.depth() if queue else None
+    now = datetime.now(UTC)
+    found = (ledger.progress(run_id) for run_id in ledger.recent_run_ids(limit))
+    return [describe_run(progress, now, depth) for progress in found if progress is not None]
+
+
+def render_runs(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "no sync run recorded yet"
+    lines = [f"{'run':<36}  {'state':<22}  {'started':<25}  {'ranges':>13}  {'drugs':>15}  failed"]
+    for run in runs:
+        lines.append(
+            f"{run['run_id']:<36}  {run['state']:<22}  {run['started_at'][:25]:<25}"
+            f"  {run['ranges_done']:>6}/{run['ranges_total']:<6}"
+            f"  {run['drugs_done']:>7}/{run['drugs_total']:<7}"
+            f"  {run['failed_drugs']}"
+        )
+        if todo := advice(run):
+            lines.append(f"    {todo}")
     return "\n".join(lines)

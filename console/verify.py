@@ -5,15 +5,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
 
 from producer.plan import enqueue_run
 from shared.documents import row_fingerprint
 from shared.drift import Drift, compare_fingerprints
-from shared.ledger import PostgresLedger
 from shared.models import PlannedRange
+from shared.ports import DocumentStore, Ledger, WorkQueue
 from shared.postgres import PostgresCatalog
-from shared.queue import SqsQueue
 from shared.redis_store import RedisDocumentStore
 
 SHOWN_IDS = 20
@@ -106,26 +104,33 @@ def covering_ranges(dirty: list[int], eligible: list[int], range_size: int) -> l
 
 def repair(
     report: VerifyReport,
-    store: RedisDocumentStore,
-    ledger: PostgresLedger,
-    queue: SqsQueue,
+    store: DocumentStore,
+    ledger: Ledger,
+    queue: WorkQueue,
     embedding_dim: int,
     range_size: int,
 ) -> dict[str, Any]:
-    """Delete the extras now; enqueue, as a new run, the fewest ranges that fix missing and stale."""
-    deleted = store.delete_documents(report.drift.extra)
-    dirty = sorted(set(report.drift.missing) | set(report.drift.stale))
+    """Start a run of the fewest ranges that fix missing and stale drugs; its sweep removes extras.
+
+    Nothing is deleted here: what verify saw as extra may qualify by now (inserted, or made
+    eligible, and written by a running sync). The run's sweep checks each document against
+    Postgres at delete time, and checks again after, so no qualifying drug is removed.
+    """
+    # Rows already failing wait in the DLQ for a fix and a redrive; syncing them again would only
+    # add another failure and another DLQ copy of each.
+    ledger.ensure_schema()
+    waiting = set(ledger.failing_ids())
+    dirty = sorted((set(report.drift.missing) | set(report.drift.stale)) - waiting)
     ranges = covering_ranges(dirty, report.eligible_ids, range_size)
-    run_id: UUID | None = None
-    if ranges:
-        run_id = enqueue_run(
-            ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim
-        )
+    run_id = enqueue_run(
+        ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim
+    )
     return {
-        "deleted_extras": deleted,
-        "run_id": str(run_id) if run_id else None,
+        "extras_to_remove": len(report.drift.extra),
+        "run_id": str(run_id),
         "ranges": len(ranges),
         "drugs_to_resync": len(dirty),
+        "failing_in_dlq": len(waiting & (set(report.drift.missing) | set(report.drift.stale))),
     }
 
 
@@ -145,7 +150,13 @@ def render_report(report: VerifyReport) -> str:
     if report.repair:
         repaired = report.repair
         lines.append(
-            f"repair: deleted {repaired['deleted_extras']} extra document(s); run {repaired['run_id']}"
-            f" re-syncs {repaired['drugs_to_resync']} drug(s) in {repaired['ranges']} range(s)"
+            f"repair: run {repaired['run_id']} re-syncs {repaired['drugs_to_resync']} drug(s) in"
+            f" {repaired['ranges']} range(s); its sweep removes what no longer qualifies"
+            f" ({repaired['extras_to_remove']} extra now); follow it with `drugsync status`"
+            + (
+                f"; {repaired['failing_in_dlq']} drug(s) already failing wait in the DLQ (`drugsync dlq`)"
+                if repaired["failing_in_dlq"]
+                else ""
+            )
         )
     return "\n".join(lines)

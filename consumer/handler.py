@@ -16,8 +16,8 @@ from consumer.sync import Outcome, SyncEnv, sync_message
 from shared.describe import describe_error
 from shared.embedders import build_embedder
 from shared.errors import InvalidMessage, ThrottledError
-from shared.models import RangeMessage, RowsMessage, parse_message
-from shared.ports import Catalog, DocumentStore, Embedder, Ledger, WorkQueue
+from shared.models import AnyMessage, RowsMessage, SweepMessage, parse_message
+from shared.ports import Catalog, DocumentStore, Embedder, Ledger, RunProgress, WorkQueue
 from shared.retry import RetryPolicy
 from shared.settings import Settings, get_settings
 from shared.telemetry import Notifier
@@ -49,6 +49,26 @@ class SnsNotifier:
 
     def notify(self, subject: str, message: str) -> None:
         self._client.publish(TopicArn=self._topic_arn, Subject=subject[:100], Message=message)
+
+
+class RunAnnouncer:
+    """A run's end, said once: a log line, the RunsFinished metric, and an optional SNS message."""
+
+    def __init__(self, notifier: Notifier | None) -> None:
+        self._notifier = notifier
+
+    def announce(self, progress: RunProgress) -> None:
+        summary = {
+            "run_id": str(progress.run_id),
+            "state": progress.state,
+            "drugs": progress.drugs_done,
+            "failed_drugs": progress.open_failures,
+            "documents_removed": progress.documents_removed,
+        }
+        if self._notifier is not None:
+            self._notifier.notify(f"drugsync run {progress.state}", json.dumps(summary))
+        metrics.add_metric(name="RunsFinished", unit=MetricUnit.Count, value=1)
+        logger.info("run finished", extra=summary)
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,7 @@ class Consumer:
             margin_seconds=self.settings.handoff_margin_seconds,
             seconds_per_drug=self.settings.seconds_per_drug,
             telemetry=telemetry,
+            announcer=RunAnnouncer(self.notifier),
         )
 
 
@@ -139,7 +160,7 @@ class ReportingBatchProcessor(BatchProcessor):
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = None) -> None:
     consumer = _consumer()
-    logger.remove_keys(["run_id", "kind", "range", "first_id", "last_id", "ids"])
+    logger.remove_keys(["run_id", "kind", "range", "first_id", "last_id", "ids", "cursor"])
     try:
         message = parse_message(record.body)
         logger.append_keys(**_message_keys(message))  # every line about this message names its run
@@ -155,21 +176,13 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
         )
         return
     logger.info("message synced", extra=_outcome_keys(outcome))
-    if outcome.run_finished:
-        announce_end(consumer, str(message.run_id), outcome.run_finished)
 
 
-def announce_end(consumer: Consumer, run_id: str, state: str) -> None:
-    """The one consumer that finished the run says so: a log line, a metric, an optional SNS message."""
-    metrics.add_metric(name="RunsFinished", unit=MetricUnit.Count, value=1)
-    logger.info("run finished", extra={"run_id": run_id, "state": state})
-    if consumer.notifier is not None:
-        consumer.notifier.notify(f"drugsync run {state}", json.dumps({"run_id": run_id, "state": state}))
-
-
-def _message_keys(message: RangeMessage | RowsMessage) -> dict[str, Any]:
+def _message_keys(message: AnyMessage) -> dict[str, Any]:
     if isinstance(message, RowsMessage):
         return {"run_id": str(message.run_id), "kind": "rows", "ids": len(message.ids)}
+    if isinstance(message, SweepMessage):
+        return {"run_id": str(message.run_id), "kind": "sweep", "cursor": message.cursor}
     return {
         "run_id": str(message.run_id),
         "kind": "range",
@@ -186,6 +199,7 @@ def _outcome_keys(outcome: Outcome) -> dict[str, Any]:
         "continued_at": outcome.continued_at,
         "deferred": outcome.deferred,
         "range_done": outcome.range_done,
+        "documents_removed": outcome.documents_removed,
     }
 
 

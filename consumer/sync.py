@@ -6,58 +6,43 @@ embedding API rejects, a document Redis refuses) are recorded and sent to the DL
 every good row is written.
 """
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
-from typing import TypeVar
 from uuid import UUID
 
+from consumer.env import Outcome, SyncEnv, retried
 from consumer.pacing import Deadline, Pacer
+from consumer.run_end import advance_run
 from shared.documents import build_document, build_embedding_text
 from shared.errors import EmbeddingError, InvalidMessage, UnavailableError
-from shared.models import MAX_DEFERRALS, Drug, RangeMessage, RowFailure, RowsMessage
-from shared.ports import Catalog, DocumentStore, Embedder, Ledger, Vectors, WorkQueue
-from shared.retry import RetryPolicy
-from shared.telemetry import NoTelemetry, Telemetry
+from shared.models import (
+    MAX_DEFERRALS,
+    AnyMessage,
+    Drug,
+    RangeMessage,
+    RowFailure,
+    RowsMessage,
+    SweepMessage,
+)
+from shared.ports import Vectors
 
-T = TypeVar("T")
-
-
-@dataclass
-class SyncEnv:
-    """Everything syncing needs, passed in: the core reads no environment of its own."""
-
-    catalog: Catalog
-    embedder: Embedder
-    store: DocumentStore
-    ledger: Ledger
-    work_queue: WorkQueue
-    dead_letters: WorkQueue
-    retry: RetryPolicy
-    chunk_size: int
-    margin_seconds: float
-    seconds_per_drug: float
-    clock: Callable[[], float] = time.monotonic
-    telemetry: Telemetry = field(default_factory=NoTelemetry)
+__all__ = ["Outcome", "SyncEnv", "sync_message"]
+_retried = retried
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one message did."""
-
-    drugs_written: int
-    failed_ids: tuple[int, ...] = ()
-    continued_at: int | None = None
-    deferred: bool = False
-    range_done: bool = False
-    run_finished: str | None = None  # the run's state, set only by the message that finished it
-
-
-def sync_message(message: RangeMessage | RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
+def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
+    """Do what the message asks, then take the run's next step if it is due."""
     if isinstance(message, RowsMessage):
-        return sync_rows(message, env, deadline)
-    return sync_range(message, env, deadline)
+        outcome = sync_rows(message, env, deadline)
+    elif isinstance(message, SweepMessage):
+        outcome = sweep(message, env, deadline)
+    else:
+        outcome = sync_range(message, env, deadline)
+    if outcome.continued_at is not None:
+        return outcome  # the rest of this message's work is still queued
+    announced = advance_run(message.run_id, env, deadline)
+    return replace(outcome, announced=announced) if announced else outcome
 
 
 def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
@@ -66,7 +51,7 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
     if state is None or state[0] != message.last_id:
         raise InvalidMessage(f"run {message.run_id} has no range {message.range_key}..{message.last_id}")
     if state[1]:
-        return Outcome(0)  # already done: a redelivery pays for no embedding twice
+        return Outcome(0)  # already done: a redelivery pays for no embedding twice, only the run's end
     fetched = _retried(env, deadline, lambda: env.catalog.fetch_range(message.first_id, message.last_id))
     # Broken rows are isolated as the range reaches them, so a continuation never isolates twice.
     broken = sorted(fetched.broken, key=lambda row: row.drug_id)
@@ -93,16 +78,7 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
         position += size
     failed += isolate(env, deadline, message.run_id, broken)  # those after the last good row
     newly_done = _complete_range(message, env, deadline)
-    finished = _finish_run(message.run_id, env, deadline) if newly_done else None
-    return Outcome(written, tuple(failed), range_done=newly_done, run_finished=finished)
-
-
-def _finish_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
-    """If this range was the run's last, mark the run finished (once) and return its state."""
-    if not _retried(env, deadline, lambda: env.ledger.finish_run(run_id)):
-        return None
-    progress = _retried(env, deadline, lambda: env.ledger.progress(run_id))
-    return progress.state if progress else None
+    return Outcome(written, tuple(failed), range_done=newly_done)
 
 
 def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> bool:
@@ -147,10 +123,63 @@ def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome
     for start in range(0, len(fetched.drugs), env.chunk_size):
         chunk = fetched.drugs[start : start + env.chunk_size]
         failed += isolate(env, deadline, message.run_id, write_chunk(chunk, env, deadline))
+    found = {drug.id for drug in fetched.drugs} | {row.drug_id for row in fetched.broken}
+    gone = [drug_id for drug_id in message.ids if drug_id not in found]
+    removed = remove_unqualified(message.run_id, gone, env, deadline)
     resolved = sorted(set(message.ids) - set(failed))
     _retried(env, deadline, lambda: env.ledger.resolve_failures(message.run_id, resolved))
     written = len(fetched.drugs) - (len(failed) - len(fetched.broken))
-    return Outcome(written, tuple(failed))
+    return Outcome(written, tuple(failed), documents_removed=removed)
+
+
+def sweep(message: SweepMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
+    """Walk every document under the prefix and remove those whose drug no longer qualifies.
+
+    A page costs one SCAN, one indexed Postgres lookup of its ids and, if needed, one UNLINK; a
+    sweep that runs short of time continues itself from the SCAN cursor it reached.
+    """
+    progress = _retried(env, deadline, lambda: env.ledger.progress(message.run_id))
+    if progress is None:
+        raise InvalidMessage(f"unknown run {message.run_id}")
+    if progress.swept_at is not None:
+        return Outcome(0)  # a duplicate sweep: the first one finished the job
+    cursor, removed, page_seconds = message.cursor, 0, 0.0
+    while True:
+        if page_seconds and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds:
+            rest = message.model_copy(update={"cursor": cursor, "continuations": message.continuations + 1})
+            _retried(env, deadline, partial(env.work_queue.send_messages, [rest.model_dump_json()]))
+            return Outcome(0, documents_removed=removed, continued_at=cursor)
+        began = env.clock()
+        cursor, ids = _retried(env, deadline, partial(env.store.scan_ids, cursor, env.sweep_page_size))
+        removed += remove_unqualified(message.run_id, ids, env, deadline)
+        page_seconds = max(env.clock() - began, 1e-6)
+        if cursor == 0:
+            break
+    _retried(env, deadline, lambda: env.ledger.mark_swept(message.run_id))
+    return Outcome(0, documents_removed=removed)
+
+
+def remove_unqualified(run_id: UUID, ids: Sequence[int], env: SyncEnv, deadline: Deadline) -> int:
+    """Delete the documents of those ids whose drug is not an eligible row now; returns how many.
+
+    A drug that qualifies again between the check and the delete (re-inserted or made eligible,
+    and written meanwhile by another run) is checked once more after the delete and written back,
+    so a removal never leaves a qualifying drug out.
+    """
+    if not ids:
+        return 0
+    keep = _retried(env, deadline, lambda: env.catalog.qualifying_ids(ids))
+    gone = [drug_id for drug_id in ids if drug_id not in keep]
+    if not gone:
+        return 0
+    removed = _retried(env, deadline, lambda: env.store.delete_documents(gone))
+    back = _retried(env, deadline, lambda: env.catalog.fetch_ids(gone))
+    isolate(env, deadline, run_id, back.broken)
+    if back.drugs:
+        isolate(env, deadline, run_id, write_chunk(back.drugs, env, deadline))
+    env.telemetry.count("DocumentsRemoved", removed)
+    _retried(env, deadline, lambda: env.ledger.add_removed(run_id, removed))
+    return removed
 
 
 def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list[RowFailure]:
@@ -205,8 +234,3 @@ def isolate(env: SyncEnv, deadline: Deadline, run_id: UUID, failures: Sequence[R
         send = partial(env.dead_letters.send_messages, [body.model_dump_json()], attributes)
         _retried(env, deadline, send)
     return [failure.drug_id for failure in failures]
-
-
-def _retried(env: SyncEnv, deadline: Deadline, action: Callable[[], T]) -> T:
-    """Retry transient failures within what the invocation can spare."""
-    return env.retry.call(action, budget_seconds=max(0.0, deadline.remaining_seconds() - env.margin_seconds))

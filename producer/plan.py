@@ -3,8 +3,19 @@
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
-from shared.models import PlannedRange, RangeMessage, SyncRequest, SyncSummary
+from shared.describe import describe_error
+from shared.errors import ConfigError, DrugSyncError, EnqueueFailed
+from shared.models import (
+    BIGINT_MAX,
+    BIGINT_MIN,
+    PlannedRange,
+    RangeMessage,
+    SweepMessage,
+    SyncRequest,
+    SyncSummary,
+)
 from shared.ports import Catalog, DocumentStore, Ledger, WorkQueue
 
 
@@ -23,6 +34,8 @@ def start_sync(
     range_size = min(request.range_size or default_range_size, max_range_size or 10**9)
     began = time.perf_counter()
     ranges = catalog.plan_ranges(range_size, request.max_drugs)
+    if request.max_drugs is None:  # a capped proof-of-concept run syncs only what it planned
+        ranges = cover_id_space(ranges)
     planned = time.perf_counter()
 
     run_id = enqueue_run(
@@ -35,7 +48,7 @@ def start_sync(
         run_id=run_id,
         eligible_drugs=sum(planned.drug_count for planned in ranges),
         ranges=len(ranges),
-        messages_sent=len(ranges),
+        messages_sent=max(len(ranges), 1),
         range_size=range_size,
         max_drugs=request.max_drugs,
         plan_seconds=round(planned - began, 3),
@@ -53,13 +66,76 @@ def enqueue_run(
     store: DocumentStore,
     embedding_dim: int,
 ) -> uuid.UUID:
-    """Record a new run of these ranges, then send one message per range (index first)."""
+    """Record a new run of these ranges, then send its messages.
+
+    Whatever can be checked is checked before the run is recorded (the index, the ledger, every
+    message), so a refused run leaves nothing behind; a run whose enqueue fails part-way is recorded
+    as such, with the reason, and `resume_run` sends again what is not done.
+    """
     store.ensure_index(embedding_dim)
     ledger.ensure_schema()
     run_id = uuid.uuid4()
+    bodies = run_messages(run_id, ranges)
     ledger.start_run(run_id, range_size, max_drugs, ranges)
-    queue.send_messages([RangeMessage.for_range(run_id, planned).model_dump_json() for planned in ranges])
+    send_run_messages(run_id, bodies, swept_now=not ranges, ledger=ledger, queue=queue)
     return run_id
+
+
+def run_messages(run_id: uuid.UUID, ranges: Sequence[PlannedRange]) -> list[str]:
+    """One message per range; a run with no range left to sync goes straight to its sweep."""
+    if not ranges:
+        return [SweepMessage(run_id=run_id).model_dump_json()]
+    return [RangeMessage.for_range(run_id, planned).model_dump_json() for planned in ranges]
+
+
+def send_run_messages(
+    run_id: uuid.UUID, bodies: Sequence[str], *, swept_now: bool, ledger: Ledger, queue: WorkQueue
+) -> None:
+    """Send a recorded run's messages; on failure record why, and say how to resume."""
+    try:
+        queue.send_messages(bodies)
+    except DrugSyncError as error:
+        reason = describe_error(error)
+        ledger.record_enqueue_error(run_id, reason)
+        raise EnqueueFailed(
+            f"run {run_id} is recorded, but its messages could not all be sent ({reason});"
+            f" nothing is lost: `drugsync resume {run_id}` sends again every range not done"
+        ) from error
+    if swept_now:
+        ledger.mark_sweep_requested(run_id)
+    ledger.mark_enqueued(run_id)
+
+
+def resume_run(run_id: uuid.UUID, *, ledger: Ledger, queue: WorkQueue) -> int:
+    """Send again whatever of a run is not done: its open ranges, or else its sweep and end.
+
+    Consumers are idempotent (a done range is skipped, writes are keyed), so messages still in
+    flight from before are harmless duplicates. Returns how many messages were sent.
+    """
+    ledger.ensure_schema()
+    progress = ledger.progress(run_id)
+    if progress is None:
+        raise ConfigError(f"no run {run_id} in the ledger: `drugsync runs` lists the recent ones")
+    if progress.complete and progress.announced_at is not None:
+        return 0
+    undone = ledger.undone_ranges(run_id)
+    bodies = run_messages(run_id, undone)
+    send_run_messages(run_id, bodies, swept_now=not undone, ledger=ledger, queue=queue)
+    return len(bodies)
+
+
+def cover_id_space(ranges: Sequence[PlannedRange]) -> list[PlannedRange]:
+    """Stretch the first range down to the smallest bigint and the last up to the largest.
+
+    The planned ranges tile the ids between the first and last eligible row; stretched, they tile
+    every id a row can have, so a row inserted anywhere during the run is in exactly one range.
+    """
+    if not ranges:
+        return []
+    stretched = list(ranges)
+    stretched[0] = replace(stretched[0], first_id=BIGINT_MIN)
+    stretched[-1] = replace(stretched[-1], last_id=BIGINT_MAX)
+    return stretched
 
 
 def range_size_that_fits(timeout_seconds: float, margin_seconds: float, seconds_per_drug: float) -> int:

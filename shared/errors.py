@@ -18,6 +18,10 @@ class InvalidMessage(DrugSyncError):
     """A queue message that can never be processed: malformed, unknown version, bad fields."""
 
 
+class EnqueueFailed(DrugSyncError):
+    """A run was recorded but not all of its messages reached the queue; it can be resumed."""
+
+
 class RowError(DrugSyncError):
     """A source row that cannot be synced, named by its id."""
 

@@ -1,13 +1,27 @@
 """The run ledger, kept in PostgreSQL beside the catalog: runs, their ranges, and which are done."""
 
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
+
+import psycopg
 
 from shared.models import PlannedRange, RowFailure
 from shared.ports import RunProgress
 from shared.postgres import Database, translate_errors
 
+SCHEMA_VERSION = 2
+
+# Read on every call; the DDL below runs only when the version is behind, so `status` and the
+# producer never take the ACCESS EXCLUSIVE lock that ALTER TABLE needs once the schema is current.
+SCHEMA_EXISTS = "SELECT to_regclass('drugsync_schema') IS NOT NULL"
+READ_SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM drugsync_schema"
+
+# One migrator at a time, whichever process gets there first (the lock ends with the transaction).
+LOCK_MIGRATION = "SELECT pg_advisory_xact_lock(hashtext('drugsync_schema'))"
+
 CREATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS drugsync_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS drugsync_runs (
     run_id         uuid PRIMARY KEY,
     started_at     timestamptz NOT NULL DEFAULT now(),
@@ -17,6 +31,14 @@ CREATE TABLE IF NOT EXISTS drugsync_runs (
     total_ranges   integer NOT NULL
 );
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS finished_at timestamptz;
+-- v2: the run's stages after its ranges (sweep, announcement) and the fate of its enqueue.
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS enqueued_at timestamptz;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS enqueue_error text;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS sweep_requested_at timestamptz;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS swept_at timestamptz;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS documents_removed bigint NOT NULL DEFAULT 0;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS announce_claimed_at timestamptz;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS announced_at timestamptz;
 CREATE TABLE IF NOT EXISTS drugsync_ranges (
     run_id         uuid NOT NULL REFERENCES drugsync_runs ON DELETE CASCADE,
     first_id       bigint NOT NULL,
@@ -37,6 +59,9 @@ CREATE TABLE IF NOT EXISTS drugsync_failures (
 );
 """
 
+CLEAR_SCHEMA_VERSION = "DELETE FROM drugsync_schema"
+RECORD_SCHEMA_VERSION = "INSERT INTO drugsync_schema (version) VALUES (%(version)s)"
+
 INSERT_RUN = """
 INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges)
 VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s)
@@ -56,7 +81,9 @@ RUN_PROGRESS = """
 SELECT r.run_id, r.started_at, r.range_size, r.eligible_drugs, r.total_ranges,
        count(g.done_at), coalesce(sum(g.drugs_written), 0), max(g.done_at),
        (SELECT count(*) FROM drugsync_failures f
-        WHERE f.run_id = r.run_id AND f.resolved_at IS NULL)
+        WHERE f.run_id = r.run_id AND f.resolved_at IS NULL),
+       r.enqueued_at, r.enqueue_error, r.sweep_requested_at, r.swept_at, r.documents_removed,
+       r.finished_at, r.announced_at
 FROM drugsync_runs r
 LEFT JOIN drugsync_ranges g ON g.run_id = r.run_id AND g.done_at IS NOT NULL
 WHERE r.run_id = %(run_id)s
@@ -91,15 +118,57 @@ SELECT count(*) FROM drugsync_failures
 WHERE run_id = %(run_id)s AND resolved_at IS NULL AND drug_id BETWEEN %(first_id)s AND %(last_id)s
 """
 
-# Exactly one caller finishes a run: the first to find every range done, under the row lock.
+# Exactly one caller finishes a run: the first to find every range done and the sweep done,
+# under the row lock; a concurrent caller waits for it and then finds finished_at set.
 FINISH_RUN = """
 UPDATE drugsync_runs r SET finished_at = now()
-WHERE r.run_id = %(run_id)s AND r.finished_at IS NULL
+WHERE r.run_id = %(run_id)s AND r.finished_at IS NULL AND r.swept_at IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
 RETURNING 1
 """
 
+MARK_ENQUEUED = "UPDATE drugsync_runs SET enqueued_at = now(), enqueue_error = NULL WHERE run_id = %(run_id)s"
+
+RECORD_ENQUEUE_ERROR = "UPDATE drugsync_runs SET enqueue_error = %(error)s WHERE run_id = %(run_id)s"
+
+MARK_SWEEP_REQUESTED = "UPDATE drugsync_runs SET sweep_requested_at = now() WHERE run_id = %(run_id)s"
+
+# A sweep counts only once every range is done: only then can nothing it judged be rewritten by the run.
+MARK_SWEPT = """
+UPDATE drugsync_runs r SET swept_at = now()
+WHERE r.run_id = %(run_id)s AND r.swept_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
+"""
+
+ADD_REMOVED = """
+UPDATE drugsync_runs SET documents_removed = documents_removed + %(removed)s WHERE run_id = %(run_id)s
+"""
+
+# The end is announced by one caller at a time: a claim that lapses after the lease, so an
+# announcer that died before it could say so is replaced, and one that failed releases it at once.
+ANNOUNCE_LEASE_SECONDS = 300
+CLAIM_ANNOUNCEMENT = """
+UPDATE drugsync_runs SET announce_claimed_at = now()
+WHERE run_id = %(run_id)s AND finished_at IS NOT NULL AND announced_at IS NULL
+  AND (announce_claimed_at IS NULL OR announce_claimed_at < now() - make_interval(secs => %(lease)s))
+RETURNING 1
+"""
+
+RELEASE_ANNOUNCEMENT = "UPDATE drugsync_runs SET announce_claimed_at = NULL WHERE run_id = %(run_id)s"
+
+MARK_ANNOUNCED = "UPDATE drugsync_runs SET announced_at = now() WHERE run_id = %(run_id)s"
+
+UNDONE_RANGES = """
+SELECT first_id, last_id, expected_count FROM drugsync_ranges
+WHERE run_id = %(run_id)s AND done_at IS NULL ORDER BY first_id
+"""
+
+# Drugs with a failure still open in any run: they wait in the DLQ for a fix and a redrive.
+FAILING_IDS = "SELECT DISTINCT drug_id FROM drugsync_failures WHERE resolved_at IS NULL ORDER BY drug_id"
+
 LATEST_RUN = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT 1"
+
+RECENT_RUNS = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT %(limit)s"
 
 
 class PostgresLedger:
@@ -109,8 +178,23 @@ class PostgresLedger:
         self._db = db
 
     def ensure_schema(self) -> None:
-        with translate_errors("creating the ledger tables"):
-            self._db.connection().execute(CREATE_SCHEMA)
+        """Create or migrate the ledger tables, only when their recorded version is behind."""
+        conn = self._db.connection()
+        with translate_errors("checking the ledger tables"):
+            if self._schema_version(conn) >= SCHEMA_VERSION:
+                return
+        with translate_errors("creating the ledger tables"), conn.transaction():
+            conn.execute(LOCK_MIGRATION)
+            if self._schema_version(conn) < SCHEMA_VERSION:
+                conn.execute(CREATE_SCHEMA)
+                conn.execute(CLEAR_SCHEMA_VERSION)
+                conn.execute(RECORD_SCHEMA_VERSION, {"version": SCHEMA_VERSION})
+
+    @staticmethod
+    def _schema_version(conn: psycopg.Connection[Any]) -> int:
+        if not _first(conn.execute(SCHEMA_EXISTS).fetchone()):
+            return 0
+        return _first(conn.execute(READ_SCHEMA_VERSION).fetchone())
 
     def start_run(
         self, run_id: UUID, range_size: int, max_drugs: int | None, ranges: Sequence[PlannedRange]
@@ -140,9 +224,54 @@ class PostgresLedger:
         return RunProgress(*row) if row else None
 
     def finish_run(self, run_id: UUID) -> bool:
-        """Mark the run finished if every range is done; True only for the one call that did."""
-        with translate_errors("finishing a run"):
-            return self._db.connection().execute(FINISH_RUN, {"run_id": run_id}).fetchone() is not None
+        """Mark the run finished if its ranges and sweep are done; True only for the one call that did."""
+        return self._returns_row(FINISH_RUN, {"run_id": run_id}, "finishing a run")
+
+    def mark_enqueued(self, run_id: UUID) -> None:
+        self._execute(MARK_ENQUEUED, {"run_id": run_id}, "recording an enqueued run")
+
+    def record_enqueue_error(self, run_id: UUID, error: str) -> None:
+        self._execute(RECORD_ENQUEUE_ERROR, {"run_id": run_id, "error": error[:2000]}, "recording an error")
+
+    def mark_sweep_requested(self, run_id: UUID) -> None:
+        self._execute(MARK_SWEEP_REQUESTED, {"run_id": run_id}, "recording a sweep")
+
+    def add_removed(self, run_id: UUID, removed: int) -> None:
+        """Count documents a sweep page (or a rows message) removed."""
+        if removed:
+            self._execute(ADD_REMOVED, {"run_id": run_id, "removed": removed}, "counting removed documents")
+
+    def mark_swept(self, run_id: UUID) -> None:
+        self._execute(MARK_SWEPT, {"run_id": run_id}, "recording a finished sweep")
+
+    def claim_announcement(self, run_id: UUID) -> bool:
+        """True for the one caller that should announce the run's end now."""
+        params = {"run_id": run_id, "lease": ANNOUNCE_LEASE_SECONDS}
+        return self._returns_row(CLAIM_ANNOUNCEMENT, params, "claiming the announcement")
+
+    def release_announcement(self, run_id: UUID) -> None:
+        self._execute(RELEASE_ANNOUNCEMENT, {"run_id": run_id}, "releasing the announcement")
+
+    def mark_announced(self, run_id: UUID) -> None:
+        self._execute(MARK_ANNOUNCED, {"run_id": run_id}, "recording the announcement")
+
+    def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
+        with translate_errors("reading ranges not done"):
+            rows = self._db.connection().execute(UNDONE_RANGES, {"run_id": run_id}).fetchall()
+        return [PlannedRange(int(first), int(last), int(count)) for first, last, count in rows]
+
+    def recent_run_ids(self, limit: int) -> list[UUID]:
+        with translate_errors("listing runs"):
+            rows = self._db.connection().execute(RECENT_RUNS, {"limit": limit}).fetchall()
+        return [row[0] for row in rows]
+
+    def _execute(self, query: str, params: dict[str, Any], action: str) -> None:
+        with translate_errors(action):
+            self._db.connection().execute(query, params)
+
+    def _returns_row(self, query: str, params: dict[str, Any], action: str) -> bool:
+        with translate_errors(action):
+            return self._db.connection().execute(query, params).fetchone() is not None
 
     def range_state(self, run_id: UUID, first_id: int) -> tuple[int, bool] | None:
         """(last id, done) of a planned range, or None when the run has no such range."""
@@ -171,6 +300,11 @@ class PostgresLedger:
             rows = self._db.connection().execute(OPEN_FAILURES, {"run_id": run_id}).fetchall()
         return [RowFailure(int(drug_id), error_class, error) for drug_id, error_class, error in rows]
 
+    def failing_ids(self) -> list[int]:
+        with translate_errors("reading failing drugs"):
+            rows = self._db.connection().execute(FAILING_IDS).fetchall()
+        return [int(row[0]) for row in rows]
+
     def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int:
         params = {"run_id": run_id, "first_id": first_id, "last_id": last_id}
         with translate_errors("counting failed rows"):
@@ -181,3 +315,7 @@ class PostgresLedger:
         with translate_errors("finding the latest run"):
             row = self._db.connection().execute(LATEST_RUN).fetchone()
         return row[0] if row else None
+
+
+def _first(row: tuple[Any, ...] | None) -> int:
+    return int(row[0]) if row else 0

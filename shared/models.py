@@ -32,6 +32,10 @@ TEXT_FIELDS = (
     "description",
 )
 MAX_TEXT_LENGTH = 10_000
+# PostgreSQL bigint: every id the catalog can hold is valid input, negative ones included.
+BIGINT_MIN = -(2**63)
+BIGINT_MAX = 2**63 - 1
+DrugId = Annotated[int, Field(ge=BIGINT_MIN, le=BIGINT_MAX)]
 
 
 class Drug(BaseModel):
@@ -39,7 +43,7 @@ class Drug(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: int = Field(ge=0)
+    id: DrugId
     ndc: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
     generic_name: str | None = Field(None, max_length=MAX_TEXT_LENGTH)
@@ -78,7 +82,6 @@ class PlannedRange:
     drug_count: int
 
 
-MAX_SPAN = 10**9  # ids per range message; far beyond any real range, it rejects nonsense
 MAX_ROWS_PER_MESSAGE = 1000
 MAX_DEFERRALS = 20
 
@@ -91,10 +94,10 @@ class RangeMessage(BaseModel):
     version: Literal[1] = 1
     kind: Literal["range"] = "range"
     run_id: UUID
-    first_id: int = Field(ge=0, le=2**63 - 1)
-    last_id: int = Field(ge=0, le=2**63 - 1)
+    first_id: DrugId
+    last_id: DrugId
     expected_count: int = Field(ge=0, le=1_000_000)
-    range_first_id: int | None = Field(None, ge=0, le=2**63 - 1)
+    range_first_id: DrugId | None = None
     continuations: int = Field(0, ge=0, le=1_000_000)
     deferrals: int = Field(0, ge=0, le=MAX_DEFERRALS)
 
@@ -102,9 +105,8 @@ class RangeMessage(BaseModel):
     def _check_bounds(self) -> "RangeMessage":
         if self.first_id > self.last_id:
             raise ValueError(f"first_id {self.first_id} is greater than last_id {self.last_id}")
+        # A range may span any part of the id space (gaps of any size); only its count is bounded.
         span = self.last_id - self.first_id + 1
-        if span > MAX_SPAN:
-            raise ValueError(f"span {span:,} of {self.first_id}..{self.last_id} exceeds {MAX_SPAN:,} ids")
         if self.expected_count > span:
             raise ValueError(
                 f"expected_count {self.expected_count} exceeds the {span} ids"
@@ -137,15 +139,31 @@ class RowsMessage(BaseModel):
     version: Literal[1] = 1
     kind: Literal["rows"] = "rows"
     run_id: UUID
-    ids: list[int] = Field(min_length=1, max_length=MAX_ROWS_PER_MESSAGE)
+    ids: list[DrugId] = Field(min_length=1, max_length=MAX_ROWS_PER_MESSAGE)
     error_class: str | None = Field(None, max_length=200)
     error: str | None = Field(None, max_length=2000)
 
     @model_validator(mode="after")
     def _check_ids(self) -> "RowsMessage":
-        if len(set(self.ids)) != len(self.ids) or min(self.ids) < 0:
-            raise ValueError("ids must be distinct non-negative integers")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("ids must be distinct")
         return self
+
+
+class SweepMessage(BaseModel):
+    """Remove the documents of drugs that no longer qualify: the last stage of every run.
+
+    Walks the key prefix with SCAN from `cursor` (a Redis SCAN cursor, an unsigned 64-bit number);
+    a sweep that runs short of time continues itself from the cursor it reached.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1] = 1
+    kind: Literal["sweep"] = "sweep"
+    run_id: UUID
+    cursor: int = Field(0, ge=0, le=2**64 - 1)
+    continuations: int = Field(0, ge=0, le=1_000_000)
 
 
 def _message_kind(value: Any) -> str:
@@ -155,22 +173,25 @@ def _message_kind(value: Any) -> str:
 
 
 WorkMessage = Annotated[
-    Annotated[RangeMessage, Tag("range")] | Annotated[RowsMessage, Tag("rows")],
+    Annotated[RangeMessage, Tag("range")]
+    | Annotated[RowsMessage, Tag("rows")]
+    | Annotated[SweepMessage, Tag("sweep")],
     Discriminator(_message_kind),
 ]
-_WORK_MESSAGE: TypeAdapter[RangeMessage | RowsMessage] = TypeAdapter(WorkMessage)
+AnyMessage = RangeMessage | RowsMessage | SweepMessage
+_WORK_MESSAGE: TypeAdapter[AnyMessage] = TypeAdapter(WorkMessage)
 MAX_BODY_BYTES = 16_384
 
 
-def parse_message(body: str) -> RangeMessage | RowsMessage:
+def parse_message(body: str) -> AnyMessage:
     """A queue message body as a typed message, or InvalidMessage saying exactly what is wrong."""
     if len(body.encode()) > MAX_BODY_BYTES:
         raise InvalidMessage(f"message body of {len(body.encode()):,} bytes exceeds {MAX_BODY_BYTES:,}")
     try:
         return _WORK_MESSAGE.validate_json(body)
     except ValidationError as error:
-        # The union's tags ("range", "rows") are not fields a sender wrote: leave them out.
-        raise InvalidMessage(validation_problems(error, skip=("range", "rows"))) from error
+        # The union's tags ("range", "rows", "sweep") are not fields a sender wrote: leave them out.
+        raise InvalidMessage(validation_problems(error, skip=("range", "rows", "sweep"))) from error
 
 
 class SyncRequest(BaseModel):

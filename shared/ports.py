@@ -27,10 +27,12 @@ class Catalog(Protocol):
 
     def count_range(self, first_id: int, last_id: int) -> int: ...
 
+    def qualifying_ids(self, ids: Sequence[int]) -> set[int]: ...
+
 
 @dataclass(frozen=True)
 class RunProgress:
-    """A run as the ledger knows it."""
+    """A run as the ledger knows it: its ranges, then its sweep, then its one finish."""
 
     run_id: UUID
     started_at: datetime
@@ -41,18 +43,37 @@ class RunProgress:
     drugs_done: int
     last_done_at: datetime | None
     open_failures: int = 0
+    enqueued_at: datetime | None = None
+    enqueue_error: str | None = None
+    sweep_requested_at: datetime | None = None
+    swept_at: datetime | None = None
+    documents_removed: int = 0
+    finished_at: datetime | None = None
+    announced_at: datetime | None = None
 
     @property
-    def complete(self) -> bool:
-        """Every range is done (some rows may still have failed)."""
+    def ranges_complete(self) -> bool:
         return self.ranges_done == self.total_ranges
 
     @property
+    def complete(self) -> bool:
+        """Finished: every range done and every document that no longer qualifies removed."""
+        return self.finished_at is not None
+
+    @property
     def state(self) -> str:
-        """running, complete, or complete_with_failures when rows sit in the DLQ."""
-        if not self.complete:
-            return "running"
-        return "complete_with_failures" if self.open_failures else "complete"
+        """enqueue_failed, running, sweeping, or (finished) complete / complete_with_failures."""
+        if self.finished_at is not None:
+            return "complete_with_failures" if self.open_failures else "complete"
+        if self.enqueue_error is not None:
+            return "enqueue_failed"
+        return "sweeping" if self.ranges_complete else "running"
+
+    @property
+    def last_activity(self) -> datetime:
+        """When anything of the run last moved, as far as the ledger can tell."""
+        moments = (self.last_done_at, self.enqueued_at, self.sweep_requested_at, self.swept_at)
+        return max((moment for moment in moments if moment is not None), default=self.started_at)
 
 
 class Ledger(Protocol):
@@ -71,6 +92,26 @@ class Ledger(Protocol):
     def latest_run_id(self) -> UUID | None: ...
 
     def finish_run(self, run_id: UUID) -> bool: ...
+
+    def mark_enqueued(self, run_id: UUID) -> None: ...
+
+    def record_enqueue_error(self, run_id: UUID, error: str) -> None: ...
+
+    def mark_sweep_requested(self, run_id: UUID) -> None: ...
+
+    def add_removed(self, run_id: UUID, removed: int) -> None: ...
+
+    def mark_swept(self, run_id: UUID) -> None: ...
+
+    def claim_announcement(self, run_id: UUID) -> bool: ...
+
+    def release_announcement(self, run_id: UUID) -> None: ...
+
+    def mark_announced(self, run_id: UUID) -> None: ...
+
+    def undone_ranges(self, run_id: UUID) -> list[PlannedRange]: ...
+
+    def failing_ids(self) -> list[int]: ...
 
     def range_state(self, run_id: UUID, first_id: int) -> tuple[int, bool] | None: ...
 
@@ -91,6 +132,12 @@ class DocumentStore(Protocol):
     def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
         """Write every document; those Redis rejects one by one come back as failures."""
         ...
+
+    def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
+        """One SCAN step over the key prefix: the next cursor (0 at the end) and the drug ids seen."""
+        ...
+
+    def delete_documents(self, drug_ids: Sequence[int]) -> int: ...
 
 
 class WorkQueue(Protocol):

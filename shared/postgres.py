@@ -1,7 +1,8 @@
 """PostgreSQL adapter: connections, and the source catalog of drugs."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -48,6 +49,14 @@ ORDER BY {id}
 """
 
 # Eligible rows in id order, a page at a time (keyset pagination: no long transaction, no OFFSET).
+# The first page has no lower bound: no bigint lies below the smallest id to start "after".
+FIRST_PAGE_ELIGIBLE = """
+SELECT {id}, {text_columns}, updated_at
+FROM {table}
+WHERE {eligible} IS TRUE
+ORDER BY {id}
+LIMIT %(page_size)s
+"""
 PAGE_ELIGIBLE = """
 SELECT {id}, {text_columns}, updated_at
 FROM {table}
@@ -55,6 +64,9 @@ WHERE {id} > %(after_id)s AND {eligible} IS TRUE
 ORDER BY {id}
 LIMIT %(page_size)s
 """
+
+# Which of these ids are eligible rows now: what a sweep keeps.
+QUALIFYING_IDS = "SELECT {id} FROM {table} WHERE {id} = ANY(%(ids)s) AND {eligible} IS TRUE"
 
 COUNT_ELIGIBLE = "SELECT count(*) FROM {table} WHERE {eligible} IS TRUE"
 
@@ -81,17 +93,19 @@ class Database:
     """One autocommit connection, opened on first use and replaced when it breaks.
 
     After a restart or failover the old connection is `broken`; the next call (a retry) reconnects.
+    The URL is asked for at every connect, so a warm Lambda whose database password was rotated in
+    Secrets Manager reconnects with the new one instead of failing until its messages dead-letter.
     """
 
-    def __init__(self, url: str) -> None:
-        self._url = url
+    def __init__(self, url: str | Callable[[], str]) -> None:
+        self._url = url if callable(url) else partial(str, url)
         self._conn: psycopg.Connection[Any] | None = None
 
     def connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            self._conn = connect(self._url)
+            self._conn = connect(self._url())
         return self._conn
 
     def close(self) -> None:
@@ -139,15 +153,20 @@ class PostgresCatalog:
 
     def iter_eligible_rows(self, page_size: int = 5000) -> Iterator[list[tuple[Any, ...]]]:
         """Raw rows (id, text fields..., updated_at) of every eligible drug, a page at a time."""
-        after_id = -1
+        query, params = self._query(FIRST_PAGE_ELIGIBLE), {"page_size": page_size}
         while True:
-            params = {"after_id": after_id, "page_size": page_size}
             with translate_errors("reading eligible drugs"):
-                rows = self._db.connection().execute(self._query(PAGE_ELIGIBLE), params).fetchall()
+                rows = self._db.connection().execute(query, params).fetchall()
             if not rows:
                 return
-            after_id = rows[-1][0]
             yield rows
+            query, params = self._query(PAGE_ELIGIBLE), {"after_id": rows[-1][0], "page_size": page_size}
+
+    def qualifying_ids(self, ids: Sequence[int]) -> set[int]:
+        """Those of `ids` that are eligible rows of the table now."""
+        with translate_errors(f"checking {len(ids)} ids"):
+            rows = self._db.connection().execute(self._query(QUALIFYING_IDS), {"ids": list(ids)}).fetchall()
+        return {int(row[0]) for row in rows}
 
     def count_eligible(self) -> int:
         with translate_errors("counting eligible drugs"):

@@ -22,10 +22,15 @@ MAX_ATTRIBUTE_CHARS = 1000
 
 @dataclass(frozen=True)
 class QueueDepth:
-    """ApproximateNumberOfMessages and ...NotVisible: waiting and being processed."""
+    """ApproximateNumberOfMessages, ...NotVisible and ...Delayed: waiting, being processed, held back."""
 
     visible: int
     in_flight: int
+    delayed: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return self.visible == self.in_flight == self.delayed == 0
 
 
 class SqsQueue:
@@ -100,6 +105,7 @@ class SqsQueue:
                 AttributeNames=[
                     "ApproximateNumberOfMessages",
                     "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
                 ],
             )["Attributes"]
         except (ClientError, BotoCoreError) as error:
@@ -107,4 +113,5 @@ class SqsQueue:
         return QueueDepth(
             visible=int(attributes.get("ApproximateNumberOfMessages", 0)),
             in_flight=int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            delayed=int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
         )

@@ -1,5 +1,6 @@
 """Keep credentials out of logs and error messages."""
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -16,3 +17,12 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+_URL_PASSWORD = re.compile(r"(\w+://[^:/?#\s@]*:)\S*(@)")  # greedy: a raw '@' in a password
+_PASSWORD_SETTING = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """Free text (an error message) with URL passwords and password=... settings replaced by '***'."""
+    return _PASSWORD_SETTING.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\2", text))

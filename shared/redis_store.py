@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import re
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -12,10 +13,11 @@ import numpy as np
 import redis
 
 from shared.errors import ConfigError, unavailable_on
-from shared.models import RowFailure
+from shared.models import BIGINT_MAX, BIGINT_MIN, RowFailure
 from shared.ports import Vectors
 
 VECTOR_FIELD = "embedding"
+_CANONICAL_ID = re.compile(r"^(0|-?[1-9][0-9]*)$")  # how str(int) writes an id into a key
 RETURN_FIELDS = ("id", "name", "generic_name", "strength", "dosage_form", "manufacturer", "ndc")
 
 
@@ -207,15 +209,30 @@ class RedisDocumentStore:
         return found
 
     def _fingerprint_page(self, keys: list[bytes]) -> dict[int, str]:
-        if not keys:
+        ours = [(key, drug_id) for key in keys if (drug_id := self.drug_id(key)) is not None]
+        if not ours:
             return {}
-        values = _execute(self._client, "JSON.MGET", *keys, "$.fingerprint")
+        values = _execute(self._client, "JSON.MGET", *(key for key, _ in ours), "$.fingerprint")
         page = {}
-        for key, value in zip(keys, values, strict=True):
-            drug_id = int(key.decode()[len(self.key_prefix) :])
+        for (_, drug_id), value in zip(ours, values, strict=True):
             fingerprints = json.loads(value) if value else []
             page[drug_id] = fingerprints[0] if fingerprints else ""
         return page
+
+    def drug_id(self, key: bytes | str) -> int | None:
+        """The drug id a key under the prefix names, or None for a key drugsync never writes."""
+        text = key.decode() if isinstance(key, bytes) else key
+        suffix = text[len(self.key_prefix) :] if text.startswith(self.key_prefix) else ""
+        if not _CANONICAL_ID.match(suffix):
+            return None
+        drug_id = int(suffix)
+        return drug_id if BIGINT_MIN <= drug_id <= BIGINT_MAX else None
+
+    def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
+        """One SCAN step over the prefix; SCAN returns every key present from start to end of a walk."""
+        with translate_errors("scanning documents"):
+            next_cursor, keys = self._client.scan(cursor=cursor, match=f"{self.key_prefix}*", count=count)
+        return int(next_cursor), [drug_id for key in keys if (drug_id := self.drug_id(key)) is not None]
 
     def delete_documents(self, drug_ids: Sequence[int]) -> int:
         """Unlink these drugs' documents; returns how many existed."""

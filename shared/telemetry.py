@@ -2,6 +2,8 @@
 
 from typing import Protocol
 
+from shared.ports import RunProgress
+
 
 class Telemetry(Protocol):
     """Counts and durations, named in CamelCase as CloudWatch metrics are."""
@@ -25,3 +27,16 @@ class Notifier(Protocol):
     """Tells people a run ended (an SNS topic, say)."""
 
     def notify(self, subject: str, message: str) -> None: ...
+
+
+class Announcer(Protocol):
+    """Says that a run ended (a log line, a metric, a notification); may fail and be retried."""
+
+    def announce(self, progress: RunProgress) -> None: ...
+
+
+class NoAnnouncer:
+    """For code paths and tests that announce nothing."""
+
+    def announce(self, progress: RunProgress) -> None:
+        pass

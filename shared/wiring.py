@@ -1,5 +1,7 @@
 """Build each adapter from settings; handlers and the console call these once per process."""
 
+from functools import partial
+
 import boto3
 
 from shared.errors import ConfigError
@@ -20,7 +22,12 @@ def database_url(settings: Settings) -> str:
 
 
 def open_database(settings: Settings) -> Database:
-    """A lazily connecting Database; nothing is opened until the first query."""
+    """A lazily connecting Database; nothing is opened until the first query.
+
+    A URL from Secrets Manager is read again at every (re)connect: a rotated password is picked up.
+    """
+    if settings.database_url is None and settings.database_secret_arn:
+        return Database(partial(database_url, settings))
     return Database(database_url(settings))
 
 

@@ -68,13 +68,19 @@ class FakeCatalog:
     def count_range(self, first_id: int, last_id: int) -> int:
         return sum(first_id <= i <= last_id for i in self._eligible_ids())
 
+    def qualifying_ids(self, ids: Sequence[int]) -> set[int]:
+        return set(ids) & set(self._eligible_ids())
+
 
 class FakeLedger:
+    """The ledger's semantics in memory: unknown ranges are refused, a run finishes once."""
+
     def __init__(self) -> None:
         self.runs: dict[UUID, dict[str, Any]] = {}
         self.done: dict[tuple[UUID, int], int] = {}
         self.failures: dict[tuple[UUID, int], RowFailure] = {}
         self.resolved: set[tuple[UUID, int]] = set()
+        self.finishes = 0
 
     def ensure_schema(self) -> None:
         pass
@@ -84,8 +90,12 @@ class FakeLedger:
     ) -> None:
         self.runs[run_id] = {"range_size": range_size, "ranges": list(ranges), "started": datetime.now(UTC)}
 
+    def _planned(self, run_id: UUID, first_id: int) -> PlannedRange | None:
+        ranges = self.runs.get(run_id, {}).get("ranges", [])
+        return next((r for r in ranges if r.first_id == first_id), None)
+
     def mark_range_done(self, run_id: UUID, first_id: int, drugs_written: int) -> bool:
-        if (run_id, first_id) in self.done:
+        if (run_id, first_id) in self.done or self._planned(run_id, first_id) is None:
             return False
         self.done[(run_id, first_id)] = drugs_written
         return True
@@ -105,6 +115,13 @@ class FakeLedger:
             drugs_done=sum(done.values()),
             last_done_at=None,
             open_failures=len(self.open_failures(run_id)),
+            enqueued_at=run.get("enqueued"),
+            enqueue_error=run.get("enqueue_error"),
+            sweep_requested_at=run.get("sweep_requested"),
+            swept_at=run.get("swept"),
+            documents_removed=run.get("removed", 0),
+            finished_at=run.get("finished"),
+            announced_at=run.get("announced"),
         )
 
     def latest_run_id(self) -> UUID | None:
@@ -112,15 +129,56 @@ class FakeLedger:
 
     def finish_run(self, run_id: UUID) -> bool:
         progress = self.progress(run_id)
-        if progress is None or not progress.complete or self.runs[run_id].get("finished"):
+        if progress is None or not progress.ranges_complete or progress.swept_at is None:
             return False
-        self.runs[run_id]["finished"] = True
+        if progress.finished_at is not None:
+            return False
+        self.runs[run_id]["finished"] = datetime.now(UTC)
+        self.finishes += 1
         return True
 
-    def range_state(self, run_id: UUID, first_id: int) -> tuple[int, bool] | None:
+    def _set(self, run_id: UUID, key: str, value: Any) -> None:
+        if run_id in self.runs:
+            self.runs[run_id][key] = value
+
+    def mark_enqueued(self, run_id: UUID) -> None:
+        self._set(run_id, "enqueued", datetime.now(UTC))
+        self._set(run_id, "enqueue_error", None)
+
+    def record_enqueue_error(self, run_id: UUID, error: str) -> None:
+        self._set(run_id, "enqueue_error", error)
+
+    def mark_sweep_requested(self, run_id: UUID) -> None:
+        self._set(run_id, "sweep_requested", datetime.now(UTC))
+
+    def add_removed(self, run_id: UUID, removed: int) -> None:
+        self._set(run_id, "removed", self.runs.get(run_id, {}).get("removed", 0) + removed)
+
+    def mark_swept(self, run_id: UUID) -> None:
+        progress = self.progress(run_id)
+        if progress is not None and progress.ranges_complete and progress.swept_at is None:
+            self._set(run_id, "swept", datetime.now(UTC))
+
+    def claim_announcement(self, run_id: UUID) -> bool:
+        run = self.runs.get(run_id, {})
+        if not run.get("finished") or run.get("announced") or run.get("claimed"):
+            return False
+        run["claimed"] = True
+        return True
+
+    def release_announcement(self, run_id: UUID) -> None:
+        self._set(run_id, "claimed", False)
+
+    def mark_announced(self, run_id: UUID) -> None:
+        self._set(run_id, "announced", datetime.now(UTC))
+
+    def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
-        last = next((r.last_id for r in ranges if r.first_id == first_id), None)
-        return None if last is None else (last, (run_id, first_id) in self.done)
+        return [r for r in ranges if (run_id, r.first_id) not in self.done]
+
+    def range_state(self, run_id: UUID, first_id: int) -> tuple[int, bool] | None:
+        planned = self._planned(run_id, first_id)
+        return None if planned is None else (planned.last_id, (run_id, first_id) in self.done)
 
     def record_failures(self, run_id: UUID, failures: Sequence[RowFailure]) -> None:
         for failure in failures:
@@ -137,6 +195,9 @@ class FakeLedger:
             if run == run_id and (run, i) not in self.resolved
         ]
 
+    def failing_ids(self) -> list[int]:
+        return sorted({i for (run, i) in self.failures if (run, i) not in self.resolved})
+
     def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int:
         return sum(first_id <= f.drug_id <= last_id for f in self.open_failures(run_id))
 
@@ -147,6 +208,7 @@ class FakeStore:
         self.index_dimension: int | None = None
         self.write_calls = 0
         self._rejects = rejects
+        self._cursors: dict[int, int] = {}
 
     def ensure_index(self, dimension: int) -> None:
         self.index_dimension = dimension
@@ -161,6 +223,20 @@ class FakeStore:
             else:
                 self.documents[drug_id] = document
         return failures
+
+    def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
+        """A SCAN walk in id order behind opaque cursors; 0 starts a walk and ends one."""
+        after = self._cursors[cursor] if cursor else None
+        ids = sorted(i for i in self.documents if after is None or i > after)
+        page = ids[:count]
+        if len(ids) <= count:
+            return 0, page
+        self._cursors[len(self._cursors) + 1] = page[-1]
+        return len(self._cursors), page
+
+    def delete_documents(self, drug_ids: Sequence[int]) -> int:
+        removed = [i for i in drug_ids if self.documents.pop(i, None) is not None]
+        return len(removed)
 
 
 class FakeQueue:

@@ -60,8 +60,8 @@ def test_demo_ends_with_equal_counts_a_matching_search_and_status_agrees(user_en
     )
     assert report["run"]["state"] == "complete"
     assert report["run"]["drugs_done"] == eligible
-    assert report["queue"] == {"visible": 0, "in_flight": 0}
-    assert report["dead_letter"] == {"visible": 0, "in_flight": 0}
+    assert report["queue"] == {"visible": 0, "in_flight": 0, "delayed": 0}
+    assert report["dead_letter"] == {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
 def test_verify_finds_exactly_the_drift_planted_and_repair_removes_it(user_env: dict[str, str]) -> None:
@@ -95,7 +95,7 @@ def test_verify_finds_exactly_the_drift_planted_and_repair_removes_it(user_env: 
 
     repaired = drugsync(user_env, "verify", "--repair", "--json")
     assert repaired.returncode == 1  # it found drift; the repair is under way
-    assert json.loads(repaired.stdout)["repair"]["deleted_extras"] == 2
+    assert json.loads(repaired.stdout)["repair"]["extras_to_remove"] == 2
     assert json.loads(repaired.stdout)["repair"]["ranges"] == 1
     assert (
         drugsync(user_env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
@@ -166,7 +166,7 @@ def test_search_and_sync_from_the_cli(user_env: dict[str, str]) -> None:
     assert json.loads(sync.stdout)["ranges"] == 3
     work = drugsync(user_env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull)
     assert work.returncode == 0, work.stderr
-    assert "3 records ok, 0 failed" in work.stdout
+    assert "4 records ok, 0 failed" in work.stdout  # 3 ranges, then the run's sweep
 
 
 def _stack_database_url(user_env: dict[str, str]) -> str:
@@ -210,7 +210,68 @@ def test_poison_rows_end_in_the_dlq_and_a_redrive_after_the_fix_completes_the_ru
     after = json.loads(drugsync(user_env, "status", "--json").stdout)
     assert after["run"]["state"] == "complete"
     assert after["counts"]["consistent"] is True
-    assert after["dead_letter"] == {"visible": 0, "in_flight": 0}
+    assert after["dead_letter"] == {"visible": 0, "in_flight": 0, "delayed": 0}
+
+
+EXTREME_IDS = [-5, 0, 7, 3_000_000_000, 2**63 - 1]
+
+
+def test_any_bigint_ids_then_deletions_and_ineligible_rows_sync_to_complete_with_no_drift(
+    user_env: dict[str, str],
+) -> None:
+    import psycopg
+
+    # GIVEN its own table: the seeded catalog plus ids far apart, negative, zero and the largest bigint
+    env = {**user_env, "DRUGSYNC_TABLE": "drugs_wide", "DRUGSYNC_KEY_PREFIX": "wide:",
+           "DRUGSYNC_INDEX_NAME": "idx:wide"}  # fmt: skip
+    assert drugsync(env, "local", "up").returncode == 0
+    assert drugsync(env, "seed", "--drugs", "400").returncode == 0
+    with psycopg.connect(_stack_database_url(user_env), autocommit=True) as conn:
+        for drug_id in EXTREME_IDS:
+            conn.execute(
+                "INSERT INTO drugs_wide (id, ndc, name, description) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, description = EXCLUDED.description",
+                [drug_id, f"ndc-{drug_id}", f"Édge drug {drug_id} 10 mg tablet", "Ünïcode ✓ 药物"],
+            )
+
+    first = sync_and_verify(env)
+    assert first["postgres_eligible"] > 390
+
+    # WHEN rows are deleted and others made ineligible, and a full sync runs again
+    with psycopg.connect(_stack_database_url(user_env), autocommit=True) as conn:
+        conn.execute("DELETE FROM drugs_wide WHERE id IN (-5, 3000000000) OR id BETWEEN 100 AND 120")
+        conn.execute("UPDATE drugs_wide SET eligible = false WHERE id IN (0, 9223372036854775807) OR id < 40")
+    second = sync_and_verify(env)
+
+    # THEN the run is complete and Redis holds exactly what qualifies
+    assert second["postgres_eligible"] < first["postgres_eligible"]
+    status = json.loads(drugsync(env, "status", "--json").stdout)
+    assert status["run"]["state"] == "complete"
+    assert status["run"]["documents_removed"] == first["postgres_eligible"] - second["postgres_eligible"]
+    runs = drugsync(env, "runs")
+    assert runs.returncode == 0, runs.stderr
+    assert runs.stdout.count("complete") >= 2
+
+
+def sync_and_verify(env: dict[str, str]) -> dict[str, int]:
+    """`sync`, `work --until-empty`, then `verify`: it must report 0 missing, 0 extra, 0 stale."""
+    sync = drugsync(env, "sync", "--range-size", "50")
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    assert "Traceback" not in sync.stderr
+    assert drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
+    verified = drugsync(env, "verify", "--json")
+    report = json.loads(verified.stdout)
+    assert (report["missing"], report["extra"], report["stale"]) == (0, 0, 0), report
+    assert verified.returncode == 0, report
+    assert json.loads(drugsync(env, "status", "--json").stdout)["run"]["state"] == "complete"
+    return dict(report)
+
+
+def test_a_run_id_that_is_not_one_is_refused_without_a_traceback(user_env: dict[str, str]) -> None:
+    result = drugsync(user_env, "resume", "not-a-run")
+    assert result.returncode == 2
+    assert "is not a run id" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_wrong_setting_is_reported_plainly(user_env: dict[str, str]) -> None:

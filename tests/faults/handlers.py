@@ -8,15 +8,18 @@ suite can report how many happened across all worker processes.
 import dataclasses
 import itertools
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from uuid import UUID
 
 import redis
 
 from consumer import handler as consumer_handler
 from shared.errors import EmbeddingError, UnavailableError
-from shared.ports import Embedder, Vectors
+from shared.ledger import PostgresLedger
+from shared.ports import Embedder, RunProgress, Vectors
 from shared.settings import get_settings
 from tests.fakes import WrappingEmbedder
 
@@ -47,7 +50,41 @@ class FaultyEmbedder(WrappingEmbedder):
         return vectors
 
 
-def _run_with(fault: Callable[[Sequence[str]], Exception | None], name: str) -> Callable[..., Any]:
+def _count_announcements() -> None:
+    """Every announcement of a run's end, in any worker, counted in Redis (patched once per process)."""
+    announce = consumer_handler.RunAnnouncer.announce
+    if getattr(announce, "counted", False):
+        return
+
+    def counted(self: consumer_handler.RunAnnouncer, progress: RunProgress) -> None:
+        announce(self, progress)
+        redis.Redis.from_url(os.environ["REDIS_URL"]).incr(fault_counter("announcements"))
+
+    counted.counted = True  # type: ignore[attr-defined]
+    consumer_handler.RunAnnouncer.announce = counted  # type: ignore[method-assign]
+
+
+def _die_after_the_last_range() -> None:
+    """The worker that marks a run's last range done is killed at once, before anything else (once)."""
+    mark = PostgresLedger.mark_range_done
+    if getattr(mark, "deadly", False):
+        return
+
+    def mark_then_die(self: PostgresLedger, run_id: UUID, first_id: int, drugs_written: int) -> bool:
+        newly_done = mark(self, run_id, first_id, drugs_written)
+        progress = self.progress(run_id)
+        last = newly_done and progress is not None and progress.ranges_complete
+        if last and redis.Redis.from_url(os.environ["REDIS_URL"]).setnx(fault_counter("killed"), 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return newly_done
+
+    mark_then_die.deadly = True  # type: ignore[attr-defined]
+    PostgresLedger.mark_range_done = mark_then_die  # type: ignore[method-assign]
+
+
+def _run_with(
+    fault: Callable[[Sequence[str]], Exception | None], name: str, before: Callable[[], None] = lambda: None
+) -> Callable[..., Any]:
     consumer: list[consumer_handler.Consumer] = []
 
     def faulty_consumer() -> consumer_handler.Consumer:
@@ -57,6 +94,8 @@ def _run_with(fault: Callable[[Sequence[str]], Exception | None], name: str) -> 
         return consumer[0]
 
     def lambda_handler(event: dict[str, Any], context: Any) -> Any:
+        _count_announcements()
+        before()
         consumer_handler._consumer = faulty_consumer  # type: ignore[assignment]
         return consumer_handler.lambda_handler(event, context)
 
@@ -97,3 +136,4 @@ server_error_handler = _run_with(_server_error, "server_errors")
 poison_handler = _run_with(_poison, "poison")
 slow_handler = _run_with(_slow, "slow")
 counting_handler = _run_with(lambda texts: None, "none")
+dies_after_last_range_handler = _run_with(lambda texts: None, "none", before=_die_after_the_last_range)

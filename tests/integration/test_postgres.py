@@ -11,10 +11,16 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from console.seed import seed_drugs
+from consumer.env import SyncEnv
+from consumer.run_end import advance_run
+from producer.plan import cover_id_space, run_messages
 from shared.ledger import PostgresLedger
-from shared.models import PlannedRange
+from shared.models import BIGINT_MAX, BIGINT_MIN, PlannedRange, RangeMessage, SweepMessage, parse_message
+from shared.ports import RunProgress
 from shared.postgres import Database, PostgresCatalog
+from shared.retry import RetryPolicy
 from tests.conftest import Isolated
+from tests.fakes import CountingEmbedder, FakeCatalog, FakeClock, FakeDeadline, FakeQueue, FakeStore
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +52,14 @@ def _fill(conn: psycopg.Connection, table: str, rows: list[tuple[int, bool]]) ->
             copy.write_row((drug_id, f"ndc-{drug_id}", f"drug {drug_id}", eligible))
 
 
-ids_with_eligibility = st.dictionaries(
-    keys=st.integers(min_value=0, max_value=10**12), values=st.booleans(), max_size=300
+# Every bigint: clusters at both ends and around zero, and ids anywhere between (gaps of any size).
+bigint_ids = st.one_of(
+    st.integers(BIGINT_MIN, BIGINT_MIN + 50),
+    st.integers(-50, 50),
+    st.integers(BIGINT_MAX - 50, BIGINT_MAX),
+    st.integers(BIGINT_MIN, BIGINT_MAX),
 )
+ids_with_eligibility = st.dictionaries(keys=bigint_ids, values=st.booleans(), max_size=300)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -66,8 +77,31 @@ def test_ranges_cover_every_eligible_id_once_within_the_size_bound(
     assert all(a.last_id < b.first_id for a, b in itertools.pairwise(ranges))  # no overlap
     assert all(r.first_id <= r.last_id for r in ranges)
     assert all(0 < r.drug_count <= range_size for r in ranges)
+    assert all(a.last_id + 1 == b.first_id for a, b in itertools.pairwise(ranges))  # gap-safe tiling
     for planned in ranges:
         assert planned.drug_count == sum(planned.first_id <= i <= planned.last_id for i in eligible)
+    stretched = cover_id_space(ranges)
+    if stretched:  # the whole bigint space, in the same number of contiguous ranges
+        assert (stretched[0].first_id, stretched[-1].last_id) == (BIGINT_MIN, BIGINT_MAX)
+        assert all(a.last_id + 1 == b.first_id for a, b in itertools.pairwise(stretched))
+    run_id = uuid.uuid4()
+    for body in run_messages(run_id, stretched):  # every planned range travels as a valid message
+        message = parse_message(body)
+        assert isinstance(message, RangeMessage if stretched else SweepMessage)
+        assert message.model_dump_json() == body
+
+
+def test_every_page_of_eligible_rows_is_read_whatever_the_ids(
+    conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
+) -> None:
+    ids = [BIGINT_MIN, -5, 0, 7, 3_000_000_000, BIGINT_MAX]
+    _fill(conn, test_env.settings.table, [(i, True) for i in ids])
+
+    pages = list(catalog.iter_eligible(page_size=2))
+
+    assert [d.id for page in pages for d in page.drugs] == ids
+    assert catalog.qualifying_ids([*ids, 1, -1]) == set(ids)
+    assert [d.id for d in catalog.fetch_range(BIGINT_MIN, BIGINT_MAX).drugs] == ids
 
 
 def test_planning_494k_style_gaps_in_one_query(
@@ -125,10 +159,94 @@ def test_ledger_counts_a_range_once_even_under_concurrent_duplicates(
     assert sorted(results) == [False] * 5 + [True]
     progress = ledger.progress(run_id)
     assert progress is not None
-    assert (progress.ranges_done, progress.drugs_done, progress.complete) == (1, 10, False)
+    assert (progress.ranges_done, progress.drugs_done, progress.ranges_complete) == (1, 10, False)
     assert ledger.mark_range_done(run_id, 11, 7)
     finished = ledger.progress(run_id)
     assert finished is not None
-    assert finished.complete
+    assert (finished.ranges_complete, finished.complete, finished.state) == (True, False, "sweeping")
     assert finished.drugs_done == 17
     assert ledger.latest_run_id() == run_id
+
+
+def test_a_run_finishes_and_is_announced_exactly_once_under_concurrent_consumers(
+    db: Database, test_env: Isolated
+) -> None:
+    # GIVEN a run of 8 ranges, each marked done by its own consumer (its own connection) at once,
+    # every consumer then taking the run as far as it can: sweep, finish, announce
+    url = test_env.env["DATABASE_URL"]
+    ledger = PostgresLedger(db)
+    ledger.ensure_schema()
+    run_id = uuid.uuid4()
+    ranges = [PlannedRange(i * 10, i * 10 + 9, 10) for i in range(8)]
+    ledger.start_run(run_id, 10, None, ranges)
+    announced: list[str] = []
+    sweeps: list[str] = []
+    start = threading.Barrier(len(ranges))
+
+    def consumer(planned: PlannedRange) -> None:
+        own = Database(url)
+        try:
+            env = concurrent_env(PostgresLedger(own), announced, sweeps)
+            deadline = FakeDeadline(FakeClock(), 60)
+            start.wait()
+            env.ledger.mark_range_done(run_id, planned.first_id, 10)
+            advance_run(run_id, env, deadline)
+            start.wait()
+            env.ledger.mark_swept(run_id)  # as each of 8 duplicate sweeps would on reaching its end
+            advance_run(run_id, env, deadline)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=consumer, args=(planned,)) for planned in ranges]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    progress = ledger.progress(run_id)
+    assert progress is not None
+    assert (progress.state, progress.announced_at is not None) == ("complete", True)
+    assert announced == [str(run_id)]
+    assert len(sweeps) >= 1  # at least one sweep requested (two finishers at once may both send one)
+    assert ledger.finish_run(run_id) is False  # finishing again changes nothing
+
+
+def test_the_ledger_schema_check_takes_no_lock_once_current(db: Database, test_env: Isolated) -> None:
+    url = test_env.env["DATABASE_URL"]
+    PostgresLedger(db).ensure_schema()
+    reader = psycopg.connect(url)  # a transaction holding ACCESS SHARE, as a running status read does
+    try:
+        reader.execute("SELECT count(*) FROM drugsync_runs")
+        other = Database(url)
+        try:
+            other.connection().execute("SET lock_timeout = '2s'")
+            PostgresLedger(other).ensure_schema()  # ALTER TABLE would wait for the reader and time out
+        finally:
+            other.close()
+    finally:
+        reader.close()
+
+
+class _RecordingAnnouncer:
+    def __init__(self, announced: list[str]) -> None:
+        self._announced = announced
+
+    def announce(self, progress: RunProgress) -> None:
+        self._announced.append(str(progress.run_id))
+
+
+class _RecordingQueue:
+    def __init__(self, sent: list[str]) -> None:
+        self._sent = sent
+
+    def send_messages(self, bodies, attributes=None, delay_seconds=0) -> int:
+        self._sent.extend(bodies)
+        return len(bodies)
+
+
+def concurrent_env(ledger: PostgresLedger, announced: list[str], sweeps: list[str]) -> SyncEnv:
+    return SyncEnv(
+        catalog=FakeCatalog([]), embedder=CountingEmbedder(), store=FakeStore(), ledger=ledger,
+        work_queue=_RecordingQueue(sweeps), dead_letters=FakeQueue(), retry=RetryPolicy(budget_seconds=0),
+        chunk_size=10, margin_seconds=0, seconds_per_drug=0.01, announcer=_RecordingAnnouncer(announced),
+    )  # fmt: skip

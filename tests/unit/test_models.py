@@ -26,7 +26,11 @@ def test_round_trip_of_a_planned_range() -> None:
             "greater than",
         ),
         ({"version": 1, "run_id": str(RUN), "first_id": 1, "last_id": 2, "expected_count": 3}, "exceeds"),
-        ({"version": 1, "run_id": str(RUN), "first_id": -1, "last_id": 2, "expected_count": 1}, "first_id"),
+        (
+            {"version": 1, "run_id": str(RUN), "first_id": -(2**63) - 1, "last_id": 2, "expected_count": 1},
+            "first_id",
+        ),
+        ({"version": 1, "run_id": str(RUN), "first_id": 1, "last_id": 2**63, "expected_count": 1}, "last_id"),
         ({"version": 1, "run_id": str(RUN), "first_id": 1, "last_id": 2}, "expected_count"),
         (
             {"version": 1, "run_id": str(RUN), "first_id": 1, "last_id": 2, "expected_count": 1, "x": 1},

@@ -5,7 +5,7 @@ import pytest
 
 from consumer.sync import SyncEnv, sync_message
 from shared.errors import InvalidMessage, UnavailableError
-from shared.models import PlannedRange, RangeMessage, RowsMessage
+from shared.models import PlannedRange, RangeMessage, RowsMessage, parse_message
 from shared.retry import RetryPolicy
 from tests.fakes import (
     CountingEmbedder,
@@ -43,15 +43,20 @@ class World:
     def run(self, message=None, seconds: float = 1000.0):
         return sync_message(message or self.message, self.env, FakeDeadline(self.clock, seconds))
 
-    def drain(self, seconds: float) -> int:
-        """Run the first message, then every continuation it leaves; returns the invocations."""
-        invocations, pending = 0, [self.message]
+    def drain(self, seconds: float, first=None) -> int:
+        """Run a message (the range by default), then every message it leaves; returns the invocations."""
+        invocations, pending = 0, [first or self.message]
         while pending:
             before = len(self.work_queue.bodies)
             self.run(pending.pop(0), seconds)
             invocations += 1
-            pending += [RangeMessage.model_validate_json(b) for b in self.work_queue.bodies[before:]]
+            pending += [parse_message(b) for b in self.work_queue.bodies[before:]]
         return invocations
+
+    def state(self) -> str:
+        progress = self.ledger.progress(RUN)
+        assert progress is not None
+        return progress.state
 
 
 def test_every_eligible_drug_is_written_and_the_range_marked_done_once() -> None:
@@ -107,14 +112,13 @@ def test_broken_rows_and_refused_documents_fail_alone() -> None:
     world.store._rejects = lambda document: "ERR document too large" if document["id"] == 7 else None
 
     outcome = world.run()
+    world.drain(seconds=1000, first=parse_message(world.work_queue.bodies[-1]))  # the run's sweep
 
     assert sorted(outcome.failed_ids) == [3, 7]
     assert set(world.store.documents) == set(range(1, 11)) - {3, 7}
     reasons = {attributes["reason"] for _, attributes, _ in world.dead_letters.sent}
     assert reasons == {"drug id 3: ndc: String should have at least 1 character", "ERR document too large"}
-    progress = world.ledger.progress(RUN)
-    assert progress is not None
-    assert progress.state == "complete_with_failures"
+    assert world.state() == "complete_with_failures"
 
 
 def test_throttling_is_retried_in_the_invocation_with_backoff() -> None:
@@ -149,15 +153,15 @@ def test_a_range_the_run_does_not_have_is_rejected() -> None:
 
 def test_rows_back_from_the_dlq_are_written_and_resolved() -> None:
     world = World(count=10, broken={4: "ndc: empty"})
-    world.run()
-    assert world.ledger.progress(RUN).state == "complete_with_failures"  # type: ignore[union-attr]
+    world.drain(seconds=1000)
+    assert world.state() == "complete_with_failures"
     world.catalog.broken.clear()  # the row is fixed in Postgres
 
     outcome = world.run(RowsMessage(run_id=RUN, ids=[4]))
 
     assert outcome.drugs_written == 1
     assert 4 in world.store.documents
-    assert world.ledger.progress(RUN).state == "complete"  # type: ignore[union-attr]
+    assert world.state() == "complete"
 
 
 def test_unavailable_errors_beyond_the_deferral_limit_fail_the_message() -> None:

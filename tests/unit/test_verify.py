@@ -1,12 +1,15 @@
 import bisect
 import itertools
+import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from console.verify import covering_ranges
-from shared.drift import compare_fingerprints
+from console.verify import VerifyReport, covering_ranges, repair
+from shared.drift import Drift, compare_fingerprints
+from shared.models import PlannedRange, RangeMessage, RowFailure
+from tests.fakes import FakeLedger, FakeQueue, FakeStore
 
 
 def test_drift_is_by_id_and_fingerprint() -> None:
@@ -53,3 +56,27 @@ def test_covering_ranges_cover_every_dirty_id_within_the_size_bound(eligible, da
     for left, right in itertools.pairwise(ranges):
         joined = bisect.bisect_right(eligible, right.first_id) - bisect.bisect_left(eligible, left.first_id)
         assert joined > size
+
+
+def test_repair_leaves_drugs_already_failing_to_the_dlq_and_deletes_nothing_itself() -> None:
+    # GIVEN drug 5 failed in an earlier run and waits in the DLQ; 3 and 8 are missing; 9 is extra
+    ledger, queue, store = FakeLedger(), FakeQueue(), FakeStore()
+    earlier = uuid.uuid4()
+    ledger.start_run(earlier, 10, None, [PlannedRange(1, 10, 10)])
+    ledger.record_failures(earlier, [RowFailure(5, "RowError", "drug id 5: ndc: empty")])
+    store.documents[9] = {"id": 9}
+    report = VerifyReport(
+        drift=Drift(missing=[3, 5, 8], extra=[9], stale=[]), eligible_ids=list(range(1, 9)),
+        postgres_eligible=8, redis_documents=6, index_documents=6, index_failures=0, seconds=0.1,
+    )  # fmt: skip
+
+    repaired = repair(report, store, ledger, queue, embedding_dim=32, range_size=2)
+
+    synced = [RangeMessage.model_validate_json(body) for body in queue.bodies]
+    assert [(m.first_id, m.last_id) for m in synced] == [(3, 3), (8, 8)]  # not 5
+    assert (repaired["drugs_to_resync"], repaired["failing_in_dlq"], repaired["extras_to_remove"]) == (
+        2,
+        1,
+        1,
+    )
+    assert 9 in store.documents  # the run's sweep removes it, after checking Postgres again

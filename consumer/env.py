@@ -1,0 +1,51 @@
+"""What the consumer's core works with: its collaborators, what a message did, and retrying."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from consumer.pacing import Deadline
+from shared.ports import Catalog, DocumentStore, Embedder, Ledger, WorkQueue
+from shared.retry import RetryPolicy
+from shared.telemetry import Announcer, NoAnnouncer, NoTelemetry, Telemetry
+
+T = TypeVar("T")
+
+
+@dataclass
+class SyncEnv:
+    """Everything syncing needs, passed in: the core reads no environment of its own."""
+
+    catalog: Catalog
+    embedder: Embedder
+    store: DocumentStore
+    ledger: Ledger
+    work_queue: WorkQueue
+    dead_letters: WorkQueue
+    retry: RetryPolicy
+    chunk_size: int
+    margin_seconds: float
+    seconds_per_drug: float
+    clock: Callable[[], float] = time.monotonic
+    telemetry: Telemetry = field(default_factory=NoTelemetry)
+    announcer: Announcer = field(default_factory=NoAnnouncer)
+    sweep_page_size: int = 1000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one message did."""
+
+    drugs_written: int
+    failed_ids: tuple[int, ...] = ()
+    continued_at: int | None = None
+    deferred: bool = False
+    range_done: bool = False
+    documents_removed: int = 0
+    announced: str | None = None  # the run's final state, set only on the message that announced it
+
+
+def retried(env: SyncEnv, deadline: Deadline, action: Callable[[], T]) -> T:
+    """Retry transient failures within what the invocation can spare."""
+    return env.retry.call(action, budget_seconds=max(0.0, deadline.remaining_seconds() - env.margin_seconds))

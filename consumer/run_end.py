@@ -1,0 +1,48 @@
+"""A run's definite end: after its ranges, a sweep; after the sweep, one finish and its announcement.
+
+Any message of the run (a range done now, a redelivered range already done, a sweep, rows back
+from the DLQ) calls advance_run, so the end is reached by whoever gets there, and never lost with
+the one consumer that happened to mark the last range.
+"""
+
+from uuid import UUID
+
+from consumer.env import SyncEnv, retried
+from consumer.pacing import Deadline
+from shared.models import SweepMessage
+
+
+def advance_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
+    """Take the run's next step if it is due; returns the final state if this call announced it."""
+    progress = retried(env, deadline, lambda: env.ledger.progress(run_id))
+    if progress is None or not progress.ranges_complete:
+        return None
+    if progress.swept_at is None:
+        if progress.sweep_requested_at is None:
+            request_sweep(run_id, env, deadline)
+        return None
+    if progress.finished_at is None:
+        retried(env, deadline, lambda: env.ledger.finish_run(run_id))  # exactly one caller succeeds
+    return announce_end(run_id, env, deadline)
+
+
+def request_sweep(run_id: UUID, env: SyncEnv, deadline: Deadline) -> None:
+    """Send the sweep, then record it: a crash between the two sends a second sweep, never none."""
+    body = SweepMessage(run_id=run_id).model_dump_json()
+    retried(env, deadline, lambda: env.work_queue.send_messages([body]))
+    retried(env, deadline, lambda: env.ledger.mark_sweep_requested(run_id))
+
+
+def announce_end(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
+    """Announce a finished run once; a failed announcement is released so a retry makes it."""
+    if not retried(env, deadline, lambda: env.ledger.claim_announcement(run_id)):
+        return None
+    progress = retried(env, deadline, lambda: env.ledger.progress(run_id))
+    assert progress is not None  # claimed above, so the run exists
+    try:
+        env.announcer.announce(progress)
+    except Exception:
+        retried(env, deadline, lambda: env.ledger.release_announcement(run_id))
+        raise
+    retried(env, deadline, lambda: env.ledger.mark_announced(run_id))
+    return progress.state
