@@ -1,17 +1,19 @@
 """`drugsync dlq` and `drugsync redrive`: what sits in the dead-letter queue, and moving it back."""
 
+import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from uuid import UUID
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.errors import InvalidMessage, UnavailableError
-from shared.models import MAX_ROWS_PER_MESSAGE, RowsMessage, parse_message
+from shared.models import MAX_ROWS_PER_MESSAGE, RowsMessage, pack_rows_messages, parse_message
 from shared.queue import SQS_BATCH_LIMIT, SqsQueue
 
 HOLD_SECONDS = 60  # messages being listed or moved stay hidden from others this long
@@ -36,7 +38,8 @@ class DeadLetter:
         try:
             message = parse_message(self.body)
         except InvalidMessage:
-            return "-"
+            fields = _rows_fields(self.body)  # a rows message too big to be valid still names its ids
+            return "-" if fields is None else ",".join(str(i) for i in fields["ids"])
         if isinstance(message, RowsMessage):
             return ",".join(str(i) for i in message.ids)
         return f"{message.first_id}..{message.last_id}"
@@ -142,17 +145,43 @@ class RedriveReport:
 
 
 def split_body(body: str, rows_per_message: int) -> list[str]:
-    """A rows message with many ids becomes several; anything else travels as it is."""
+    """A rows message becomes as many valid ones as its ids need; anything else travels as it is.
+
+    A rows message too big to pass validation (more ids or bytes than a message may hold) is read
+    leniently, so that splitting is what brings it back instead of the DLQ again.
+    """
+    fields = _rows_fields(body)
+    if fields is None:
+        return [body]
     try:
-        message = parse_message(body)
+        if len(fields["ids"]) <= rows_per_message and parse_message(body):
+            return [body]
     except InvalidMessage:
-        return [body]
-    if not isinstance(message, RowsMessage) or len(message.ids) <= rows_per_message:
-        return [body]
-    return [
-        message.model_copy(update={"ids": message.ids[start : start + rows_per_message]}).model_dump_json()
-        for start in range(0, len(message.ids), rows_per_message)
-    ]
+        pass
+    return pack_rows_messages(
+        fields["run_id"], fields["ids"], _text_or_none(fields, "error_class"), _text_or_none(fields, "error"),
+        max_rows=rows_per_message,
+    )  # fmt: skip
+
+
+def _rows_fields(body: str) -> dict[str, Any] | None:
+    """A rows message's fields, without its limits: kind "rows", a run id, and a list of int ids."""
+    try:
+        fields = json.loads(body)
+        fields["run_id"] = UUID(str(fields["run_id"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+    ids = fields.get("ids")
+    if fields.get("kind") != "rows" or not isinstance(ids, list) or not ids:
+        return None
+    if not all(type(i) is int for i in ids):  # bool is an int subclass; JSON true is no id
+        return None
+    return dict(fields)
+
+
+def _text_or_none(fields: dict[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    return value if isinstance(value, str) else None
 
 
 def redrive(

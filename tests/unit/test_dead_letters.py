@@ -6,7 +6,7 @@ import pytest
 from moto import mock_aws
 
 from console.dead_letters import group_by_cause, list_dead_letters, redrive, split_body
-from shared.models import RowsMessage
+from shared.models import MAX_BODY_BYTES, MAX_ROWS_PER_MESSAGE, RowsMessage, parse_message
 
 RUN = uuid.uuid4()
 
@@ -56,6 +56,75 @@ def test_rows_messages_split_when_asked() -> None:
     parts = [RowsMessage.model_validate_json(b).ids for b in split_body(_rows(list(range(10))), 4)]
     assert parts == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert split_body("{oops", 4) == ["{oops"]
+
+
+def _oversized_rows(count: int) -> str:
+    """A rows message as an old consumer wrote it: every id of one cause, far over both limits."""
+    ids = [-(2**63) + 3 * i for i in range(count)]
+    return json.dumps(
+        {
+            "version": 1,
+            "kind": "rows",
+            "run_id": str(RUN),
+            "ids": ids,
+            "error_class": "RowError",
+            "error": "bad",
+        }
+    )
+
+
+def test_a_rows_message_too_big_to_be_valid_is_split_into_valid_ones() -> None:
+    body = _oversized_rows(2500)
+    assert len(body.encode()) > MAX_BODY_BYTES
+
+    parts = [parse_message(part) for part in split_body(body, MAX_ROWS_PER_MESSAGE)]
+
+    assert all(
+        isinstance(p, RowsMessage) and (p.run_id, p.error_class, p.error) == (RUN, "RowError", "bad")
+        for p in parts
+    )
+    assert [i for p in parts if isinstance(p, RowsMessage) for i in p.ids] == json.loads(body)["ids"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"kind": "rows", "run_id": "nope", "ids": [1]}',
+        json.dumps({"kind": "rows", "run_id": str(RUN), "ids": [1, True]}),
+        json.dumps({"kind": "rows", "run_id": str(RUN), "ids": []}),
+        json.dumps({"kind": "range", "run_id": str(RUN), "ids": [1, 2]}),
+        "[1, 2]",
+    ],
+)
+def test_what_is_not_a_rows_message_travels_as_it_is(body: str) -> None:
+    assert split_body(body, 1) == [body]
+
+
+def test_redrive_split_brings_back_an_oversized_rows_message_as_valid_ones(queues) -> None:
+    # GIVEN a rows message the consumer refuses (too many ids, too many bytes) in the DLQ
+    sqs, dlq, work = queues
+    body = _oversized_rows(2500)
+    _dead(sqs, dlq, body, "InvalidMessage", "message body of 52,000 bytes exceeds 16,384")
+    assert list_dead_letters(sqs, dlq)[0].ids.startswith(str(-(2**63)))
+
+    # WHEN it is redriven with --split 400
+    report = redrive(sqs, dlq, work, rows_per_message=400)
+
+    # THEN the work queue holds valid messages of at most 400 ids naming every id once; the DLQ is empty
+    assert (report.moved, report.sent) == (1, 7)
+    messages = [parse_message(b) for b in _drain(sqs, work)]
+    assert all(isinstance(m, RowsMessage) and len(m.ids) <= 400 for m in messages)
+    assert sorted(i for m in messages if isinstance(m, RowsMessage) for i in m.ids) == sorted(
+        json.loads(body)["ids"]
+    )
+    assert list_dead_letters(sqs, dlq) == []
+
+
+def _drain(sqs, url: str) -> list[str]:
+    bodies: list[str] = []
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        bodies += [m["Body"] for m in batch]
+    return bodies
 
 
 def test_the_mover_moves_every_message_and_only_then_deletes(queues) -> None:
