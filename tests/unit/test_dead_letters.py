@@ -73,8 +73,9 @@ def _oversized_rows(count: int) -> str:
     )
 
 
-def test_a_rows_message_too_big_to_be_valid_is_split_into_valid_ones() -> None:
-    body = _oversized_rows(2500)
+@pytest.mark.parametrize("count", [2500, 900], ids=["over-both-limits", "over-bytes-only"])
+def test_a_rows_message_too_big_to_be_valid_is_split_into_valid_ones(count: int) -> None:
+    body = _oversized_rows(count)
     assert len(body.encode()) > MAX_BODY_BYTES
 
     parts = [parse_message(part) for part in split_body(body, MAX_ROWS_PER_MESSAGE)]
