@@ -1,10 +1,13 @@
 import json
+import logging
 import uuid
+from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from console import dead_letters
 from console.dead_letters import group_by_cause, list_dead_letters, redrive, split_body
 from shared.models import MAX_BODY_BYTES, MAX_ROWS_PER_MESSAGE, RowsMessage, parse_message
 
@@ -192,3 +195,167 @@ def test_without_the_native_api_the_mover_takes_over(queues) -> None:
     assert report.method == "receive-send-delete"
     assert report.moved == 1
     assert "InternalFailure" in (report.native_unavailable or "")
+
+
+class RealisticSqs:
+    """moto's SQS, as real SQS also behaves: empty polls while messages remain, a held message
+    delivered again, entries of a batch call failing one by one, and a crash mid-way."""
+
+    def __init__(self, sqs, empty_polls: int = 0, redeliver: str | None = None) -> None:
+        self._sqs = sqs
+        self.empty_polls = empty_polls
+        self.redeliver = redeliver
+        self.bad_delete: str | None = None  # a MessageId whose delete SQS refuses
+        self.bad_release = False
+        self.crash_on_send: int | None = None  # SendMessageBatch call at which the process dies
+        self.sends = 0
+        self._handles: dict[str, str] = {}
+        self._first: dict[str, Any] | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._sqs, name)
+
+    def receive_message(self, **kwargs):
+        if self.empty_polls:
+            self.empty_polls -= 1
+            return {}
+        response = self._sqs.receive_message(**kwargs)
+        messages = response.get("Messages", [])
+        self._handles.update({m["ReceiptHandle"]: m["MessageId"] for m in messages})
+        if self.redeliver == "expired" and messages:
+            # the first message's hold runs out: the next receive brings it again, with a new handle
+            self.redeliver = None
+            self._sqs.change_message_visibility(
+                QueueUrl=kwargs["QueueUrl"], ReceiptHandle=messages[0]["ReceiptHandle"], VisibilityTimeout=0
+            )
+        if self.redeliver == "twice" and messages:
+            # SQS delivers at least once: a later receive brings a message this one already holds
+            if self._first is None:
+                self._first = messages[0]
+            else:
+                self.redeliver = None
+                response = {**response, "Messages": [*messages, self._first]}
+        return response
+
+    def send_message_batch(self, **kwargs):
+        self.sends += 1
+        if self.sends == self.crash_on_send:
+            raise SystemExit("the console was killed")
+        return self._sqs.send_message_batch(**kwargs)
+
+    def delete_message_batch(self, QueueUrl, Entries):
+        entries = [
+            {**e, "ReceiptHandle": "not-a-handle"}
+            if self._handles.get(e["ReceiptHandle"]) == self.bad_delete
+            else e
+            for e in Entries
+        ]
+        return self._sqs.delete_message_batch(QueueUrl=QueueUrl, Entries=entries)
+
+    def change_message_visibility_batch(self, QueueUrl, Entries):
+        if self.bad_release:
+            Entries = [{**Entries[0], "ReceiptHandle": "not-a-handle"}, *Entries[1:]]
+        return self._sqs.change_message_visibility_batch(QueueUrl=QueueUrl, Entries=Entries)
+
+
+def _held(sqs, url: str) -> int:
+    """Messages in the queue, visible or not."""
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def test_listing_sees_every_message_once_through_empty_polls_and_redeliveries(queues) -> None:
+    # GIVEN 25 dead letters, and SQS answering two polls empty and delivering a held message again
+    sqs, dlq, _ = queues
+    for i in range(25):
+        _dead(sqs, dlq, _rows([i]), "RowError", "bad")
+    realistic = RealisticSqs(sqs, empty_polls=2, redeliver="expired")
+
+    # WHEN they are listed
+    letters = list_dead_letters(realistic, dlq)
+
+    # THEN each is listed exactly once, and all are visible again afterwards
+    assert sorted(letter.body for letter in letters) == sorted(_rows([i]) for i in range(25))
+    assert len({letter.message_id for letter in letters}) == 25
+    attributes = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "25"
+
+
+def test_the_mover_moves_each_message_once_through_empty_polls_and_redeliveries(queues) -> None:
+    sqs, dlq, work = queues
+    for i in range(25):
+        _dead(sqs, dlq, _rows([i]), "RowError", "bad")
+
+    report = redrive(RealisticSqs(sqs, empty_polls=2, redeliver="twice"), dlq, work, max_messages=100)
+
+    assert report.moved == 25
+    assert sorted(_drain(sqs, work)) == sorted(_rows([i]) for i in range(25))  # no message twice
+    assert _held(sqs, dlq) == 0
+
+
+def test_listing_gives_up_after_a_bounded_number_of_empty_polls(queues, monkeypatch) -> None:
+    # GIVEN a queue that reports more messages than any poll brings (they are held elsewhere)
+    sqs, dlq, _ = queues
+    monkeypatch.setattr(dead_letters, "WAIT_SECONDS", 0)
+    _dead(sqs, dlq, _rows([1]), "RowError", "bad")
+    realistic = RealisticSqs(sqs, empty_polls=dead_letters.EMPTY_POLLS + 100)
+
+    assert list_dead_letters(realistic, dlq) == []
+    assert realistic.empty_polls == 100  # it stopped after EMPTY_POLLS empty polls
+
+
+def test_a_failed_send_deletes_nothing(queues) -> None:
+    # GIVEN dead letters, and a work queue SQS refuses every send to
+    sqs, dlq, work = queues
+    for i in range(3):
+        _dead(sqs, dlq, _rows([i]), "RowError", "bad")
+    sqs.delete_queue(QueueUrl=work)
+
+    report = redrive(sqs, dlq, work, max_messages=10)
+
+    assert (report.moved, report.kept) == (0, 3)
+    assert _held(sqs, dlq) == 3
+
+
+def test_a_crash_between_send_and_delete_leaves_a_duplicate_never_a_loss(queues) -> None:
+    # GIVEN 25 dead letters, and a console killed on its 12th send: in the second batch of ten
+    sqs, dlq, work = queues
+    for i in range(25):
+        _dead(sqs, dlq, _rows([i]), "RowError", "bad")
+    realistic = RealisticSqs(sqs)
+    realistic.crash_on_send = 12
+
+    with pytest.raises(SystemExit):
+        redrive(realistic, dlq, work, max_messages=100)
+
+    # THEN the first batch moved; the second, half sent, is still whole in the DLQ: one duplicate, no loss
+    assert (_held(sqs, work), _held(sqs, dlq)) == (11, 15)
+
+
+def test_a_refused_delete_is_reported_as_possibly_duplicated_not_as_moved(queues) -> None:
+    # GIVEN three dead letters, one of which SQS refuses to delete
+    sqs, dlq, work = queues
+    for i in range(3):
+        _dead(sqs, dlq, _rows([i]), "RowError", "bad")
+    realistic = RealisticSqs(sqs)
+    realistic.bad_delete = list_dead_letters(sqs, dlq)[0].message_id
+
+    report = redrive(realistic, dlq, work, max_messages=10)
+
+    assert report.moved == 2
+    assert report.possibly_duplicated == [realistic.bad_delete]
+    assert (_held(sqs, work), _held(sqs, dlq)) == (3, 1)  # in both queues, lost from none
+
+
+def test_a_listed_message_sqs_will_not_release_is_reported(queues, caplog) -> None:
+    sqs, dlq, _ = queues
+    _dead(sqs, dlq, _rows([1]), "RowError", "bad")
+    realistic = RealisticSqs(sqs)
+    realistic.bad_release = True
+
+    with caplog.at_level(logging.WARNING):
+        assert len(list_dead_letters(realistic, dlq)) == 1
+
+    assert "1 listed message(s) could not be made visible again" in caplog.text
