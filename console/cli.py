@@ -172,6 +172,14 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     else:
         verb = "would move" if report.dry_run else "moved"
         print(f"{verb} {report.moved} message(s) ({report.method}): {'; '.join(report.ids) or '-'}")
+        if report.kept:
+            print(f"{report.kept} message(s) could not be sent and stay in the DLQ", file=sys.stderr)
+        if report.possibly_duplicated:
+            print(
+                f"{len(report.possibly_duplicated)} message(s) were sent but SQS refused to delete them from"
+                f" the DLQ: possibly duplicated, never lost ({', '.join(report.possibly_duplicated)})",
+                file=sys.stderr,
+            )
     return 0
 
 

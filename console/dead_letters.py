@@ -1,20 +1,26 @@
 """`drugsync dlq` and `drugsync redrive`: what sits in the dead-letter queue, and moving it back."""
 
+import json
+import logging
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+from uuid import UUID
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.errors import InvalidMessage, UnavailableError
-from shared.models import MAX_ROWS_PER_MESSAGE, RowsMessage, SweepMessage, parse_message
+from shared.models import MAX_ROWS_PER_MESSAGE, RowsMessage, SweepMessage, pack_rows_messages, parse_message
 from shared.queue import SQS_BATCH_LIMIT, SqsQueue
 
 HOLD_SECONDS = 60  # messages being listed or moved stay hidden from others this long
+WAIT_SECONDS = 2  # each receive long-polls this long
+EMPTY_POLLS = 3  # long polls in a row that bring nothing new before giving up on the rest
+_log = logging.getLogger(__name__)
 _DRUG_ID_PREFIX = re.compile(r"^drug id \d+: ")
 
 
@@ -36,7 +42,8 @@ class DeadLetter:
         try:
             message = parse_message(self.body)
         except InvalidMessage:
-            return "-"
+            fields = _rows_fields(self.body)  # a rows message too big to be valid still names its ids
+            return "-" if fields is None else ",".join(str(i) for i in fields["ids"])
         if isinstance(message, RowsMessage):
             return ",".join(str(i) for i in message.ids)
         if isinstance(message, SweepMessage):
@@ -63,37 +70,65 @@ def _dead_letter(message: dict[str, Any], now_ms: int) -> DeadLetter:
     )
 
 
-def _receive(sqs: Any, queue_url: str, limit: int | None = None) -> Iterator[list[dict[str, Any]]]:
-    """Batches of messages, each hidden for HOLD_SECONDS, until the queue gives no more or `limit`."""
-    taken = 0
-    while limit is None or taken < limit:
-        wanted = SQS_BATCH_LIMIT if limit is None else min(SQS_BATCH_LIMIT, limit - taken)
+@dataclass(frozen=True)
+class Received:
+    """One receive: messages not seen before, and messages already held received again."""
+
+    fresh: list[dict[str, Any]]
+    repeats: list[dict[str, Any]]
+
+
+def _receive(sqs: Any, queue_url: str, limit: int | None = None) -> Iterator[Received]:
+    """Batches of messages, each hidden for HOLD_SECONDS, until the queue's messages are all seen.
+
+    "All" is what ApproximateNumberOfMessages reported at the start (or `limit`). Polls are long:
+    a short poll asks only some of SQS's servers and comes back empty while messages remain
+    (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html).
+    A message received again (its hold ran out, or SQS delivered it twice) comes as a repeat, with
+    its newest receipt handle, never as a new message; EMPTY_POLLS polls with nothing new end it.
+    """
+    wanted_total = _visible_messages(sqs, queue_url)
+    if limit is not None:
+        wanted_total = min(wanted_total, limit)
+    seen: set[str] = set()
+    empty_polls = 0
+    while len(seen) < wanted_total and empty_polls < EMPTY_POLLS:
         batch = sqs.receive_message(
-            QueueUrl=queue_url, MaxNumberOfMessages=wanted, VisibilityTimeout=HOLD_SECONDS,
-            WaitTimeSeconds=0, AttributeNames=["All"], MessageAttributeNames=["All"],
+            QueueUrl=queue_url, MaxNumberOfMessages=min(SQS_BATCH_LIMIT, wanted_total - len(seen)),
+            VisibilityTimeout=HOLD_SECONDS, WaitTimeSeconds=WAIT_SECONDS,
+            AttributeNames=["All"], MessageAttributeNames=["All"],
         ).get("Messages", [])  # fmt: skip
-        if not batch:
-            return
-        taken += len(batch)
-        yield batch
+        received = Received(
+            fresh=[m for m in batch if m["MessageId"] not in seen],
+            repeats=[m for m in batch if m["MessageId"] in seen],
+        )
+        seen.update(m["MessageId"] for m in received.fresh)
+        empty_polls = 0 if received.fresh else empty_polls + 1
+        yield received
 
 
-def _release(sqs: Any, queue_url: str, letters: list[DeadLetter]) -> None:
-    """Make listed messages visible again at once."""
-    for start in range(0, len(letters), SQS_BATCH_LIMIT):
-        entries = [
-            {"Id": str(i), "ReceiptHandle": letter.receipt_handle, "VisibilityTimeout": 0}
-            for i, letter in enumerate(letters[start : start + SQS_BATCH_LIMIT])
-        ]
-        sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+def _visible_messages(sqs: Any, queue_url: str) -> int:
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    return int(attributes["Attributes"].get("ApproximateNumberOfMessages", 0))
 
 
 def list_dead_letters(sqs: Any, dlq_url: str) -> list[DeadLetter]:
     """Every message in the DLQ, read without consuming it."""
     now_ms = int(time.time() * 1000)
-    letters = [_dead_letter(m, now_ms) for batch in _receive(sqs, dlq_url) for m in batch]
-    _release(sqs, dlq_url, letters)
-    return letters
+    letters: dict[str, DeadLetter] = {}
+    for received in _receive(sqs, dlq_url):
+        for message in [*received.fresh, *received.repeats]:
+            letter = _dead_letter(message, now_ms)
+            # The newest receipt handle is the one SQS honours for a message received twice.
+            first = letters.get(letter.message_id, letter)
+            letters[letter.message_id] = replace(first, receipt_handle=letter.receipt_handle)
+    unreleased = SqsQueue(sqs, dlq_url).change_visibility([x.receipt_handle for x in letters.values()], 0)
+    if unreleased:
+        _log.warning(
+            "%d listed message(s) could not be made visible again; they reappear within %ds",
+            len(unreleased), HOLD_SECONDS,
+        )  # fmt: skip
+    return list(letters.values())
 
 
 def group_by_cause(letters: list[DeadLetter]) -> list[dict[str, Any]]:
@@ -138,23 +173,51 @@ class RedriveReport:
     task_handle: str | None = None
     native_unavailable: str | None = None
     ids: list[str] = field(default_factory=list)
+    kept: int = 0  # their send failed: still in the DLQ
+    possibly_duplicated: list[str] = field(default_factory=list)  # sent, but SQS refused the delete
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def split_body(body: str, rows_per_message: int) -> list[str]:
-    """A rows message with many ids becomes several; anything else travels as it is."""
+    """A rows message becomes as many valid ones as its ids need; anything else travels as it is.
+
+    A rows message too big to pass validation (more ids or bytes than a message may hold) is read
+    leniently, so that splitting is what brings it back instead of the DLQ again.
+    """
+    fields = _rows_fields(body)
+    if fields is None:
+        return [body]
     try:
-        message = parse_message(body)
+        if len(fields["ids"]) <= rows_per_message and parse_message(body):
+            return [body]
     except InvalidMessage:
-        return [body]
-    if not isinstance(message, RowsMessage) or len(message.ids) <= rows_per_message:
-        return [body]
-    return [
-        message.model_copy(update={"ids": message.ids[start : start + rows_per_message]}).model_dump_json()
-        for start in range(0, len(message.ids), rows_per_message)
-    ]
+        pass
+    return pack_rows_messages(
+        fields["run_id"], fields["ids"], _text_or_none(fields, "error_class"), _text_or_none(fields, "error"),
+        max_rows=rows_per_message,
+    )  # fmt: skip
+
+
+def _rows_fields(body: str) -> dict[str, Any] | None:
+    """A rows message's fields, without its limits: kind "rows", a run id, and a list of int ids."""
+    try:
+        fields = json.loads(body)
+        fields["run_id"] = UUID(str(fields["run_id"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+    ids = fields.get("ids")
+    if fields.get("kind") != "rows" or not isinstance(ids, list) or not ids:
+        return None
+    if not all(type(i) is int for i in ids):  # bool is an int subclass; JSON true is no id
+        return None
+    return dict(fields)
+
+
+def _text_or_none(fields: dict[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    return value if isinstance(value, str) else None
 
 
 def redrive(
@@ -216,18 +279,26 @@ def _move(
     report = RedriveReport("receive-send-delete")
     work, dead = SqsQueue(sqs, work_url), SqsQueue(sqs, dlq_url)
     now_ms = int(time.time() * 1000)
-    for batch in _receive(sqs, dlq_url, max_messages):
-        sent_handles = []
-        for message in batch:
-            letter = _dead_letter(message, now_ms)
+    sent_ids: set[str] = set()
+    for received in _receive(sqs, dlq_url, max_messages):
+        sent: dict[str, DeadLetter] = {}
+        for letter in (_dead_letter(message, now_ms) for message in received.fresh):
             bodies = split_body(letter.body, rows_per_message)
             try:
                 work.send_messages(bodies)
             except UnavailableError:
-                continue  # not deleted: it stays in the DLQ for the next redrive
-            sent_handles.append(letter.receipt_handle)
+                report.kept += 1  # not deleted: it stays in the DLQ for the next redrive
+                continue
+            sent[letter.receipt_handle] = letter
             report.sent += len(bodies)
-            report.ids.append(letter.ids)
-        dead.delete_messages(sent_handles)
-        report.moved += len(sent_handles)
+        # A message sent already and received again is deleted again (newest handle), not resent.
+        again = [m["ReceiptHandle"] for m in received.repeats if m["MessageId"] in sent_ids]
+        sent_ids.update(letter.message_id for letter in sent.values())
+        undeleted = set(dead.delete_messages([*sent, *again]))
+        for handle, letter in sent.items():
+            if handle in undeleted:
+                report.possibly_duplicated.append(letter.message_id)  # in both queues; lost from none
+            else:
+                report.moved += 1
+                report.ids.append(letter.ids)
     return report

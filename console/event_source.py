@@ -48,6 +48,7 @@ class WorkStats:
     errors: int = 0
     cold_starts: int = 0
     redeliveries: int = 0
+    undeleted: int = 0  # succeeded, but SQS refused the delete: they will be delivered again
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, records: int, failures: int, redelivered: int, result: InvocationResult) -> None:
@@ -128,7 +129,12 @@ class LocalEventSource:
                 return False
         attributes = self._sqs.get_queue_attributes(
             QueueUrl=self._config.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            # Delayed: a deferred range's continuation waits out its DelaySeconds before it shows.
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
         )["Attributes"]
         return all(int(value) == 0 for value in attributes.values())
 
@@ -181,7 +187,12 @@ class LocalEventSource:
         return every_id if not reported <= every_id else {str(item) for item in reported}
 
     def _delete(self, messages: list["MessageTypeDef"]) -> None:
-        SqsQueue(self._sqs, self._config.queue_url).delete_messages([m["ReceiptHandle"] for m in messages])
+        """Delete the records that succeeded; one SQS refused to delete comes back (a redelivery)."""
+        failed = SqsQueue(self._sqs, self._config.queue_url).delete_messages(
+            [m["ReceiptHandle"] for m in messages]
+        )
+        with self.stats._lock:
+            self.stats.undeleted += len(failed)
 
     def _to_record(self, message: "MessageTypeDef") -> dict[str, Any]:
         """An SQS message in the shape Lambda hands to a function."""

@@ -24,6 +24,7 @@ from shared.models import (
     RowFailure,
     RowsMessage,
     SweepMessage,
+    pack_rows_messages,
 )
 from shared.ports import Vectors
 
@@ -229,8 +230,8 @@ def isolate(env: SyncEnv, deadline: Deadline, run_id: UUID, failures: Sequence[R
     for failure in failures:
         by_cause.setdefault((failure.error_class, failure.error), []).append(failure.drug_id)
     for (error_class, error), ids in by_cause.items():
-        body = RowsMessage(run_id=run_id, ids=ids, error_class=error_class, error=error[:2000])
+        bodies = pack_rows_messages(run_id, ids, error_class, error)
         attributes = {"error_class": error_class, "reason": error}
-        send = partial(env.dead_letters.send_messages, [body.model_dump_json()], attributes)
+        send = partial(env.dead_letters.send_messages, bodies, attributes)
         _retried(env, deadline, send)
     return [failure.drug_id for failure in failures]

@@ -1,5 +1,6 @@
 """The data drugsync moves: drugs, planned ranges, range messages and run summaries."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -181,6 +182,40 @@ WorkMessage = Annotated[
 AnyMessage = RangeMessage | RowsMessage | SweepMessage
 _WORK_MESSAGE: TypeAdapter[AnyMessage] = TypeAdapter(WorkMessage)
 MAX_BODY_BYTES = 16_384
+
+
+def pack_rows_messages(
+    run_id: UUID,
+    ids: Sequence[int],
+    error_class: str | None,
+    error: str | None,
+    max_rows: int = MAX_ROWS_PER_MESSAGE,
+) -> list[str]:
+    """Bodies of RowsMessages for the ids of one cause, each within max_rows ids and MAX_BODY_BYTES.
+
+    Ids repeat nowhere; the cause is cut to what a RowsMessage holds. Every body costs the same
+    bytes but for its ids, each the length of its decimal form plus a comma.
+    """
+    template = RowsMessage(
+        run_id=run_id,
+        ids=[0],
+        error_class=None if error_class is None else error_class[:200],
+        error=None if error is None else error[:2000],
+    )
+    fixed = len(template.model_dump_json().encode()) - len("0")
+    bodies: list[str] = []
+    chunk: list[int] = []
+    size = fixed - 1  # the first id needs no comma
+    for drug_id in dict.fromkeys(ids):
+        cost = len(str(drug_id)) + 1
+        if chunk and (len(chunk) >= max_rows or size + cost > MAX_BODY_BYTES):
+            bodies.append(template.model_copy(update={"ids": chunk}).model_dump_json())
+            chunk, size = [], fixed - 1
+        chunk.append(drug_id)
+        size += cost
+    if chunk:
+        bodies.append(template.model_copy(update={"ids": chunk}).model_dump_json())
+    return bodies
 
 
 def parse_message(body: str) -> AnyMessage:

@@ -1,7 +1,7 @@
 """PostgreSQL adapter: connections, and the source catalog of drugs."""
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -10,9 +10,9 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from shared.describe import validation_problems
-from shared.errors import RowError, UnavailableError, unavailable_on
+from shared.errors import ConfigError, RowError, UnavailableError
 from shared.models import TEXT_FIELDS, Drug, Fetched, PlannedRange, RowFailure
-from shared.redact import redact_url
+from shared.redact import MASK, redact_known, redact_url, remember_secrets
 
 # Ranges of at most range_size eligible rows. Eligible rows are numbered in id order and bucketed
 # by row number, so gaps in the ids never matter; each range then starts right after the previous
@@ -78,15 +78,49 @@ WHERE {id} BETWEEN %(first_id)s AND %(last_id)s AND {eligible} IS TRUE
 
 def connect(url: str) -> psycopg.Connection[Any]:
     """An autocommit connection; a failure to connect is worth retrying and never shows the password."""
+    remember_secrets(url)
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="drugsync")
+    except psycopg.ProgrammingError as error:
+        # libpq could not parse the connection string. Its message quotes the part it choked on,
+        # which may be any fragment of the password: neither that text nor the cause survives.
+        raise ConfigError(f"malformed database connection string: {_blank_quoted(str(error))}") from None
     except psycopg.OperationalError as error:
-        raise UnavailableError(f"cannot connect to PostgreSQL at {redact_url(url)}: {error}") from error
+        where = redact_url(url)
+        message, cause = _without_secrets(f"cannot connect to PostgreSQL at {where}: {error}", error)
+        raise UnavailableError(message) from cause
 
 
-def translate_errors(action: str) -> AbstractContextManager[None]:
-    """Connection-level psycopg failures are worth retrying; SQL errors are not."""
-    return unavailable_on((psycopg.OperationalError, psycopg.InterfaceError), "PostgreSQL", action)
+_LIBPQ_LITERAL = '"="'  # what libpq quotes of its own ('missing "=" after ...')
+
+
+def _blank_quoted(message: str) -> str:
+    """libpq's message with everything it quoted, but its own '"="', replaced by '***'."""
+    kept = message.strip().replace(_LIBPQ_LITERAL, "\x00")
+    first, last = kept.find('"'), kept.rfind('"')
+    if first != -1:
+        kept = f'{kept[:first]}"{MASK}"{kept[last + 1 :] if last > first else ""}'
+    return redact_known(kept).replace("\x00", _LIBPQ_LITERAL)
+
+
+def _without_secrets(message: str, cause: BaseException) -> tuple[str, BaseException | None]:
+    """The message without any known password, and the cause to chain: none if its text held one.
+
+    A chained cause is printed with the traceback (Lambda logs it), so it must not hold one either.
+    """
+    safe = redact_known(message)
+    leaks = safe != message or redact_known(str(cause)) != str(cause)
+    return safe, None if leaks else cause
+
+
+@contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Connection-level psycopg failures are worth retrying; SQL errors are not. No password shows."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+        message, cause = _without_secrets(f"PostgreSQL failed while {action}: {error}", error)
+        raise UnavailableError(message) from cause
 
 
 class Database:
@@ -99,6 +133,8 @@ class Database:
 
     def __init__(self, url: str | Callable[[], str]) -> None:
         self._url = url if callable(url) else partial(str, url)
+        if isinstance(url, str):
+            remember_secrets(url)  # known before the first connect, for errors raised before it
         self._conn: psycopg.Connection[Any] | None = None
 
     def connection(self) -> psycopg.Connection[Any]:

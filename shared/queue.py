@@ -11,6 +11,7 @@ from shared.errors import UnavailableError
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import (
+        ChangeMessageVisibilityBatchRequestEntryTypeDef,
         DeleteMessageBatchRequestEntryTypeDef,
         SendMessageBatchRequestEntryTypeDef,
     )
@@ -86,17 +87,41 @@ class SqsQueue:
             + "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in failures)
         )
 
-    def delete_messages(self, receipt_handles: Sequence[str]) -> None:
-        """DeleteMessageBatch, ten at a time: these messages are done with."""
+    def delete_messages(self, receipt_handles: Sequence[str]) -> list[str]:
+        """DeleteMessageBatch, ten at a time; returns the handles SQS reported it did not delete."""
+        failed: list[str] = []
         for start in range(0, len(receipt_handles), SQS_BATCH_LIMIT):
+            chunk = receipt_handles[start : start + SQS_BATCH_LIMIT]
             entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
-                {"Id": str(index), "ReceiptHandle": handle}
-                for index, handle in enumerate(receipt_handles[start : start + SQS_BATCH_LIMIT])
+                {"Id": str(index), "ReceiptHandle": handle} for index, handle in enumerate(chunk)
             ]
             try:
-                self._client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+                response = self._client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
             except (ClientError, BotoCoreError) as error:
                 raise UnavailableError(f"SQS DeleteMessageBatch on {self.queue_url}: {error}") from error
+            # A batch call succeeds as a whole while entries fail one by one (e.g. ReceiptHandleIsInvalid).
+            failed += [chunk[int(failure["Id"])] for failure in response.get("Failed", [])]
+        return failed
+
+    def change_visibility(self, receipt_handles: Sequence[str], seconds: int) -> list[str]:
+        """ChangeMessageVisibilityBatch, ten at a time; returns the handles SQS reported as failed."""
+        failed: list[str] = []
+        for start in range(0, len(receipt_handles), SQS_BATCH_LIMIT):
+            chunk = receipt_handles[start : start + SQS_BATCH_LIMIT]
+            entries: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
+                {"Id": str(index), "ReceiptHandle": handle, "VisibilityTimeout": seconds}
+                for index, handle in enumerate(chunk)
+            ]
+            try:
+                response = self._client.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
+                )
+            except (ClientError, BotoCoreError) as error:
+                raise UnavailableError(
+                    f"SQS ChangeMessageVisibilityBatch on {self.queue_url}: {error}"
+                ) from error
+            failed += [chunk[int(failure["Id"])] for failure in response.get("Failed", [])]
+        return failed
 
     def depth(self) -> QueueDepth:
         try:

@@ -14,8 +14,19 @@ if TYPE_CHECKING:
 _REQUIRED_KEYS = ("host", "username", "password")
 
 
-def database_url_from_secret(client: "SecretsManagerClient", secret_arn: str) -> str:
-    """A postgresql:// URL built from an RDS-style secret {host, port, username, password, dbname}."""
+# libpq's word for the operating system's trust store (libpq 16 and later).
+SYSTEM_TRUST_STORE = "system"
+
+
+def database_url_from_secret(
+    client: "SecretsManagerClient", secret_arn: str, ca_bundle: str = SYSTEM_TRUST_STORE
+) -> str:
+    """A postgresql:// URL built from an RDS-style secret {host, port, username, password, dbname}.
+
+    TLS with verify-full: the server's certificate must chain to `ca_bundle` and name the host,
+    so a man in the middle cannot pose as the database (sslmode=require checks neither).
+    https://www.postgresql.org/docs/current/libpq-ssl.html#LIBPQ-SSL-PROTECTION
+    """
     try:
         secret = client.get_secret_value(SecretId=secret_arn)["SecretString"]
     except ClientError as error:
@@ -40,4 +51,5 @@ def database_url_from_secret(client: "SecretsManagerClient", secret_arn: str) ->
     password = quote(str(fields["password"]), safe="")
     port = int(fields.get("port", 5432))
     dbname = quote(str(fields.get("dbname", "postgres")), safe="")
-    return f"postgresql://{user}:{password}@{fields['host']}:{port}/{dbname}?sslmode=require"
+    tls = f"sslmode=verify-full&sslrootcert={quote(ca_bundle, safe='/')}"
+    return f"postgresql://{user}:{password}@{fields['host']}:{port}/{dbname}?{tls}"

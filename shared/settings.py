@@ -33,6 +33,10 @@ class Settings(BaseSettings):
 
     database_url: SecretStr | None = Field(None, validation_alias=_alias("DATABASE_URL"))
     database_secret_arn: str | None = None
+    # What verifies the database's TLS certificate when connecting through database_secret_arn:
+    # "system" (the OS trust store) or a PEM file; for RDS/Aurora, the Amazon RDS global bundle
+    # https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem shipped with the function.
+    database_ca_bundle: str = Field("system", min_length=1)
     redis_url: SecretStr | None = Field(None, validation_alias=_alias("REDIS_URL"))
     queue_url: str | None = Field(None, validation_alias=_alias("QUEUE_URL"))
     dlq_url: str | None = Field(None, validation_alias=_alias("DLQ_URL"))

@@ -17,7 +17,9 @@ def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
     if settings.database_secret_arn:
-        return database_url_from_secret(boto3.client("secretsmanager"), settings.database_secret_arn)
+        return database_url_from_secret(
+            boto3.client("secretsmanager"), settings.database_secret_arn, settings.database_ca_bundle
+        )
     raise ConfigError("no database: set DATABASE_URL or DRUGSYNC_DATABASE_SECRET_ARN")
 
 

@@ -1,0 +1,15 @@
+"""Handlers the local event source runs in its child processes (imported there by name)."""
+
+from typing import Any
+
+
+def partial_failures(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Reports records whose body starts with 'fail'; fails or answers nonsense when a body says so."""
+    records = event["Records"]
+    bodies = {record["body"] for record in records}
+    if "raise" in bodies:
+        raise RuntimeError("the invocation failed")
+    if "malformed" in bodies:
+        return {"batchItemFailures": [{"itemIdentifier": "no-such-record"}]}
+    failed = [record["messageId"] for record in records if record["body"].startswith("fail")]
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
