@@ -88,6 +88,7 @@ class Plan:
     redis_hash_bytes: float
     redis_limit_bytes: int
     redis_limit_source: str
+    redis_eviction_policy: str
     postgres_connections_needed: int
     postgres_connections_free: int
     costs_usd: dict[str, float]
@@ -100,8 +101,12 @@ class Plan:
 def make_plan(
     drugs: int, range_size: int, max_concurrency: int, measured: Measured, *, embedder: str, dimension: int,
     consumer_memory_mb: int, consumer_timeout: float, redis_limit: tuple[int, str], postgres_free: int,
+    redis_eviction: tuple[str, str | None],
 ) -> Plan:  # fmt: skip
-    """Turn measured per-drug costs into the figures for a run of `drugs` drugs."""
+    """Turn measured per-drug costs into the figures for a run of `drugs` drugs.
+
+    redis_eviction is the server's maxmemory-policy and the warning judge_eviction_policy gave it.
+    """
     ranges = math.ceil(drugs / range_size) if drugs else 0
     consumers_rate = max_concurrency / measured.client_seconds_per_drug
     server_rate = 1 / measured.server_seconds_per_drug
@@ -122,10 +127,13 @@ def make_plan(
         redis_json_bytes=drugs * (measured.json_bytes_per_drug + measured.index_bytes_per_drug),
         redis_hash_bytes=drugs * (measured.hash_bytes_per_drug + measured.index_bytes_per_drug),
         redis_limit_bytes=redis_limit[0], redis_limit_source=redis_limit[1],
+        redis_eviction_policy=redis_eviction[0],
         postgres_connections_needed=max_concurrency + 2, postgres_connections_free=postgres_free,
         costs_usd={name: round(value, 4) for name, value in costs.items()},
     )  # fmt: skip
     plan.warnings = _warnings(plan, consumer_timeout)
+    if redis_eviction[1]:
+        plan.warnings.append(redis_eviction[1])
     return plan
 
 
@@ -168,6 +176,7 @@ def render_plan(plan: Plan) -> str:
         f" (bound by {plan.bottleneck}; HNSW insertion slows as the index grows, so allow up to 2x)",
         f"  Redis memory: {_gib(plan.redis_json_bytes)} as JSON, {_gib(plan.redis_hash_bytes)} as HASH"
         f" (index included); {plan.redis_limit_source} {_gib(plan.redis_limit_bytes)}",
+        f"  Redis eviction: maxmemory-policy {plan.redis_eviction_policy}",
         f"  Postgres connections: {plan.postgres_connections_needed} needed,"
         f" {plan.postgres_connections_free} free",
         "  cost estimate (USD): "

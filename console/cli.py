@@ -24,6 +24,7 @@ from shared.errors import ConfigError, DrugSyncError
 from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest
 from shared.postgres import free_connections
 from shared.redact import redact_text
+from shared.redis_store import judge_eviction_policy
 from shared.settings import get_settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -202,6 +203,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     found = services()
     settings = found.settings
+    policy = found.store.eviction_policy()
+    durability = judge_eviction_policy(policy, settings.allow_eviction)  # refuses allkeys-* up front
     sample = next(found.catalog.iter_eligible(page_size=SAMPLE_SIZE), None)
     drugs = sample.drugs if sample and sample.drugs else synthetic_sample(SAMPLE_SIZE)
     measured = measure(drugs, found.embedder, found.store)
@@ -217,6 +220,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         embedder=found.embedder.name, dimension=found.embedder.dimension,
         consumer_memory_mb=args.memory_mb, consumer_timeout=settings.consumer_timeout_seconds,
         redis_limit=found.store.memory_limit(), postgres_free=free_connections(found.db),
+        redis_eviction=(policy, durability),
     )  # fmt: skip
     print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
     return 0

@@ -15,7 +15,7 @@ from consumer.env import Outcome, SyncEnv, retried
 from consumer.pacing import Deadline, Pacer
 from consumer.run_end import advance_run
 from shared.documents import build_document, build_embedding_text
-from shared.errors import EmbeddingError, InvalidMessage, UnavailableError
+from shared.errors import EmbeddingError, InvalidMessage, ProviderError, RejectedTexts, UnavailableError
 from shared.models import (
     MAX_DEFERRALS,
     AnyMessage,
@@ -69,7 +69,7 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
         chunk = drugs[position : position + size]
         try:
             failures = pacer.timed(len(chunk), partial(write_chunk, chunk, env, deadline))
-        except UnavailableError:
+        except (UnavailableError, ProviderError):
             if message.deferrals >= MAX_DEFERRALS:
                 raise
             return _continue(message, drugs[position:], env, written, failed, deferred=True)
@@ -195,21 +195,32 @@ def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list
 def embed_isolating(
     drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline
 ) -> tuple[list[tuple[Drug, Vectors]], list[RowFailure]]:
-    """Embed in one call; if the API rejects the batch, halve it until the rejected texts stand alone.
+    """Embed in one call and fail only the texts the API refuses on their own.
 
-    k bad texts among n cost at most 1 + 2k*log2(n) calls, where trying each row alone costs n.
+    A provider that embeds one text per request names the refused texts beside the others' vectors
+    (RejectedTexts): nothing is sent twice. For one that embeds many texts per request, the batch is
+    halved until the refused texts stand alone: k bad texts among n cost at most 1 + 2k*log2(n)
+    calls, where trying each row alone costs n. ProviderError (the account or model is at fault)
+    is never isolated: it propagates.
     """
     texts = [build_embedding_text(drug) for drug in drugs]
     try:
         vectors = _retried(env, deadline, lambda: _timed_embedding(texts, env))
+    except RejectedTexts as rejected:
+        embedded = [(drugs[i], vector) for i, vector in sorted(rejected.vectors.items())]
+        return embedded, [_row_failure(drugs[i], error) for i, error in sorted(rejected.errors.items())]
     except EmbeddingError as error:
         if len(drugs) == 1:
-            return [], [RowFailure(drugs[0].id, type(error).__name__, str(error))]
+            return [], [_row_failure(drugs[0], error)]
         middle = len(drugs) // 2
         left, left_failures = embed_isolating(drugs[:middle], env, deadline)
         right, right_failures = embed_isolating(drugs[middle:], env, deadline)
         return left + right, left_failures + right_failures
     return list(zip(drugs, vectors, strict=True)), []
+
+
+def _row_failure(drug: Drug, error: EmbeddingError) -> RowFailure:
+    return RowFailure(drug.id, type(error).__name__, str(error))
 
 
 def _timed_embedding(texts: Sequence[str], env: SyncEnv) -> Vectors:

@@ -1,7 +1,10 @@
 """The project's own errors: adapters translate infrastructure failures into these."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+
+import numpy as np
+import numpy.typing as npt
 
 
 class DrugSyncError(Exception):
@@ -42,6 +45,30 @@ class ThrottledError(UnavailableError):
 
 class EmbeddingError(DrugSyncError):
     """The embedding provider rejected a request for a reason that retrying will not fix."""
+
+
+class RejectedTexts(EmbeddingError):
+    """Some texts of a call were refused one by one; the others' vectors are in hand, by position.
+
+    Raised by providers that embed one text per request, so the caller isolates exactly the refused
+    texts without sending the accepted ones again.
+    """
+
+    def __init__(
+        self, vectors: Mapping[int, npt.NDArray[np.float32]], errors: Mapping[int, EmbeddingError]
+    ) -> None:
+        first = errors[min(errors)]
+        super().__init__(f"{len(errors)} of {len(vectors) + len(errors)} texts refused, e.g. {first}")
+        self.vectors = dict(vectors)
+        self.errors = dict(errors)
+
+
+class ProviderError(DrugSyncError):
+    """The embedding provider refuses the account or the model (access, model id, quota, subscription).
+
+    No text is at fault and retrying at once will not help: the consumer defers the rest of the range
+    (like UnavailableError, without the in-invocation retries) and never isolates rows for it.
+    """
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -13,37 +14,14 @@ import numpy as np
 import redis
 
 from shared.errors import ConfigError, unavailable_on
+from shared.index_schema import VECTOR_FIELD, VECTOR_PATH, index_differences, pairs_to_dict, schema_arguments
 from shared.models import BIGINT_MAX, BIGINT_MIN, RowFailure
 from shared.ports import Vectors
 
-VECTOR_FIELD = "embedding"
+logger = logging.getLogger(__name__)
 _CANONICAL_ID = re.compile(r"^(0|-?[1-9][0-9]*)$")  # how str(int) writes an id into a key
+
 RETURN_FIELDS = ("id", "name", "generic_name", "strength", "dosage_form", "manufacturer", "ndc")
-
-
-@dataclass(frozen=True)
-class IndexField:
-    """One indexed JSON path; the schema is data so creating it is one loop."""
-
-    path: str
-    alias: str
-    kind: str
-    options: tuple[str, ...] = ()
-
-
-# Text fields for full-text filters, tags for exact filters; the vector field is added with its
-# dimension at creation time.
-INDEX_FIELDS = (
-    IndexField("$.id", "id", "NUMERIC", ("SORTABLE",)),
-    IndexField("$.name", "name", "TEXT", ("WEIGHT", "2.0")),
-    IndexField("$.generic_name", "generic_name", "TEXT"),
-    IndexField("$.brand_name", "brand_name", "TEXT"),
-    IndexField("$.ndc", "ndc", "TAG"),
-    IndexField("$.dosage_form", "dosage_form", "TAG"),
-    IndexField("$.route", "route", "TAG"),
-    IndexField("$.manufacturer", "manufacturer", "TAG"),
-    IndexField("$.fingerprint", "fingerprint", "TAG"),
-)
 
 
 @dataclass(frozen=True)
@@ -62,6 +40,35 @@ def connect_redis(url: str) -> redis.Redis:
     )
 
 
+def judge_eviction_policy(policy: str, allow_eviction: bool) -> str | None:
+    """None when Redis never evicts our documents; a warning when it might; ConfigError when it will.
+
+    allkeys-* evicts any key under memory pressure, documents of ranges already marked done included,
+    and nothing would write them again. volatile-* evicts only keys that carry a TTL: drugsync sets
+    none, so ElastiCache's default volatile-lru behaves as noeviction unless something else puts TTLs
+    on keys under our prefix. https://redis.io/docs/latest/develop/reference/eviction/
+    """
+    if policy == "noeviction":
+        return None
+    if policy.startswith("allkeys-"):
+        if not allow_eviction:
+            raise ConfigError(
+                f"Redis maxmemory-policy is {policy}: under memory pressure it evicts documents whose range"
+                " is already done, and no run writes them again. Set maxmemory-policy to noeviction (or"
+                " volatile-lru), or set DRUGSYNC_ALLOW_EVICTION=true to accept the loss"
+            )
+        return (
+            f"Redis maxmemory-policy is {policy} and DRUGSYNC_ALLOW_EVICTION=true: documents may be"
+            " evicted after their range is done; `drugsync verify` finds the missing ones"
+        )
+    if policy.startswith("volatile-"):
+        return (
+            f"Redis maxmemory-policy is {policy}: only keys with a TTL are evicted; drugsync sets none,"
+            " but a TTL put on a document by anything else makes it evictable"
+        )
+    return f"Redis maxmemory-policy is {policy!r}, which drugsync does not know: documents may be evicted"
+
+
 def translate_errors(action: str) -> AbstractContextManager[None]:
     """Connection failures and timeouts are worth retrying; other Redis errors are not."""
     return unavailable_on((redis.ConnectionError, redis.TimeoutError), "Redis", action)
@@ -78,47 +85,52 @@ class RedisDocumentStore:
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 200,
         write_batch_size: int = 500,
+        allow_eviction: bool = False,
     ) -> None:
         self._client = client
         self.key_prefix = key_prefix
         self.index_name = index_name
         self._hnsw = ("M", str(hnsw_m), "EF_CONSTRUCTION", str(hnsw_ef_construction))
         self._write_batch_size = write_batch_size
+        self._allow_eviction = allow_eviction
 
     def key(self, drug_id: int) -> str:
         return f"{self.key_prefix}{drug_id}"
 
     def ensure_index(self, dimension: int) -> None:
-        """Create the index if it is missing; refuse one built for another dimension."""
+        """Create the index if it is missing; refuse one that is not the index drugsync builds.
+
+        Refuses, too, a server whose eviction policy may drop documents of ranges already done.
+        """
         with translate_errors("checking the index"):
-            existing = self.index_dimension()
-            if existing is None:
+            warning = self.check_durability()
+            if warning:
+                logger.warning(warning)
+            if self.index_info() is None:
                 self._create_index(dimension)
-            elif existing != dimension:
-                raise ConfigError(
-                    f"index {self.index_name} holds {existing}-dimensional vectors but the embedder"
-                    f" makes {dimension}; drop the index or change DRUGSYNC_INDEX_NAME"
-                )
+            # Compared even after creating: another process may have won the race with its own.
+            differences = index_differences(self.index_info() or {}, self.key_prefix, dimension)
+        if differences:
+            raise ConfigError(
+                f"index {self.index_name} is not the one drugsync builds: {'; '.join(differences)}."
+                f" Drop it with `FT.DROPINDEX {self.index_name}` (its documents are kept) or choose"
+                " another DRUGSYNC_INDEX_NAME"
+            )
+
+    def eviction_policy(self) -> str:
+        """maxmemory-policy from INFO memory: CONFIG GET is disabled on ElastiCache and MemoryDB."""
+        with translate_errors("reading the eviction policy"):
+            return str(self._client.info("memory").get("maxmemory_policy", "unknown"))
+
+    def check_durability(self) -> str | None:
+        """Refuse (ConfigError) an eviction policy that may drop our documents; a warning if it might."""
+        return judge_eviction_policy(self.eviction_policy(), self._allow_eviction)
 
     def _create_index(self, dimension: int) -> None:
-        vector = (
-            "TYPE",
-            "FLOAT32",
-            "DIM",
-            str(dimension),
-            "DISTANCE_METRIC",
-            "COSINE",
-            *self._hnsw,
-        )
-        schema: list[str] = []
-        for field in INDEX_FIELDS:
-            schema += [field.path, "AS", field.alias, field.kind, *field.options]
-        schema += [f"$.{VECTOR_FIELD}", "AS", VECTOR_FIELD, "VECTOR", "HNSW", str(len(vector))]
-        schema += vector
         try:
             _execute(
                 self._client, "FT.CREATE", self.index_name, "ON", "JSON", "PREFIX", "1", self.key_prefix,
-                "SCHEMA", *schema,
+                "SCHEMA", *schema_arguments(dimension, self._hnsw),
             )  # fmt: skip
         except redis.ResponseError as error:
             # Another producer created it between our check and our create: that is success.
@@ -134,15 +146,15 @@ class RedisDocumentStore:
             if "unknown index" in message or "no such index" in message:
                 return None
             raise
-        return _pairs_to_dict(raw)
+        return pairs_to_dict(raw)
 
     def index_dimension(self) -> int | None:
         info = self.index_info()
         if info is None:
             return None
         for attribute in info.get("attributes", []):
-            described = _pairs_to_dict(attribute)
-            if described.get("identifier") == f"$.{VECTOR_FIELD}":
+            described = pairs_to_dict(attribute)
+            if described.get("identifier") == VECTOR_PATH:
                 return int(described["dim"])
         return None
 
@@ -245,7 +257,13 @@ class RedisDocumentStore:
 
     def scratch(self, name: str) -> "RedisDocumentStore":
         """A store on the same server under its own prefix and index, for measuring; clear() it after."""
-        return RedisDocumentStore(self._client, f"{name}:", name, write_batch_size=self._write_batch_size)
+        return RedisDocumentStore(
+            self._client,
+            f"{name}:",
+            name,
+            write_batch_size=self._write_batch_size,
+            allow_eviction=self._allow_eviction,
+        )
 
     def wait_until_indexed(self, count: int, seconds: float = 60) -> None:
         """Block until the index holds `count` documents (indexing of JSON is asynchronous)."""
@@ -302,19 +320,10 @@ def _execute(target: Any, *args: Any) -> Any:
     return target.execute_command(*args)
 
 
-def _decode(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _pairs_to_dict(raw: Sequence[Any]) -> dict[str, Any]:
-    """RESP2 flat [key, value, key, value, ...] replies as a dict with str keys."""
-    return {str(_decode(raw[i])): _decode(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
-
-
 def _parse_hits(raw: Sequence[Any]) -> list[SearchHit]:
     hits = []
     for position in range(1, len(raw), 2):
-        fields = {key: str(value) for key, value in _pairs_to_dict(raw[position + 1]).items()}
+        fields = {key: str(value) for key, value in pairs_to_dict(raw[position + 1]).items()}
         distance = float(fields.pop("distance"))
         hits.append(SearchHit(int(fields["id"]), 1.0 - distance, fields))
     return hits

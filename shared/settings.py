@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     index_name: str = Field("idx:drugs", pattern=r"^[A-Za-z0-9_:.\-]{1,64}$")
     hnsw_m: int = Field(16, ge=2, le=512)
     hnsw_ef_construction: int = Field(200, ge=1, le=4096)
+    # Accept an allkeys-* maxmemory-policy, under which Redis may evict documents of finished ranges.
+    allow_eviction: bool = False
 
     embedder: Literal["hashing", "bedrock"] = "hashing"
     embedding_dim: int = Field(384, ge=8, le=4096)

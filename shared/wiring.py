@@ -51,6 +51,7 @@ def build_store(settings: Settings) -> RedisDocumentStore:
         hnsw_m=settings.hnsw_m,
         hnsw_ef_construction=settings.hnsw_ef_construction,
         write_batch_size=settings.write_batch_size,
+        allow_eviction=settings.allow_eviction,
     )
 
 

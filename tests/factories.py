@@ -1,10 +1,14 @@
-"""Event factories: SQS records in Lambda's shape, and range message bodies."""
+"""Event factories: SQS records in Lambda's shape, range message bodies, Bedrock answers."""
 
 import hashlib
+import io
+import json
 import uuid
 from typing import Any, cast
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
 
 from console.lambda_context import LocalLambdaContext
 from shared.models import RangeMessage
@@ -42,3 +46,33 @@ def lambda_context(timeout_seconds: float = 60.0) -> LambdaContext:
 
 def sqs_event(*bodies: str) -> dict[str, Any]:
     return {"Records": [sqs_record(body, message_id=f"m{i}") for i, body in enumerate(bodies)]}
+
+
+TITAN = "amazon.titan-embed-text-v2:0"
+TOO_LONG = "Malformed input request: expected maxLength: 50000, actual: 50001, please reformat your input and try again."
+
+
+def titan_response(vector: list[float]) -> dict[str, object]:
+    """An InvokeModel answer of Titan Text Embeddings V2."""
+    payload = json.dumps({"embedding": vector, "inputTextTokenCount": 3}).encode()
+    return {"body": StreamingBody(io.BytesIO(payload), len(payload)), "contentType": "application/json"}
+
+
+def refuse(stubber: Stubber, code: str, status: int, message: str = "") -> None:
+    """The next InvokeModel request fails with this error code, HTTP status and message."""
+    stubber.add_client_error(
+        "invoke_model", service_error_code=code, service_message=message, http_status_code=status
+    )
+
+
+def count_requests(client: Any) -> list[str]:
+    """The texts of the InvokeModel requests the client sends, counted before a Stubber can refuse one.
+
+    provide-client-params is the first event of a call; a Stubber with no answer left raises at the next.
+    """
+    sent: list[str] = []
+    client.meta.events.register(
+        "provide-client-params.bedrock-runtime.InvokeModel",
+        lambda params, **kwargs: sent.append(json.loads(params["body"])["inputText"]),
+    )
+    return sent

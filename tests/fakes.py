@@ -8,7 +8,7 @@ from uuid import UUID
 import numpy as np
 
 from shared.embedders.hashing import HashingEmbedder
-from shared.errors import EmbeddingError, UnavailableError
+from shared.errors import DrugSyncError, EmbeddingError, UnavailableError
 from shared.models import Drug, Fetched, PlannedRange, RowFailure
 from shared.ports import Catalog, DocumentStore, Embedder, Ledger, RunProgress, Vectors, WorkQueue
 
@@ -293,7 +293,8 @@ class CountingEmbedder(WrappingEmbedder):
     """The real hashing embedder, counting calls and texts, with faults to order.
 
     `seconds_per_text` advances a FakeClock; `rejects` names texts the "API" refuses;
-    `unavailable_calls` makes the next N calls fail as throttling would.
+    `unavailable_calls` makes the next N calls fail as throttling would; `raises` scripts the next
+    calls one by one (an error to raise, or None for a normal call).
     """
 
     def __init__(
@@ -303,6 +304,7 @@ class CountingEmbedder(WrappingEmbedder):
         seconds_per_text: float = 0.0,
         rejects: Callable[[str], bool] = lambda text: False,
         unavailable_calls: int = 0,
+        raises: Sequence[DrugSyncError | None] = (),
     ) -> None:
         super().__init__(HashingEmbedder(dimension, batch_size=10_000))
         self.calls = 0
@@ -312,9 +314,13 @@ class CountingEmbedder(WrappingEmbedder):
         self._seconds_per_text = seconds_per_text
         self._rejects = rejects
         self.unavailable_calls = unavailable_calls
+        self.raises = list(raises)
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         self.calls += 1
+        scripted = self.raises.pop(0) if self.raises else None
+        if scripted is not None:
+            raise scripted
         if self.unavailable_calls > 0:
             self.unavailable_calls -= 1
             raise UnavailableError("ThrottlingException: rate exceeded")

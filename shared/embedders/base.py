@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.errors import EmbeddingError
+from shared.errors import EmbeddingError, RejectedTexts
 from shared.ports import Vectors
 
 
@@ -30,13 +30,23 @@ class BatchingEmbedder(ABC):
         """Embed one batch with one provider call; returns shape (len(texts), dimension)."""
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
+        """Every text's vector; RejectedTexts (positions in `texts`) if a provider refused some alone."""
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
-        batches = [
-            self._embed_checked(texts[start : start + self.batch_size])
-            for start in range(0, len(texts), self.batch_size)
-        ]
-        return np.vstack(batches)
+        vectors: dict[int, Vectors] = {}
+        errors: dict[int, EmbeddingError] = {}
+        for start in range(0, len(texts), self.batch_size):
+            try:
+                batch = self._embed_checked(texts[start : start + self.batch_size])
+            except RejectedTexts as rejected:
+                # Keep embedding the other batches: their vectors are wanted either way.
+                vectors.update({start + i: vector for i, vector in rejected.vectors.items()})
+                errors.update({start + i: error for i, error in rejected.errors.items()})
+            else:
+                vectors.update({start + i: vector for i, vector in enumerate(batch)})
+        if errors:
+            raise RejectedTexts(vectors, errors)
+        return np.vstack([vectors[i] for i in range(len(texts))])
 
     def _embed_checked(self, texts: Sequence[str]) -> Vectors:
         self.calls += 1

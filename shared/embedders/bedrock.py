@@ -2,10 +2,12 @@
 
 Titan V2 takes one `inputText` per request (https://docs.aws.amazon.com/bedrock/latest/userguide/
 model-parameters-titan-embed-text.html), so a batch is fanned out over a bounded thread pool
-rather than sent one text at a time in sequence.
+rather than sent one text at a time in sequence. Each text gets its own answer: a refused text is
+reported by position beside the vectors of the others (RejectedTexts), never by failing the batch.
 """
 
 import json
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -13,27 +15,57 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shared.embedders.base import BatchingEmbedder
-from shared.errors import DrugSyncError, EmbeddingError, ThrottledError, UnavailableError
+from shared.errors import (
+    DrugSyncError,
+    EmbeddingError,
+    ProviderError,
+    RejectedTexts,
+    ThrottledError,
+    UnavailableError,
+)
 from shared.ports import Vectors
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
     from mypy_boto3_bedrock_runtime import BedrockRuntimeClient
 
-_RETRYABLE_CODES = frozenset(
+# InvokeModel's errors: https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_InvokeModel.html
+_TRANSIENT_CODES = frozenset(
+    {"ServiceUnavailableException", "InternalServerException", "ModelTimeoutException"}
+)
+# The account or the model is at fault, whatever the text: no access or no subscription to the model,
+# no such model, a quota used up, a model not deployed for this account yet.
+_PROVIDER_CODES = frozenset(
     {
-        "ThrottlingException",
-        "ServiceUnavailableException",
+        "AccessDeniedException",
+        "ResourceNotFoundException",
+        "ServiceQuotaExceededException",
         "ModelNotReadyException",
-        "InternalServerException",
-        "ModelTimeoutException",
+        "UnrecognizedClientException",
     }
 )
+# A ValidationException that names the request's model rather than its text: "The provided model
+# identifier is invalid.", "Invocation of model ID ... with on-demand throughput isn't supported. Retry
+# your request with ... an inference profile". A text's own fault reads "Malformed input request: ...".
+_MODEL_FAULTS = ("model identifier", "on-demand throughput", "inference profile")
+
+# What one text's request came to: its vector, or the error that names that text alone.
+_Answer = list[float] | EmbeddingError | None
 
 
-def _error_kind(code: str) -> type[DrugSyncError]:
+def classify_client_error(code: str, status: int, message: str) -> type[DrugSyncError]:
+    """The project's error for one InvokeModel failure, from its code, HTTP status and message."""
     if code == "ThrottlingException":
         return ThrottledError
-    return UnavailableError if code in _RETRYABLE_CODES else EmbeddingError
+    if code in _TRANSIENT_CODES or status >= 500:
+        return UnavailableError
+    if code in _PROVIDER_CODES or status == 403:
+        return ProviderError
+    if status == 429:
+        return ThrottledError
+    if code == "ValidationException" and any(fault in message.lower() for fault in _MODEL_FAULTS):
+        return ProviderError
+    return EmbeddingError
 
 
 class TitanEmbedder(BatchingEmbedder):
@@ -57,10 +89,40 @@ class TitanEmbedder(BatchingEmbedder):
         return f"{self._model_id}-{self.dimension}"
 
     def _embed_batch(self, texts: Sequence[str]) -> Vectors:
-        workers = min(self._concurrency, len(texts))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            rows = list(pool.map(self._embed_one, texts))
-        return np.asarray(rows, dtype=np.float32)
+        answers = self._invoke_each(texts)
+        refused = {i: answer for i, answer in enumerate(answers) if isinstance(answer, EmbeddingError)}
+        if not refused:
+            return np.asarray(answers, dtype=np.float32)
+        if len(texts) > 1 and len(refused) == len(texts) and len({str(e) for e in refused.values()}) == 1:
+            # Every text refused alike: the model or our request settings are wrong, not 256 texts.
+            raise ProviderError(
+                f"bedrock {self._model_id}: all {len(texts)} texts refused alike: {refused[0]}"
+            ) from refused[0]
+        vectors = {
+            i: np.asarray(answer, dtype=np.float32)
+            for i, answer in enumerate(answers)
+            if isinstance(answer, list)
+        }
+        raise RejectedTexts(vectors, refused)
+
+    def _invoke_each(self, texts: Sequence[str]) -> list[_Answer]:
+        """One request per text; the first failure that is not the text's own stops the rest unsent."""
+        halted = threading.Event()
+
+        def invoke(text: str) -> _Answer:
+            if halted.is_set():
+                return None  # skipped; pool.map raises the earlier text's error before reaching this
+            try:
+                return self._embed_one(text)
+            except EmbeddingError as error:
+                return error
+            except DrugSyncError:
+                # Set before the future fails, so a worker never starts another request after it.
+                halted.set()
+                raise
+
+        with ThreadPoolExecutor(max_workers=min(self._concurrency, len(texts))) as pool:
+            return list(pool.map(invoke, texts))
 
     def _embed_one(self, text: str) -> list[float]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -74,13 +136,23 @@ class TitanEmbedder(BatchingEmbedder):
                 accept="application/json",
             )
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            kind = _error_kind(code)
-            raise kind(f"bedrock {self._model_id}: {code}: {error}") from error
+            raise self._translate(error) from error
         except BotoCoreError as error:
             raise UnavailableError(f"bedrock {self._model_id}: {error}") from error
         payload: dict[str, Any] = json.loads(response["body"].read())
         embedding = payload.get("embedding")
         if not isinstance(embedding, list):
             raise EmbeddingError(f"bedrock {self._model_id}: response has no 'embedding' list")
+        if len(embedding) != self.dimension:
+            raise EmbeddingError(
+                f"bedrock {self._model_id}: embedding of shape ({len(embedding)},),"
+                f" expected ({self.dimension},)"
+            )
         return embedding
+
+    def _translate(self, error: "ClientError") -> DrugSyncError:
+        details = error.response.get("Error", {})
+        code, message = details.get("Code", ""), details.get("Message", "")
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        kind = classify_client_error(code, status, message)
+        return kind(f"bedrock {self._model_id}: {code}: {error}")

@@ -119,6 +119,7 @@ def test_plan_prints_the_figures_for_the_table_and_for_494000_drugs(user_env: di
         "Redis memory:",
         "as HASH",
         "Postgres connections:",
+        "Redis eviction: maxmemory-policy noeviction",
         "cost estimate (USD):",
         "price assumptions:",
     ):

@@ -1,7 +1,9 @@
 """The index and KNN search against the real Redis Stack."""
 
+import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -9,7 +11,10 @@ from console.seed import synthetic_drugs
 from shared.documents import build_document, build_embedding_text
 from shared.embedders.hashing import HashingEmbedder
 from shared.errors import ConfigError
+from shared.index_schema import index_differences, schema_arguments
 from shared.models import TEXT_FIELDS, Drug
+from shared.redis_store import connect_redis
+from shared.settings import get_settings
 from shared.wiring import build_store
 from tests.conftest import Isolated
 
@@ -81,3 +86,129 @@ def test_clear_removes_the_index_and_every_document_under_the_prefix(test_env: I
     assert removed == len(_drugs(300))
     assert store.count_documents() == 0
     assert store.index_info() is None
+
+
+def _ours(dimension: int = 128) -> list[str]:
+    return schema_arguments(dimension, ("M", "16", "EF_CONSTRUCTION", "200"))
+
+
+def _replaced(old: str, new: str) -> list[str]:
+    return [new if argument == old else argument for argument in _ours()]
+
+
+# Indexes someone else could have built under our index name: (FT.CREATE arguments after the name,
+# with {prefix} for our key prefix) and the difference the refusal must name.
+FOREIGN_INDEXES = {
+    "on HASH": (["ON", "HASH", "PREFIX", "1", "{prefix}", "SCHEMA", *_ours()], "indexes HASH keys, not JSON"),
+    "another prefix": (["ON", "JSON", "PREFIX", "1", "other:", "SCHEMA", *_ours()], "prefixes are ['other:']"),
+    "two prefixes": (
+        ["ON", "JSON", "PREFIX", "2", "{prefix}", "other:", "SCHEMA", *_ours()],
+        "prefixes are ['{prefix}', 'other:']",
+    ),
+    "no $.embedding": (
+        ["ON", "JSON", "PREFIX", "1", "{prefix}", "SCHEMA", *_ours()[: _ours().index("$.embedding")]],
+        "no field $.embedding",
+    ),
+    "L2 metric": (["ON", "JSON", "PREFIX", "1", "{prefix}", "SCHEMA", *_replaced("COSINE", "L2")], "distance_metric is L2"),
+    "FLOAT64": (["ON", "JSON", "PREFIX", "1", "{prefix}", "SCHEMA", *_replaced("FLOAT32", "FLOAT64")], "data_type is FLOAT64"),
+    "another dimension": (
+        ["ON", "JSON", "PREFIX", "1", "{prefix}", "SCHEMA", *_ours(256)],
+        "holds 256-dimensional vectors but the embedder makes 128",
+    ),
+    "ndc as TEXT": (["ON", "JSON", "PREFIX", "1", "{prefix}", "SCHEMA", *_replaced("TAG", "TEXT")], "$.ndc is TEXT AS ndc, not TAG AS ndc"),
+    "a field we do not make": (
+        ["ON", "JSON", "PREFIX", "1", "{prefix}", "SCHEMA", *_ours(), "$.owner", "AS", "owner", "TAG"],
+        "a field $.owner we do not make",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("planted", sorted(FOREIGN_INDEXES))
+def test_an_index_that_is_not_ours_is_refused_naming_the_difference(test_env: Isolated, planted: str) -> None:
+    settings = test_env.settings
+    arguments, difference = FOREIGN_INDEXES[planted]
+    prefix = settings.key_prefix
+    client = connect_redis(settings.redis_url.get_secret_value())  # type: ignore[union-attr]
+    planted_arguments = [argument.replace("{prefix}", prefix) for argument in arguments]
+    client.execute_command("FT.CREATE", settings.index_name, *planted_arguments)  # type: ignore[no-untyped-call]
+    store = build_store(settings)
+
+    with pytest.raises(ConfigError) as refused:
+        store.ensure_index(128)
+
+    message = str(refused.value)
+    assert difference.replace("{prefix}", prefix) in message
+    assert f"FT.DROPINDEX {settings.index_name}" in message
+    assert "DRUGSYNC_INDEX_NAME" in message
+    assert store.index_info() is not None  # refused, never dropped
+
+
+def test_our_own_index_is_accepted_again_and_again(test_env: Isolated) -> None:
+    first, second = build_store(test_env.settings), build_store(test_env.settings)
+    first.ensure_index(128)
+
+    second.ensure_index(128)
+    first.ensure_index(128)
+
+    assert index_differences(second.index_info() or {}, test_env.settings.key_prefix, 128) == []
+
+
+@pytest.fixture
+def set_eviction_policy(test_env: Isolated) -> Iterator[Callable[[str], object]]:
+    """CONFIG SET maxmemory-policy on the session's server, put back as it was after the test."""
+    client = connect_redis(test_env.settings.redis_url.get_secret_value())  # type: ignore[union-attr]
+    original = str(client.config_get("maxmemory-policy")["maxmemory-policy"])
+    yield lambda policy: client.config_set("maxmemory-policy", policy)
+    client.config_set("maxmemory-policy", original)
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
+def test_an_allkeys_eviction_policy_is_refused_before_the_index_is_made(
+    test_env: Isolated, set_eviction_policy: Callable[[str], object], policy: str
+) -> None:
+    set_eviction_policy(policy)
+    store = build_store(test_env.settings)
+
+    with pytest.raises(ConfigError, match=rf"maxmemory-policy is {policy}.*DRUGSYNC_ALLOW_EVICTION=true"):
+        store.ensure_index(128)
+
+    assert store.index_info() is None
+
+
+def test_allow_eviction_accepts_an_allkeys_policy_with_a_warning(
+    test_env: Isolated,
+    set_eviction_policy: Callable[[str], object],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    set_eviction_policy("allkeys-lru")
+    monkeypatch.setenv("DRUGSYNC_ALLOW_EVICTION", "true")
+    get_settings.cache_clear()
+    store = build_store(get_settings())
+
+    with caplog.at_level(logging.WARNING):
+        store.ensure_index(128)
+
+    assert store.index_dimension() == 128
+    assert any("allkeys-lru" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("policy", "warned"), [("volatile-lru", True), ("volatile-ttl", True), ("noeviction", False)]
+)
+def test_a_volatile_policy_is_accepted_with_a_warning_and_noeviction_silently(
+    test_env: Isolated,
+    set_eviction_policy: Callable[[str], object],
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    warned: bool,
+) -> None:
+    set_eviction_policy(policy)
+    store = build_store(test_env.settings)
+
+    with caplog.at_level(logging.WARNING):
+        store.ensure_index(128)
+
+    assert store.index_dimension() == 128
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(f"maxmemory-policy is {policy}" in w for w in warnings) is warned

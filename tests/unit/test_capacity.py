@@ -1,4 +1,5 @@
 from console.capacity import Measured, make_plan, render_plan
+from shared.redis_store import judge_eviction_policy
 
 MEASURED = Measured(
     sample=500,
@@ -12,12 +13,14 @@ MEASURED = Measured(
 
 
 def _plan(
-    drugs: int = 494_000, concurrency: int = 10, redis_limit: int = 64 * 2**30, free: int = 90, titan=False
-):
+    drugs: int = 494_000, concurrency: int = 10, redis_limit: int = 64 * 2**30, free: int = 90, titan=False,
+    eviction: tuple[str, str | None] = ("noeviction", None),
+):  # fmt: skip
     return make_plan(
         drugs, 1000, concurrency, MEASURED,
         embedder="amazon.titan-embed-text-v2:0-1024" if titan else "hashing-v1-384", dimension=384,
         consumer_memory_mb=1024, consumer_timeout=120, redis_limit=(redis_limit, "maxmemory"), postgres_free=free,
+        redis_eviction=eviction,
     )  # fmt: skip
 
 
@@ -43,3 +46,18 @@ def test_embedding_tokens_are_priced_for_titan_only() -> None:
     assert _plan().costs_usd["embedding"] == 0.0
     # 494,000 drugs x 400 chars / 4 chars a token = 49.4 M tokens at $0.00002 per 1k
     assert _plan(titan=True).costs_usd["embedding"] == 0.988
+
+
+def test_the_plan_names_the_eviction_policy_and_warns_when_documents_could_be_evicted() -> None:
+    policy = "volatile-lru"
+    warning = judge_eviction_policy(policy, allow_eviction=False)
+    assert warning is not None
+
+    plan = _plan(eviction=(policy, warning))
+
+    rendered = render_plan(plan)
+    assert "Redis eviction: maxmemory-policy volatile-lru" in rendered
+    assert f"WARNING: {warning}" in rendered
+    assert plan.to_json()["redis_eviction_policy"] == "volatile-lru"
+    assert "maxmemory-policy noeviction" in render_plan(_plan())
+    assert _plan().warnings == []

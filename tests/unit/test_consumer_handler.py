@@ -1,9 +1,11 @@
+import dataclasses
 import json
 import uuid
 
 import pytest
 
 from consumer import handler
+from shared.errors import ThrottledError, UnavailableError
 from shared.models import PlannedRange
 from shared.settings import Settings
 from tests.factories import lambda_context, range_body, sqs_event
@@ -73,3 +75,40 @@ def test_a_failing_range_fails_alone_and_is_left_to_sqs(consumer: handler.Consum
     assert response == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
     assert isinstance(consumer.ledger, FakeLedger)
     assert set(consumer.ledger.done) == {(RUN, 1), (RUN, 21)}
+
+
+def emitted_metrics(output: str) -> dict[str, float]:
+    """Sum of each metric in the CloudWatch EMF documents the handler printed."""
+    totals: dict[str, float] = {}
+    for line in output.splitlines():
+        if not line.startswith("{") or "_aws" not in line:
+            continue
+        document = json.loads(line)
+        for definition in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+            name = definition["Name"]
+            values = document[name] if isinstance(document[name], list) else [document[name]]
+            totals[name] = totals.get(name, 0) + sum(values)
+    return totals
+
+
+def test_throttles_and_other_transient_retries_are_counted_apart(
+    consumer: handler.Consumer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the embedding API throttles twice, then answers 503 once, then works
+    scripted = CountingEmbedder(
+        dimension=16,
+        raises=[
+            ThrottledError("ThrottlingException: slow down"),
+            ThrottledError("ThrottlingException: slow down"),
+            UnavailableError("ServiceUnavailableException: try again"),
+        ],
+    )
+    flaky = dataclasses.replace(consumer, embedder=scripted)
+    monkeypatch.setattr(handler, "_consumer", lambda: flaky)
+
+    response = handler.lambda_handler(sqs_event(range_body(RUN, 1, 10, 10)), lambda_context())
+
+    assert response == {"batchItemFailures": []}
+    counted = emitted_metrics(capsys.readouterr().out)
+    assert counted["Throttles"] == 2
+    assert counted["TransientRetries"] == 1

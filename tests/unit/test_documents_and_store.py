@@ -2,9 +2,11 @@ import json
 
 import fakeredis
 import numpy as np
+import pytest
 
 from shared.documents import build_document, build_embedding_text, fingerprint
-from shared.redis_store import RedisDocumentStore
+from shared.errors import ConfigError
+from shared.redis_store import RedisDocumentStore, judge_eviction_policy
 from tests.fakes import make_drug, unit_vector
 
 
@@ -37,3 +39,30 @@ def test_documents_are_json_under_deterministic_keys() -> None:
     assert stored["fingerprint"] == fingerprint(drugs[1], "e1")
     np.testing.assert_allclose(stored["embedding"], unit_vector(8), rtol=1e-6)
     assert store.count_documents() == 3
+
+
+# Every maxmemory-policy Redis has: https://redis.io/docs/latest/develop/reference/eviction/
+@pytest.mark.parametrize(
+    ("policy", "refused", "warned"),
+    [
+        ("noeviction", False, False),
+        ("volatile-lru", False, True),
+        ("volatile-lfu", False, True),
+        ("volatile-random", False, True),
+        ("volatile-ttl", False, True),
+        ("allkeys-lru", True, True),
+        ("allkeys-lfu", True, True),
+        ("allkeys-random", True, True),
+        ("some-future-policy", False, True),
+    ],
+)
+def test_an_eviction_policy_that_may_drop_documents_is_refused_or_warned_about(
+    policy: str, refused: bool, warned: bool
+) -> None:
+    if refused:
+        with pytest.raises(ConfigError, match="DRUGSYNC_ALLOW_EVICTION=true"):
+            judge_eviction_policy(policy, allow_eviction=False)
+    else:
+        assert (judge_eviction_policy(policy, allow_eviction=False) is not None) is warned
+    # Allowing eviction never refuses, and still says what it risks.
+    assert (judge_eviction_policy(policy, allow_eviction=True) is not None) is warned

@@ -4,9 +4,11 @@ import uuid
 import pytest
 
 from consumer.sync import SyncEnv, sync_message
-from shared.errors import InvalidMessage, UnavailableError
-from shared.models import PlannedRange, RangeMessage, RowsMessage, parse_message
+from shared.embedders.bedrock import TitanEmbedder
+from shared.errors import InvalidMessage, ProviderError, UnavailableError
+from shared.models import MAX_DEFERRALS, PlannedRange, RangeMessage, RowsMessage, parse_message
 from shared.retry import RetryPolicy
+from tests.factories import TOO_LONG, count_requests, refuse, titan_response
 from tests.fakes import (
     CountingEmbedder,
     FakeCatalog,
@@ -181,3 +183,138 @@ def test_broken_rows_are_isolated_once_even_when_the_range_continues() -> None:
     assert sorted(dead_ids) == [5, 55, 100]  # each exactly once
     assert set(world.store.documents) == set(range(1, 101)) - {5, 55, 100}
     assert world.ledger.done == {(RUN, 1): 97}
+
+
+ACCESS_DENIED = ProviderError("bedrock: AccessDeniedException: You don't have access to the model")
+
+
+def test_an_account_level_refusal_defers_the_rest_of_the_range_and_isolates_nothing() -> None:
+    # GIVEN the first chunk embeds and then the provider refuses the account
+    world = World(count=30, chunk_size=10, raises=[None, ACCESS_DENIED])
+
+    outcome = world.run()
+
+    assert outcome.deferred is True
+    assert outcome.failed_ids == ()
+    assert sorted(world.store.documents) == list(range(1, 11))
+    body, _, delay = world.work_queue.sent[0]
+    deferred = RangeMessage.model_validate_json(body)
+    assert (deferred.first_id, deferred.last_id, deferred.deferrals) == (11, 30, 1)
+    assert delay == 8
+    assert world.dead_letters.bodies == []
+    assert world.ledger.failures == {}
+    assert world.ledger.done == {}
+    assert world.embedder.calls == 2  # not retried in the invocation, not halved
+
+
+def test_an_account_level_refusal_beyond_the_deferral_limit_fails_the_message() -> None:
+    world = World(count=10, raises=[ACCESS_DENIED])
+    exhausted = world.message.model_copy(update={"deferrals": MAX_DEFERRALS})
+
+    with pytest.raises(ProviderError):
+        world.run(exhausted)
+
+    assert world.work_queue.bodies == []
+    assert world.dead_letters.bodies == []
+
+
+def test_an_account_level_refusal_fails_a_rows_message_instead_of_isolating_its_rows() -> None:
+    world = World(count=10, broken={4: "ndc: empty"})
+    world.run()
+    world.catalog.broken.clear()
+    world.embedder.raises = [ACCESS_DENIED]
+    letters = len(world.dead_letters.bodies)
+
+    with pytest.raises(ProviderError):
+        world.run(RowsMessage(run_id=RUN, ids=[4]))
+
+    assert len(world.dead_letters.bodies) == letters
+    assert world.ledger.progress(RUN).open_failures == 1  # type: ignore[union-attr]
+    assert 4 not in world.store.documents
+
+
+@pytest.fixture
+def bedrock_client():
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client(
+        "bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    with Stubber(client) as stubber:
+        yield client, stubber
+
+
+def with_titan(world: World, client) -> None:
+    world.env.embedder = TitanEmbedder(
+        client, "amazon.titan-embed-text-v2:0", 256, batch_size=256, concurrency=1
+    )
+
+
+def test_one_text_titan_refuses_among_256_costs_256_requests_and_fails_alone(bedrock_client) -> None:
+    client, stubber = bedrock_client
+    world = World(count=256, chunk_size=256)
+    with_titan(world, client)
+    sent = count_requests(client)
+    for drug_id in range(1, 257):
+        if drug_id == 100:
+            refuse(stubber, "ValidationException", 400, TOO_LONG)
+        else:
+            stubber.add_response("invoke_model", titan_response([1.0] * 256))
+
+    outcome = world.run()
+
+    assert len(sent) == 256
+    assert outcome.failed_ids == (100,)
+    assert set(world.store.documents) == set(range(1, 257)) - {100}
+    dead = [RowsMessage.model_validate_json(body) for body in world.dead_letters.bodies]
+    assert [message.ids for message in dead] == [[100]]
+    assert "Malformed input request" in (dead[0].error or "")
+    assert world.ledger.done == {(RUN, 1): 255}
+    stubber.assert_no_pending_responses()
+
+
+def test_every_text_titan_refuses_alike_defers_the_range_as_the_model_at_fault(bedrock_client) -> None:
+    client, stubber = bedrock_client
+    world = World(count=8, chunk_size=8)
+    with_titan(world, client)
+    sent = count_requests(client)
+    for _ in range(8):
+        refuse(stubber, "ValidationException", 400, "Malformed input request: #/dimensions: 100 is not valid")
+
+    outcome = world.run()
+
+    assert len(sent) == 8
+    assert outcome.deferred is True
+    assert outcome.failed_ids == ()
+    assert world.dead_letters.bodies == []
+    assert world.ledger.failures == {}
+    assert RangeMessage.model_validate_json(world.work_queue.bodies[0]).first_id == 1
+
+
+# The wait before a deferred range is seen again, by the deferral it is: doubling from 8 s, capped at
+# SQS's 900 s maximum DelaySeconds.
+DEFERRAL_DELAYS = {1: 8, 2: 16, 3: 32, 4: 64, 5: 128, 6: 256, 7: 512, 8: 900, 9: 900, MAX_DEFERRALS: 900}
+
+
+@pytest.mark.parametrize(("deferral", "delay"), sorted(DEFERRAL_DELAYS.items()))
+def test_each_deferral_waits_longer_up_to_the_cap(deferral: int, delay: int) -> None:
+    world = World(count=10, unavailable_calls=1_000)
+    message = world.message.model_copy(update={"deferrals": deferral - 1})
+
+    outcome = world.run(message, seconds=20.0)
+
+    assert outcome.deferred is True
+    body, _, sent_delay = world.work_queue.sent[0]
+    assert RangeMessage.model_validate_json(body).deferrals == deferral
+    assert sent_delay == delay
+
+
+def test_a_range_deferred_the_most_times_allowed_fails_instead_of_deferring_again() -> None:
+    world = World(count=10, unavailable_calls=1_000)
+    last = world.message.model_copy(update={"deferrals": MAX_DEFERRALS})
+
+    with pytest.raises(UnavailableError):
+        world.run(last, seconds=20.0)
+
+    assert world.work_queue.bodies == []
