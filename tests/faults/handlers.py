@@ -17,7 +17,7 @@ from uuid import UUID
 import redis
 
 from consumer import handler as consumer_handler
-from shared.errors import EmbeddingError, UnavailableError
+from shared.errors import EmbeddingError, ProviderError, UnavailableError
 from shared.ledger import PostgresLedger
 from shared.ports import Embedder, RunProgress, Vectors
 from shared.settings import get_settings
@@ -126,6 +126,17 @@ def _poison(texts: Sequence[str]) -> Exception | None:
     return None
 
 
+ACCESS_DENIED_CALLS = 4
+
+
+def _access_denied(texts: Sequence[str]) -> Exception | None:
+    """Bedrock refuses the account (IAM not yet granted) for the first few calls of the whole run."""
+    calls = redis.Redis.from_url(os.environ["REDIS_URL"]).incr(fault_counter("embedding_calls"))
+    if calls <= ACCESS_DENIED_CALLS:
+        return ProviderError("bedrock amazon.titan-embed-text-v2:0: AccessDeniedException: not authorized")
+    return None
+
+
 def _slow(texts: Sequence[str]) -> Exception | None:
     time.sleep(0.01 * len(texts))  # 10 ms a text: a range of 300 needs 3 s
     return None
@@ -135,5 +146,6 @@ throttling_handler = _run_with(_throttle, "throttling")
 server_error_handler = _run_with(_server_error, "server_errors")
 poison_handler = _run_with(_poison, "poison")
 slow_handler = _run_with(_slow, "slow")
+access_denied_handler = _run_with(_access_denied, "access_denied")
 counting_handler = _run_with(lambda texts: None, "none")
 dies_after_last_range_handler = _run_with(lambda texts: None, "none", before=_die_after_the_last_range)

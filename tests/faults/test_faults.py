@@ -28,11 +28,12 @@ from console.services import Services
 from console.verify import VerifyReport, verify
 from consumer.handler import build_consumer
 from producer.plan import cover_id_space, run_messages
+from shared.errors import ConfigError
 from shared.models import RowsMessage, SyncRequest
 from shared.retry import RetryPolicy
 from tests.conftest import Isolated, isolate
 from tests.faults.conftest import REPORT, FaultRow
-from tests.faults.handlers import fault_counter
+from tests.faults.handlers import ACCESS_DENIED_CALLS, fault_counter
 
 pytestmark = pytest.mark.integration
 DRUGS = 1200
@@ -387,3 +388,43 @@ def test_consumer_killed_right_after_marking_the_last_range_done(scenario: Scena
     assert stats.redeliveries >= 1
     _assert_exact(scenario, verdict)
     assert scenario.counter("announcements") == 1
+
+
+def test_bedrock_access_denied_for_a_while_defers_ranges_and_dead_letters_nothing(scenario: Scenario) -> None:
+    # GIVEN the account is refused by the embedding provider for the run's first calls
+    scenario.start_run()
+
+    stats = scenario.consume(handler=f"{HANDLERS}:access_denied_handler")
+
+    # THEN the ranges it hit were deferred (not their rows isolated) and completed once access came
+    verdict = scenario.verdict()
+    denied = scenario.counter("access_denied")
+    scenario.report("Bedrock AccessDenied for the first 4 calls", denied, stats, verdict)
+    assert denied == ACCESS_DENIED_CALLS
+    _assert_exact(scenario, verdict)  # nothing in the DLQ
+    assert scenario.counter("announcements") == 1
+
+
+def test_a_foreign_index_under_our_name_is_refused_before_a_run_is_recorded(scenario: Scenario) -> None:
+    # GIVEN someone else's index (ON HASH) already holds the name drugsync is configured with
+    settings = scenario.env.settings
+    client = redis.Redis.from_url(scenario.env.env["REDIS_URL"])
+    client.execute_command(  # type: ignore[no-untyped-call]
+        "FT.CREATE", settings.index_name, "ON", "HASH", "PREFIX", "1", settings.key_prefix,
+        "SCHEMA", "name", "TEXT",
+    )  # fmt: skip
+    scenario.services.ledger.ensure_schema()
+    runs_before = scenario.services.ledger.recent_run_ids(10_000)
+
+    # WHEN a sync starts, THEN it is refused with advice, and no run is left behind
+    with pytest.raises(ConfigError, match=r"FT\.DROPINDEX"):
+        scenario.start_run()
+    assert scenario.services.ledger.recent_run_ids(10_000) == runs_before
+
+    # and once the operator drops it, the run completes
+    client.execute_command("FT.DROPINDEX", settings.index_name)  # type: ignore[no-untyped-call]
+    scenario.start_run()
+    stats = scenario.consume()
+    verdict = scenario.verdict()
+    scenario.report("a foreign index under our name (refused)", 1, stats, verdict)
+    _assert_exact(scenario, verdict)
