@@ -1,9 +1,11 @@
 import math
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from consumer.sync import SyncEnv, sync_message
+from shared.documents import build_document
 from shared.errors import InvalidMessage, UnavailableError
 from shared.models import PlannedRange, RangeMessage, RowsMessage
 from shared.retry import RetryPolicy
@@ -15,7 +17,9 @@ from tests.fakes import (
     FakeLedger,
     FakeQueue,
     FakeStore,
+    RecordingTelemetry,
     make_drug,
+    unit_vector,
 )
 
 RUN = uuid.uuid4()
@@ -177,3 +181,19 @@ def test_broken_rows_are_isolated_once_even_when_the_range_continues() -> None:
     assert sorted(dead_ids) == [5, 55, 100]  # each exactly once
     assert set(world.store.documents) == set(range(1, 101)) - {5, 55, 100}
     assert world.ledger.done == {(RUN, 1): 97}
+
+
+def test_a_newer_version_already_in_redis_is_kept_and_the_skip_is_counted() -> None:
+    # GIVEN drug 5 was rewritten meanwhile: Redis holds a version newer than this run read
+    world = World(count=10)
+    world.env.telemetry = telemetry = RecordingTelemetry()
+    newer = make_drug(5, name="Renamed 10 mg tablet", updated_at=datetime(2026, 6, 1, tzinfo=UTC))
+    world.store.write_documents([(5, build_document(newer, unit_vector(32), world.embedder.name))])
+
+    outcome = world.run()
+
+    assert world.store.documents[5]["name"] == "Renamed 10 mg tablet"
+    assert telemetry.counts["StaleWritesSkipped"] == 1
+    assert outcome.failed_ids == ()
+    assert outcome.range_done is True
+    assert world.dead_letters.bodies == []
