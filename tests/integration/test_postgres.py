@@ -132,3 +132,19 @@ def test_ledger_counts_a_range_once_even_under_concurrent_duplicates(
     assert finished.complete
     assert finished.drugs_done == 17
     assert ledger.latest_run_id() == run_id
+
+
+def test_a_row_without_updated_at_is_read_as_a_drug_not_a_broken_row(
+    conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
+) -> None:
+    table = sql.Identifier(test_env.settings.table)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN updated_at DROP NOT NULL").format(table))
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, ndc, name, eligible, updated_at) VALUES (7, 'n-7', 'drug 7', true, NULL)")
+        .format(table)
+    )  # fmt: skip
+
+    fetched = catalog.fetch_range(0, 10)
+
+    assert fetched.broken == []
+    assert [(drug.id, drug.updated_at) for drug in fetched.drugs] == [(7, None)]
