@@ -188,7 +188,10 @@ def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list
     embedded, failures = embed_isolating(drugs, env, deadline)
     documents = [(drug.id, build_document(drug, vector, env.embedder.name)) for drug, vector in embedded]
     if documents:
-        failures += _retried(env, deadline, lambda: env.store.write_documents(documents))
+        result = _retried(env, deadline, lambda: env.store.write_documents(documents))
+        failures += result.failures
+        if result.stale_skipped:  # a newer version was already stored: not a failure, but worth seeing
+            env.telemetry.count("StaleWritesSkipped", result.stale_skipped)
     return failures
 
 

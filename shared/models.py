@@ -54,7 +54,7 @@ class Drug(BaseModel):
     route: str | None = Field(None, max_length=MAX_TEXT_LENGTH)
     manufacturer: str | None = Field(None, max_length=MAX_TEXT_LENGTH)
     description: str | None = Field(None, max_length=MAX_TEXT_LENGTH)
-    updated_at: datetime
+    updated_at: datetime | None  # NULL in the source table: no ordering for newest-wins
 
 
 @dataclass(frozen=True)

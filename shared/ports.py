@@ -124,13 +124,25 @@ class Ledger(Protocol):
     def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int: ...
 
 
+@dataclass(frozen=True)
+class WriteResult:
+    """What writing documents did: the rows the store refused, and the writes skipped as stale."""
+
+    failures: list[RowFailure]
+    stale_skipped: int = 0
+
+
 class DocumentStore(Protocol):
     """The Redis copy: one JSON document per drug behind a vector index."""
 
     def ensure_index(self, dimension: int) -> None: ...
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
-        """Write every document; those Redis rejects one by one come back as failures."""
+    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> WriteResult:
+        """Write every document unless a newer version is stored (see documents.is_stale).
+
+        Documents Redis rejects one by one come back as failures; server-wide refusals raise
+        UnavailableError.
+        """
         ...
 
     def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:

@@ -1,22 +1,24 @@
 """Redis adapter: JSON documents under deterministic keys, behind a RediSearch vector index."""
 
+import hashlib
 import itertools
 import json
 import logging
 import re
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
+from redis import exceptions as redis_errors
 
-from shared.errors import ConfigError, unavailable_on
+from shared.errors import ConfigError, UnavailableError
 from shared.index_schema import VECTOR_FIELD, VECTOR_PATH, index_differences, pairs_to_dict, schema_arguments
 from shared.models import BIGINT_MAX, BIGINT_MIN, RowFailure
-from shared.ports import Vectors
+from shared.ports import Vectors, WriteResult
 
 logger = logging.getLogger(__name__)
 _CANONICAL_ID = re.compile(r"^(0|-?[1-9][0-9]*)$")  # how str(int) writes an id into a key
@@ -69,9 +71,90 @@ def judge_eviction_policy(policy: str, allow_eviction: bool) -> str | None:
     return f"Redis maxmemory-policy is {policy!r}, which drugsync does not know: documents may be evicted"
 
 
-def translate_errors(action: str) -> AbstractContextManager[None]:
-    """Connection failures and timeouts are worth retrying; other Redis errors are not."""
-    return unavailable_on((redis.ConnectionError, redis.TimeoutError), "Redis", action)
+# Replies that say the server cannot serve anyone right now, whatever the key or document: a
+# failover (READONLY, MASTERDOWN), memory (OOM), a cluster resharding (MOVED, ASK, TRYAGAIN,
+# CLUSTERDOWN), a restart (LOADING), a slow script (BUSY), persistence or replica trouble
+# (MISCONF, NOREPLICAS). https://redis.io/docs/latest/develop/reference/protocol-spec/#simple-errors
+SERVER_WIDE_CODES = frozenset(
+    {"READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "BUSY", "MASTERDOWN", "MOVED", "ASK",
+     "MISCONF", "NOREPLICAS"}
+)  # fmt: skip
+# redis-py turns some codes into classes and strips the code from the message (keeping it in
+# status_code since 8.x); BusyLoadingError is a ConnectionError, MasterDownError a ClusterDownError,
+# MovedError an AskError.
+SERVER_WIDE_CLASSES: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+    redis_errors.AskError,
+)
+
+
+def error_code(error: Exception) -> str:
+    """The reply's error code: redis-py's status_code when it mapped one, else the message's first word."""
+    code = getattr(error, "status_code", None)
+    return str(code) if code else str(error).split(" ", 1)[0]
+
+
+def is_server_wide(error: Exception) -> bool:
+    """True when retrying later can succeed because the server, not this one document, refused."""
+    return isinstance(error, SERVER_WIDE_CLASSES) or error_code(error) in SERVER_WIDE_CODES
+
+
+@contextmanager
+def translate_errors(action: str, client: redis.Redis) -> Iterator[None]:
+    """Server-wide Redis errors become UnavailableError (retryable); errors about data pass through."""
+    try:
+        yield
+    except redis.RedisError as error:
+        if not is_server_wide(error):
+            raise
+        if error_code(error) == "READONLY":
+            # After a failover the endpoint's DNS name points at the new primary, but pooled
+            # connections still reach the old one, now a replica: reconnect (and re-resolve) next call.
+            client.connection_pool.disconnect()
+        raise UnavailableError(f"Redis failed while {action}: {type(error).__name__}: {error}") from error
+
+
+# Newest wins, atomically per key: write the document unless the stored one has a greater version.
+# Versions travel as decimal strings and are compared as such, because Lua numbers are doubles,
+# exact only to 2^53 microseconds (the year 2255); timestamps reach the year 9999 and before 1970.
+# A missing or null version on either side writes (see documents.is_stale). redis.pcall errors are
+# returned as they are, so the reply keeps its code (OOM, READONLY...) on Redis 6 as on 7.
+# One key per call, so it runs on a cluster. https://redis.io/docs/latest/develop/interact/programmability/eval-intro/
+NEWEST_WINS_SCRIPT = """
+local function greater(a, b)
+  local a_negative, b_negative = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
+  if a_negative ~= b_negative then return b_negative end
+  if a_negative then a, b = b:sub(2), a:sub(2) end
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+if ARGV[2] ~= '' then
+  local stored = redis.pcall('JSON.GET', KEYS[1], '$.version')
+  if type(stored) == 'table' and stored.err then return stored end
+  local version = stored and string.match(stored, '^%[(%-?%d+)%]$')
+  if version and greater(version, ARGV[2]) then return 0 end
+end
+local reply = redis.pcall('JSON.SET', KEYS[1], '$', ARGV[1])
+if type(reply) == 'table' and reply.err then return reply end
+return 1
+"""
+NEWEST_WINS_SHA = hashlib.sha1(NEWEST_WINS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+STALE = 0  # the script's reply when a newer document is stored; 1 when it wrote
+
+
+@dataclass(frozen=True)
+class _Write:
+    """One document ready for the script: its key, JSON text and version ('' for none)."""
+
+    drug_id: int
+    key: str
+    encoded: str
+    version: str
 
 
 class RedisDocumentStore:
@@ -102,7 +185,7 @@ class RedisDocumentStore:
 
         Refuses, too, a server whose eviction policy may drop documents of ranges already done.
         """
-        with translate_errors("checking the index"):
+        with translate_errors("checking the index", self._client):
             warning = self.check_durability()
             if warning:
                 logger.warning(warning)
@@ -119,7 +202,7 @@ class RedisDocumentStore:
 
     def eviction_policy(self) -> str:
         """maxmemory-policy from INFO memory: CONFIG GET is disabled on ElastiCache and MemoryDB."""
-        with translate_errors("reading the eviction policy"):
+        with translate_errors("reading the eviction policy", self._client):
             return str(self._client.info("memory").get("maxmemory_policy", "unknown"))
 
     def check_durability(self) -> str | None:
@@ -158,43 +241,63 @@ class RedisDocumentStore:
                 return int(described["dim"])
         return None
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
-        """JSON.SET each document through non-transactional pipelines of write_batch_size.
+    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> WriteResult:
+        """Write each document unless a newer one is stored, in non-transactional pipelines.
 
         A document that cannot be encoded, or that Redis rejects on its own, is returned as a
-        failure; losing the connection fails the whole call (retryable).
+        failure; a server-wide refusal (connection lost, failover, out of memory) raises
+        UnavailableError for the whole call, which is safe to repeat.
         """
         failures: list[RowFailure] = []
+        stale = 0
         for start in range(0, len(documents), self._write_batch_size):
             batch = documents[start : start + self._write_batch_size]
-            with translate_errors(f"writing {len(batch)} documents"):
-                failures += self._write_batch(batch)
-        return failures
+            with translate_errors(f"writing {len(batch)} documents", self._client):
+                result = self._write_batch(batch)
+            failures += result.failures
+            stale += result.stale_skipped
+        return WriteResult(failures, stale)
 
-    def _write_batch(self, batch: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
+    def _write_batch(self, batch: Sequence[tuple[int, dict[str, Any]]]) -> WriteResult:
         failures: list[RowFailure] = []
-        pipe = self._client.pipeline(transaction=False)
-        sent: list[int] = []
+        writes: list[_Write] = []
         for drug_id, document in batch:
             try:
-                encoded = json.dumps(document, allow_nan=False)
+                writes.append(self._prepare(drug_id, document))
             except (TypeError, ValueError) as error:
                 failures.append(RowFailure(drug_id, type(error).__name__, f"cannot encode: {error}"))
-                continue
-            _execute(pipe, "JSON.SET", self.key(drug_id), "$", encoded)
-            sent.append(drug_id)
-        results = pipe.execute(raise_on_error=False)
-        for drug_id, result in zip(sent, results, strict=True):
-            if isinstance(result, redis.ConnectionError | redis.TimeoutError):
-                raise result
-            if isinstance(result, Exception):
-                failures.append(RowFailure(drug_id, type(result).__name__, str(result)))
-        return failures
+        replies = self._run_script(writes)
+        for write, reply in zip(writes, replies, strict=True):
+            if isinstance(reply, Exception):
+                failures.append(RowFailure(write.drug_id, type(reply).__name__, str(reply)))
+        return WriteResult(failures, sum(reply == STALE for reply in replies))
+
+    def _prepare(self, drug_id: int, document: dict[str, Any]) -> _Write:
+        version = document.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise TypeError(f"version must be an integer, not {version!r}")
+        encoded = json.dumps(document, allow_nan=False)
+        return _Write(drug_id, self.key(drug_id), encoded, "" if version is None else str(version))
+
+    def _run_script(self, writes: Sequence[_Write]) -> list[Any]:
+        """Replies of the newest-wins script for each write; raises the first server-wide error."""
+        replies = _pipelined(self._client, writes, "EVALSHA", NEWEST_WINS_SHA)
+        _raise_server_wide(replies)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis_errors.NoScriptError)]
+        if missing:
+            # The server lost its script cache (a restart, a failover, SCRIPT FLUSH): load it for
+            # the batches to come, and send these with the script's text.
+            _execute(self._client, "SCRIPT", "LOAD", NEWEST_WINS_SCRIPT)
+            resent = _pipelined(self._client, [writes[i] for i in missing], "EVAL", NEWEST_WINS_SCRIPT)
+            _raise_server_wide(resent)
+            for i, reply in zip(missing, resent, strict=True):
+                replies[i] = reply
+        return replies
 
     def clear(self) -> int:
         """Drop the index and unlink every document under the prefix; returns documents removed."""
         removed = 0
-        with translate_errors("clearing the index and documents"):
+        with translate_errors("clearing the index and documents", self._client):
             if self.index_info() is not None:
                 _execute(self._client, "FT.DROPINDEX", self.index_name)
             batch: list[bytes] = []
@@ -211,7 +314,7 @@ class RedisDocumentStore:
         """Every document's id and content fingerprint, read with SCAN and JSON.MGET in pages."""
         found: dict[int, str] = {}
         keys: list[bytes] = []
-        with translate_errors("reading fingerprints"):
+        with translate_errors("reading fingerprints", self._client):
             for key in self._client.scan_iter(match=f"{self.key_prefix}*", count=5000):
                 keys.append(key)
                 if len(keys) == page_size:
@@ -242,14 +345,14 @@ class RedisDocumentStore:
 
     def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
         """One SCAN step over the prefix; SCAN returns every key present from start to end of a walk."""
-        with translate_errors("scanning documents"):
+        with translate_errors("scanning documents", self._client):
             next_cursor, keys = self._client.scan(cursor=cursor, match=f"{self.key_prefix}*", count=count)
         return int(next_cursor), [drug_id for key in keys if (drug_id := self.drug_id(key)) is not None]
 
     def delete_documents(self, drug_ids: Sequence[int]) -> int:
         """Unlink these drugs' documents; returns how many existed."""
         removed = 0
-        with translate_errors(f"deleting {len(drug_ids)} documents"):
+        with translate_errors(f"deleting {len(drug_ids)} documents", self._client):
             for start in range(0, len(drug_ids), 1000):
                 keys = [self.key(i) for i in drug_ids[start : start + 1000]]
                 removed += int(self._client.unlink(*keys))
@@ -273,7 +376,7 @@ class RedisDocumentStore:
 
     def memory_per_document(self, sample: int = 100) -> tuple[float, float]:
         """(bytes per JSON document by MEMORY USAGE, bytes per document of index) on this server."""
-        with translate_errors("measuring memory"):
+        with translate_errors("measuring memory", self._client):
             keys = list(itertools.islice(self._client.scan_iter(match=f"{self.key_prefix}*"), sample))
             used = [int(self._client.memory_usage(key) or 0) for key in keys]
             info = self.index_info() or {}
@@ -283,7 +386,7 @@ class RedisDocumentStore:
 
     def memory_limit(self) -> tuple[int, str]:
         """maxmemory, or the server's RAM when no maxmemory is set, with which one it is."""
-        with translate_errors("reading memory limits"):
+        with translate_errors("reading memory limits", self._client):
             maxmemory = int(self._client.config_get("maxmemory").get("maxmemory") or 0)
             if maxmemory:
                 return maxmemory, "maxmemory"
@@ -291,12 +394,12 @@ class RedisDocumentStore:
 
     def count_documents(self) -> int:
         """Documents under the prefix, counted by SCAN (the keyspace may hold other data)."""
-        with translate_errors("counting documents"):
+        with translate_errors("counting documents", self._client):
             return sum(1 for _ in self._client.scan_iter(match=f"{self.key_prefix}*", count=5000))
 
     def indexed_documents(self) -> tuple[int, int]:
         """(documents in the index, indexing failures) from FT.INFO; (0, 0) without an index."""
-        with translate_errors("reading index info"):
+        with translate_errors("reading index info", self._client):
             info = self.index_info()
         if info is None:
             return 0, 0
@@ -306,7 +409,7 @@ class RedisDocumentStore:
         """The k nearest documents to `vector` by cosine distance."""
         blob = np.asarray(vector, dtype=np.float32).tobytes()
         query = f"*=>[KNN {int(k)} @{VECTOR_FIELD} $vector AS distance]"
-        with translate_errors("searching"):
+        with translate_errors("searching", self._client):
             raw = _execute(
                 self._client, "FT.SEARCH", self.index_name, query, "PARAMS", "2", "vector", blob,
                 "SORTBY", "distance", "RETURN", str(len(RETURN_FIELDS) + 1), *RETURN_FIELDS,
@@ -318,6 +421,21 @@ class RedisDocumentStore:
 def _execute(target: Any, *args: Any) -> Any:
     """redis-py's execute_command is untyped; this is the one place that admits it."""
     return target.execute_command(*args)
+
+
+def _pipelined(client: redis.Redis, writes: Sequence[_Write], command: str, script: str) -> list[Any]:
+    """Run the script (by EVALSHA sha or EVAL text) once per write in one pipeline; errors as values."""
+    pipe = client.pipeline(transaction=False)
+    for write in writes:
+        _execute(pipe, command, script, 1, write.key, write.encoded, write.version)
+    return list(pipe.execute(raise_on_error=False)) if writes else []
+
+
+def _raise_server_wide(replies: Sequence[Any]) -> None:
+    """One server-wide refusal fails the batch: it says nothing about the rows it happened to hit."""
+    for reply in replies:
+        if isinstance(reply, Exception) and is_server_wide(reply):
+            raise reply
 
 
 def _parse_hits(raw: Sequence[Any]) -> list[SearchHit]:

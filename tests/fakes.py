@@ -7,10 +7,21 @@ from uuid import UUID
 
 import numpy as np
 
+from shared.documents import is_stale
 from shared.embedders.hashing import HashingEmbedder
 from shared.errors import DrugSyncError, EmbeddingError, UnavailableError
 from shared.models import Drug, Fetched, PlannedRange, RowFailure
-from shared.ports import Catalog, DocumentStore, Embedder, Ledger, RunProgress, Vectors, WorkQueue
+from shared.ports import (
+    Catalog,
+    DocumentStore,
+    Embedder,
+    Ledger,
+    RunProgress,
+    Vectors,
+    WorkQueue,
+    WriteResult,
+)
+from shared.telemetry import Telemetry
 
 
 def make_drug(drug_id: int, name: str = "Amoxicillin 500 mg capsule", **fields: Any) -> Drug:
@@ -213,16 +224,20 @@ class FakeStore:
     def ensure_index(self, dimension: int) -> None:
         self.index_dimension = dimension
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> list[RowFailure]:
+    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> WriteResult:
+        """Newest wins as on the server: a strictly older version than the stored one is skipped."""
         self.write_calls += 1
-        failures = []
+        failures, stale = [], 0
         for drug_id, document in documents:
             reason = self._rejects(document)
+            stored = self.documents.get(drug_id, {}).get("version")
             if reason:
                 failures.append(RowFailure(drug_id, "ResponseError", reason))
+            elif is_stale(stored, document.get("version")):
+                stale += 1
             else:
                 self.documents[drug_id] = document
-        return failures
+        return WriteResult(failures, stale)
 
     def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
         """A SCAN walk in id order behind opaque cursors; 0 starts a walk and ends one."""
@@ -250,6 +265,20 @@ class FakeQueue:
         self.bodies.extend(bodies)
         self.sent.extend((body, dict(attributes or {}), delay_seconds) for body in bodies)
         return len(bodies)
+
+
+class RecordingTelemetry:
+    """Adds up every count and keeps every duration, by metric name."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = {}
+        self.durations: dict[str, list[float]] = {}
+
+    def count(self, name: str, value: float = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + value
+
+    def milliseconds(self, name: str, value: float) -> None:
+        self.durations.setdefault(name, []).append(value)
 
 
 class FakeClock:
@@ -345,3 +374,4 @@ _ledger: Ledger = FakeLedger()
 _store: DocumentStore = FakeStore()
 _queue: WorkQueue = FakeQueue()
 _embedder: Embedder = CountingEmbedder()
+_telemetry: Telemetry = RecordingTelemetry()

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from shared.retry import RetryPolicy
 from tests.conftest import Isolated, isolate
 from tests.faults.conftest import REPORT, FaultRow
 from tests.faults.handlers import ACCESS_DENIED_CALLS, fault_counter
+from tests.store_cases import out_of_memory, read_only, refused
 
 pytestmark = pytest.mark.integration
 DRUGS = 1200
@@ -196,6 +198,33 @@ def test_a_server_restarted_mid_run(
 
     verdict = scenario.verdict()
     scenario.report(fault, 1, stats, verdict)
+    _assert_exact(scenario, verdict)
+
+
+@pytest.mark.parametrize(
+    ("window", "code", "fault"),
+    [
+        (out_of_memory, "OOM", "Redis out of memory (noeviction) for 3 s"),
+        (read_only, "READONLY", "Redis READONLY (a failover) for 3 s"),
+    ],
+)
+def test_redis_refusing_writes_for_a_while_is_retried_and_no_row_is_dead_lettered(
+    scenario: Scenario, window: Callable[[redis.Redis], AbstractContextManager[None]], code: str, fault: str
+) -> None:
+    scenario.start_run()
+    server = redis.Redis.from_url(scenario.env.env["REDIS_URL"])
+    before = refused(server, code)
+
+    def refuse_writes(source: LocalEventSource) -> None:
+        scenario.wait_for_ranges(2)
+        with window(server):
+            time.sleep(3)
+
+    stats = scenario.consume(handler=f"{HANDLERS}:uncounted_slow_handler", chaos=refuse_writes)
+
+    verdict = scenario.verdict()
+    scenario.report(fault, 1, stats, verdict)
+    assert refused(server, code) > before  # the window did meet the consumers' writes
     _assert_exact(scenario, verdict)
 
 

@@ -250,3 +250,19 @@ def concurrent_env(ledger: PostgresLedger, announced: list[str], sweeps: list[st
         work_queue=_RecordingQueue(sweeps), dead_letters=FakeQueue(), retry=RetryPolicy(budget_seconds=0),
         chunk_size=10, margin_seconds=0, seconds_per_drug=0.01, announcer=_RecordingAnnouncer(announced),
     )  # fmt: skip
+
+
+def test_a_row_without_updated_at_is_read_as_a_drug_not_a_broken_row(
+    conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
+) -> None:
+    table = sql.Identifier(test_env.settings.table)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN updated_at DROP NOT NULL").format(table))
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, ndc, name, eligible, updated_at) VALUES (7, 'n-7', 'drug 7', true, NULL)")
+        .format(table)
+    )  # fmt: skip
+
+    fetched = catalog.fetch_range(0, 10)
+
+    assert fetched.broken == []
+    assert [(drug.id, drug.updated_at) for drug in fetched.drugs] == [(7, None)]

@@ -1,22 +1,29 @@
-"""The index and KNN search against the real Redis Stack."""
+"""The index, KNN search and conditional writes against the real Redis Stack."""
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
 
+import numpy as np
 import pytest
+import redis
 
 from console.seed import synthetic_drugs
-from shared.documents import build_document, build_embedding_text
+from shared.documents import build_document, build_embedding_text, fingerprint
 from shared.embedders.hashing import HashingEmbedder
-from shared.errors import ConfigError
+from shared.errors import ConfigError, UnavailableError
 from shared.index_schema import index_differences, schema_arguments
 from shared.models import TEXT_FIELDS, Drug
-from shared.redis_store import connect_redis
+from shared.redis_store import NEWEST_WINS_SHA, RedisDocumentStore, connect_redis
 from shared.settings import get_settings
 from shared.wiring import build_store
 from tests.conftest import Isolated
+from tests.fakes import make_drug, unit_vector
+from tests.store_cases import NEWEST_WINS, out_of_memory, read_only, refused, stored_document
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +41,8 @@ def _drugs(count: int) -> list[Drug]:
 def write_drugs(drugs: list[Drug], embedder: HashingEmbedder, store) -> None:
     vectors = embedder.embed_texts([build_embedding_text(drug) for drug in drugs])
     documents = [(d.id, build_document(d, v, embedder.name)) for d, v in zip(drugs, vectors, strict=True)]
-    assert store.write_documents(documents) == []
+    result = store.write_documents(documents)
+    assert (result.failures, result.stale_skipped) == ([], 0)
 
 
 def test_index_creation_is_idempotent_even_when_concurrent(test_env: Isolated) -> None:
@@ -212,3 +220,133 @@ def test_a_volatile_policy_is_accepted_with_a_warning_and_noeviction_silently(
     assert store.index_dimension() == 128
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(f"maxmemory-policy is {policy}" in w for w in warnings) is warned
+
+
+def _server(test_env: Isolated) -> redis.Redis:
+    return redis.Redis.from_url(test_env.env["REDIS_URL"], decode_responses=True)
+
+
+def _stored(client: redis.Redis, store: RedisDocumentStore, drug_id: int) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(client.execute_command("JSON.GET", store.key(drug_id), "$"))[0]  # type: ignore[no-untyped-call]
+    return document
+
+
+def test_documents_are_json_under_deterministic_keys(test_env: Isolated) -> None:
+    client = _server(test_env)
+    store = build_store(test_env.settings)
+    drugs = [make_drug(i) for i in (5, 6, 7)]
+    documents = [(d.id, build_document(d, unit_vector(8), "e1")) for d in drugs]
+
+    result = store.write_documents(documents)
+
+    assert result.failures == []
+    assert sorted(client.keys(f"{store.key_prefix}*")) == [store.key(5), store.key(6), store.key(7)]
+    stored = _stored(client, store, 6)
+    assert stored["id"] == 6
+    assert stored["fingerprint"] == fingerprint(drugs[1], "e1")
+    assert stored["version"] == 1_767_225_600_000_000  # 2026-01-01 in microseconds
+    np.testing.assert_allclose(stored["embedding"], unit_vector(8), rtol=1e-6)
+    assert store.count_documents() == 3
+
+
+def test_the_newest_version_wins_on_the_server_whatever_order_writes_arrive_in(test_env: Isolated) -> None:
+    client = _server(test_env)
+    store = build_store(test_env.settings)
+
+    def build(drug_id: int) -> Any:
+        return lambda name, updated_at: build_document(
+            make_drug(drug_id, name=name, updated_at=updated_at), unit_vector(8), "e1"
+        )
+
+    cases = dict(enumerate(NEWEST_WINS, start=1))
+    assert (
+        store.write_documents([(i, stored_document(case, build(i))) for i, case in cases.items()]).failures
+        == []
+    )
+
+    late = store.write_documents([(i, build(i)("incoming", case.incoming)) for i, case in cases.items()])
+
+    assert late.failures == []
+    left = {case.name: _stored(client, store, i)["name"] for i, case in cases.items()}
+    assert left == {case.name: case.winner for case in cases.values()}
+    assert late.stale_skipped == sum(case.winner == "stored" for case in cases.values())
+
+
+def test_a_skipped_stale_write_leaves_the_newer_document_indexed_and_found(test_env: Isolated) -> None:
+    store = build_store(test_env.settings)
+    embedder = HashingEmbedder(128, batch_size=100)
+    store.ensure_index(128)
+    newer = [
+        make_drug(i, name=f"Lisinopril {i} mg tablet", updated_at=datetime(2026, 6, 1)) for i in range(1, 51)
+    ]
+    older = [make_drug(i, name=f"Amoxicillin {i} mg capsule") for i in range(1, 51)]
+    write_drugs(newer, embedder, store)
+
+    vectors = embedder.embed_texts([build_embedding_text(drug) for drug in older])
+    late = store.write_documents(
+        [(d.id, build_document(d, v, embedder.name)) for d, v in zip(older, vectors, strict=True)]
+    )
+    store.wait_until_indexed(50, seconds=30)
+    hits = store.search(embedder.embed_texts([build_embedding_text(newer[6])])[0], 3)
+
+    assert late.stale_skipped == 50
+    assert store.indexed_documents() == (50, 0)
+    assert hits[0].drug_id == 7
+    assert hits[0].fields["name"] == "Lisinopril 7 mg tablet"
+
+
+def test_a_lost_script_cache_is_loaded_again_and_no_write_is_lost(test_env: Isolated) -> None:
+    client = _server(test_env)
+    store = build_store(test_env.settings)
+    client.script_flush()  # as after a restart or a failover to a node that never ran the script
+
+    result = store.write_documents(
+        [(i, build_document(make_drug(i), unit_vector(8), "e1")) for i in range(1, 4)]
+    )
+
+    assert result.failures == []
+    assert store.count_documents() == 3
+    assert client.script_exists(NEWEST_WINS_SHA) == [True]  # later batches go by EVALSHA again
+
+
+def _written(store: RedisDocumentStore, ids: range, name: str = "Amoxicillin 500 mg capsule") -> list[Any]:
+    return [(i, build_document(make_drug(i, name=name), unit_vector(8), "e1")) for i in ids]
+
+
+def test_an_out_of_memory_server_fails_the_write_as_retryable_and_keeps_its_data(test_env: Isolated) -> None:
+    client = _server(test_env)
+    store = build_store(test_env.settings)
+    assert store.write_documents(_written(store, range(1, 11))).failures == []
+    before = refused(client, "OOM")
+
+    with out_of_memory(client), pytest.raises(UnavailableError, match="OutOfMemoryError"):
+        store.write_documents(_written(store, range(1, 21), name="Rewritten"))
+
+    assert refused(client, "OOM") > before  # the server did refuse, and no row was failed for it
+    assert store.count_documents() == 10
+    assert store.write_documents(_written(store, range(1, 21))).failures == []  # after the window
+    assert store.count_documents() == 20
+
+
+def test_a_read_only_server_fails_writes_as_retryable_and_reconnects(test_env: Isolated) -> None:
+    client = _server(test_env)
+    own = connect_redis(test_env.env["REDIS_URL"])
+    store = RedisDocumentStore(own, test_env.settings.key_prefix, test_env.settings.index_name)
+    store.ensure_index(8)
+    assert store.write_documents(_written(store, range(1, 11))).failures == []
+    connection = own.client_id()
+
+    with read_only(client):
+        with pytest.raises(UnavailableError, match="ReadOnlyError"):
+            store.write_documents(_written(store, range(1, 21), name="Rewritten"))
+        # the pool was dropped: the next call opens a new connection, resolving the endpoint again
+        assert own.client_id() != connection
+        with pytest.raises(UnavailableError, match="deleting 1 documents"):
+            store.delete_documents([1])
+        with pytest.raises(UnavailableError, match="checking the index"):
+            store.scratch("ro-scratch").ensure_index(8)
+
+    assert store.count_documents() == 10  # a replica that never synced kept its data
+    assert _stored(client, store, 1)["name"] == "Amoxicillin 500 mg capsule"
+    assert store.write_documents(_written(store, range(1, 21))).failures == []
+    assert store.count_documents() == 20

@@ -1,9 +1,11 @@
 import math
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from consumer.sync import SyncEnv, sync_message
+from shared.documents import build_document
 from shared.embedders.bedrock import TitanEmbedder
 from shared.errors import InvalidMessage, ProviderError, UnavailableError
 from shared.models import MAX_DEFERRALS, PlannedRange, RangeMessage, RowsMessage, parse_message
@@ -17,7 +19,9 @@ from tests.fakes import (
     FakeLedger,
     FakeQueue,
     FakeStore,
+    RecordingTelemetry,
     make_drug,
+    unit_vector,
 )
 
 RUN = uuid.uuid4()
@@ -318,3 +322,19 @@ def test_a_range_deferred_the_most_times_allowed_fails_instead_of_deferring_agai
         world.run(last, seconds=20.0)
 
     assert world.work_queue.bodies == []
+
+
+def test_a_newer_version_already_in_redis_is_kept_and_the_skip_is_counted() -> None:
+    # GIVEN drug 5 was rewritten meanwhile: Redis holds a version newer than this run read
+    world = World(count=10)
+    world.env.telemetry = telemetry = RecordingTelemetry()
+    newer = make_drug(5, name="Renamed 10 mg tablet", updated_at=datetime(2026, 6, 1, tzinfo=UTC))
+    world.store.write_documents([(5, build_document(newer, unit_vector(32), world.embedder.name))])
+
+    outcome = world.run()
+
+    assert world.store.documents[5]["name"] == "Renamed 10 mg tablet"
+    assert telemetry.counts["StaleWritesSkipped"] == 1
+    assert outcome.failed_ids == ()
+    assert outcome.range_done is True
+    assert world.dead_letters.bodies == []
