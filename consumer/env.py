@@ -31,6 +31,10 @@ class SyncEnv:
     telemetry: Telemetry = field(default_factory=NoTelemetry)
     announcer: Announcer = field(default_factory=NoAnnouncer)
     sweep_page_size: int = 1000
+    # How long a claim to send the sweep or announce the end holds before another caller may take
+    # it: two consumer timeouts, so a dead holder's message, redelivered after the visibility
+    # timeout (at least six), finds it lapsed, and a live holder is never doubled.
+    claim_seconds: float = 240.0
 
 
 @dataclass(frozen=True)

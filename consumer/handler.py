@@ -104,6 +104,7 @@ class Consumer:
             seconds_per_drug=self.settings.seconds_per_drug,
             telemetry=telemetry,
             announcer=RunAnnouncer(self.notifier),
+            claim_seconds=2 * self.settings.consumer_timeout_seconds,
         )
 
 

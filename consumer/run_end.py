@@ -18,8 +18,7 @@ def advance_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
     if progress is None or not progress.ranges_complete:
         return None
     if progress.swept_at is None:
-        if progress.sweep_requested_at is None:
-            request_sweep(run_id, env, deadline)
+        request_sweep(run_id, env, deadline)
         return None
     if progress.finished_at is None:
         retried(env, deadline, lambda: env.ledger.finish_run(run_id))  # exactly one caller succeeds
@@ -27,15 +26,20 @@ def advance_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
 
 
 def request_sweep(run_id: UUID, env: SyncEnv, deadline: Deadline) -> None:
-    """Send the sweep, then record it: a crash between the two sends a second sweep, never none."""
+    """Send the run's one sweep: claimed first, released if the send fails, lapsing if we die."""
+    if not retried(env, deadline, lambda: env.ledger.claim_sweep(run_id, env.claim_seconds)):
+        return
     body = SweepMessage(run_id=run_id).model_dump_json()
-    retried(env, deadline, lambda: env.work_queue.send_messages([body]))
-    retried(env, deadline, lambda: env.ledger.mark_sweep_requested(run_id))
+    try:
+        retried(env, deadline, lambda: env.work_queue.send_messages([body]))
+    except Exception:
+        retried(env, deadline, lambda: env.ledger.release_sweep(run_id))
+        raise
 
 
 def announce_end(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
     """Announce a finished run once; a failed announcement is released so a retry makes it."""
-    if not retried(env, deadline, lambda: env.ledger.claim_announcement(run_id)):
+    if not retried(env, deadline, lambda: env.ledger.claim_announcement(run_id, env.claim_seconds)):
         return None
     progress = retried(env, deadline, lambda: env.ledger.progress(run_id))
     assert progress is not None  # claimed above, so the run exists

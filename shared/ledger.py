@@ -133,6 +133,19 @@ RECORD_ENQUEUE_ERROR = "UPDATE drugsync_runs SET enqueue_error = %(error)s WHERE
 
 MARK_SWEEP_REQUESTED = "UPDATE drugsync_runs SET sweep_requested_at = now() WHERE run_id = %(run_id)s"
 
+# The sweep is requested by one caller: the first to find every range done, or one coming after a
+# claim has lapsed (its holder died between the claim and the send). A lease of two consumer
+# timeouts has lapsed by the time SQS redelivers the holder's message (visibility >= 6 timeouts).
+CLAIM_SWEEP = """
+UPDATE drugsync_runs r SET sweep_requested_at = now()
+WHERE r.run_id = %(run_id)s AND r.swept_at IS NULL
+  AND (r.sweep_requested_at IS NULL OR r.sweep_requested_at < now() - make_interval(secs => %(lease)s))
+  AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
+RETURNING 1
+"""
+
+RELEASE_SWEEP = "UPDATE drugsync_runs SET sweep_requested_at = NULL WHERE run_id = %(run_id)s"
+
 # A sweep counts only once every range is done: only then can nothing it judged be rewritten by the run.
 MARK_SWEPT = """
 UPDATE drugsync_runs r SET swept_at = now()
@@ -146,7 +159,6 @@ UPDATE drugsync_runs SET documents_removed = documents_removed + %(removed)s WHE
 
 # The end is announced by one caller at a time: a claim that lapses after the lease, so an
 # announcer that died before it could say so is replaced, and one that failed releases it at once.
-ANNOUNCE_LEASE_SECONDS = 300
 CLAIM_ANNOUNCEMENT = """
 UPDATE drugsync_runs SET announce_claimed_at = now()
 WHERE run_id = %(run_id)s AND finished_at IS NOT NULL AND announced_at IS NULL
@@ -244,9 +256,17 @@ class PostgresLedger:
     def mark_swept(self, run_id: UUID) -> None:
         self._execute(MARK_SWEPT, {"run_id": run_id}, "recording a finished sweep")
 
-    def claim_announcement(self, run_id: UUID) -> bool:
+    def claim_sweep(self, run_id: UUID, lease_seconds: float) -> bool:
+        """True for the one caller that should send the run's sweep now."""
+        params = {"run_id": run_id, "lease": lease_seconds}
+        return self._returns_row(CLAIM_SWEEP, params, "claiming the sweep")
+
+    def release_sweep(self, run_id: UUID) -> None:
+        self._execute(RELEASE_SWEEP, {"run_id": run_id}, "releasing the sweep")
+
+    def claim_announcement(self, run_id: UUID, lease_seconds: float) -> bool:
         """True for the one caller that should announce the run's end now."""
-        params = {"run_id": run_id, "lease": ANNOUNCE_LEASE_SECONDS}
+        params = {"run_id": run_id, "lease": lease_seconds}
         return self._returns_row(CLAIM_ANNOUNCEMENT, params, "claiming the announcement")
 
     def release_announcement(self, run_id: UUID) -> None:

@@ -170,7 +170,21 @@ class FakeLedger:
         if progress is not None and progress.ranges_complete and progress.swept_at is None:
             self._set(run_id, "swept", datetime.now(UTC))
 
-    def claim_announcement(self, run_id: UUID) -> bool:
+    def claim_sweep(self, run_id: UUID, lease_seconds: float) -> bool:
+        progress = self.progress(run_id)
+        if progress is None or not progress.ranges_complete or progress.swept_at is not None:
+            return False
+        if self.runs[run_id].get("sweep_claimed"):
+            return False
+        self.runs[run_id]["sweep_claimed"] = True
+        self._set(run_id, "sweep_requested", datetime.now(UTC))
+        return True
+
+    def release_sweep(self, run_id: UUID) -> None:
+        self._set(run_id, "sweep_claimed", False)
+        self._set(run_id, "sweep_requested", None)
+
+    def claim_announcement(self, run_id: UUID, lease_seconds: float) -> bool:
         run = self.runs.get(run_id, {})
         if not run.get("finished") or run.get("announced") or run.get("claimed"):
             return False
@@ -254,7 +268,16 @@ class FakeStore:
         return len(removed)
 
 
+SQS_MAX_BODY_BYTES = 262_144  # a message's body and attributes together
+SQS_MAX_DELAY_SECONDS = 900
+
+
 class FakeQueue:
+    """Records what was sent; refuses what SQS would refuse (a message too big, a delay too long).
+
+    Receiving, visibility and receipt handles are not faked: tests that rely on them use moto.
+    """
+
     def __init__(self) -> None:
         self.bodies: list[str] = []
         self.sent: list[tuple[str, dict[str, str], int]] = []
@@ -262,6 +285,12 @@ class FakeQueue:
     def send_messages(
         self, bodies: Sequence[str], attributes: Mapping[str, str] | None = None, delay_seconds: int = 0
     ) -> int:
+        if not 0 <= delay_seconds <= SQS_MAX_DELAY_SECONDS:
+            raise ValueError(f"DelaySeconds {delay_seconds} outside 0..{SQS_MAX_DELAY_SECONDS}")
+        extra = sum(len(name.encode()) + len(value.encode()) for name, value in (attributes or {}).items())
+        for body in bodies:
+            if not body or len(body.encode()) + extra > SQS_MAX_BODY_BYTES:
+                raise ValueError(f"a message of {len(body.encode()) + extra} bytes is not one SQS accepts")
         self.bodies.extend(bodies)
         self.sent.extend((body, dict(attributes or {}), delay_seconds) for body in bodies)
         return len(bodies)

@@ -39,8 +39,15 @@ def _summary_counts(output: str) -> tuple[int, int, int]:
     return numbers[0], numbers[1], numbers[2]
 
 
-def test_demo_ends_with_equal_counts_a_matching_search_and_status_agrees(user_env: dict[str, str]) -> None:
-    demo = drugsync(user_env, "demo", "--drugs", "2500", "--max-concurrency", "2")
+@pytest.fixture(scope="module")
+def demo(user_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`drugsync demo` once per module: the stack up and the catalog synced, for any test run alone."""
+    return drugsync(user_env, "demo", "--drugs", "2500", "--max-concurrency", "2")
+
+
+def test_demo_ends_with_equal_counts_a_matching_search_and_status_agrees(
+    user_env: dict[str, str], demo: subprocess.CompletedProcess[str]
+) -> None:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "-> all equal" in demo.stdout
     eligible, in_redis, in_index = _summary_counts(demo.stdout)
@@ -64,6 +71,7 @@ def test_demo_ends_with_equal_counts_a_matching_search_and_status_agrees(user_en
     assert report["dead_letter"] == {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
+@pytest.mark.usefixtures("demo")
 def test_verify_finds_exactly_the_drift_planted_and_repair_removes_it(user_env: dict[str, str]) -> None:
     import psycopg
     import redis
@@ -110,6 +118,7 @@ def test_verify_finds_exactly_the_drift_planted_and_repair_removes_it(user_env: 
     ) == (0, 0, 0)
 
 
+@pytest.mark.usefixtures("demo")
 def test_plan_prints_the_figures_for_the_table_and_for_494000_drugs(user_env: dict[str, str]) -> None:
     table = drugsync(user_env, "plan")
     assert table.returncode == 0, table.stderr
@@ -156,6 +165,7 @@ def test_local_up_prints_exports_that_reach_every_service(user_env: dict[str, st
     assert pong == "PONG"  # the stack's own redis-cli, put on PATH by the exports
 
 
+@pytest.mark.usefixtures("demo")
 def test_search_and_sync_from_the_cli(user_env: dict[str, str]) -> None:
     search = drugsync(user_env, "search", "lipitor 40 mg tablet", "-k", "3", "--json")
     assert search.returncode == 0, search.stderr
@@ -175,6 +185,7 @@ def _stack_database_url(user_env: dict[str, str]) -> str:
     return str(state["env"]["DATABASE_URL"])
 
 
+@pytest.mark.usefixtures("demo")
 def test_poison_rows_end_in_the_dlq_and_a_redrive_after_the_fix_completes_the_run(
     user_env: dict[str, str],
 ) -> None:
@@ -282,6 +293,7 @@ def test_a_wrong_setting_is_reported_plainly(user_env: dict[str, str]) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.usefixtures("demo")
 def test_local_down_stops_every_process_it_started(user_env: dict[str, str]) -> None:
     state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())
     assert set(state["pids"]) == {"postgres", "redis", "sqs"}

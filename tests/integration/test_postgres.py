@@ -207,8 +207,25 @@ def test_a_run_finishes_and_is_announced_exactly_once_under_concurrent_consumers
     assert progress is not None
     assert (progress.state, progress.announced_at is not None) == ("complete", True)
     assert announced == [str(run_id)]
-    assert len(sweeps) >= 1  # at least one sweep requested (two finishers at once may both send one)
+    assert len(sweeps) == 1  # one sweep, however many consumers found every range done at once
     assert ledger.finish_run(run_id) is False  # finishing again changes nothing
+
+
+def test_a_sweep_claim_is_held_once_and_lapses_for_a_holder_that_died(db: Database) -> None:
+    ledger = PostgresLedger(db)
+    ledger.ensure_schema()
+    run_id = uuid.uuid4()
+    ledger.start_run(run_id, 10, None, [PlannedRange(1, 10, 10)])
+    assert ledger.claim_sweep(run_id, lease_seconds=60) is False  # a range is not done yet
+    ledger.mark_range_done(run_id, 1, 10)
+
+    assert ledger.claim_sweep(run_id, lease_seconds=60) is True
+    assert ledger.claim_sweep(run_id, lease_seconds=60) is False  # held
+    assert ledger.claim_sweep(run_id, lease_seconds=0) is True  # lapsed: the holder died before sending
+    ledger.release_sweep(run_id)  # its send failed
+    assert ledger.claim_sweep(run_id, lease_seconds=60) is True
+    ledger.mark_swept(run_id)
+    assert ledger.claim_sweep(run_id, lease_seconds=0) is False  # swept: nothing to send
 
 
 def test_the_ledger_schema_check_takes_no_lock_once_current(db: Database, test_env: Isolated) -> None:

@@ -6,10 +6,10 @@ import pytest
 
 from consumer.sync import sync_message
 from producer.plan import start_sync
-from shared.errors import InvalidMessage
+from shared.errors import InvalidMessage, UnavailableError
 from shared.models import RangeMessage, RowsMessage, SweepMessage, SyncRequest, parse_message
 from shared.ports import RunProgress
-from tests.fakes import FakeCatalog, FakeDeadline, make_drug
+from tests.fakes import FakeCatalog, FakeDeadline, FakeQueue, make_drug
 from tests.unit.test_sync_range import RUN, World
 
 
@@ -190,3 +190,40 @@ def test_a_sweep_of_an_unknown_run_is_refused() -> None:
 
     with pytest.raises(InvalidMessage, match="unknown run"):
         sync_message(SweepMessage(run_id=uuid.uuid4()), world.env, FakeDeadline(world.clock, 100))
+
+
+class RefusingQueue(FakeQueue):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = True
+
+    def send_messages(self, bodies, attributes=None, delay_seconds=0) -> int:
+        if self.refusing:
+            raise UnavailableError("SQS SendMessageBatch: EndpointConnectionError")
+        return super().send_messages(bodies, attributes, delay_seconds)
+
+
+def test_a_sweep_that_could_not_be_sent_is_released_and_sent_by_the_retry() -> None:
+    world, announcer = announcing_world(count=10)
+    world.env.work_queue = queue = RefusingQueue()
+    world.env.retry.budget_seconds = 0
+
+    with pytest.raises(UnavailableError):
+        world.run()  # the range is done, but its sweep could not be sent: the message fails
+    queue.refusing = False
+    world.run()  # SQS delivers it again: the range is done, the sweep is claimed again and sent
+
+    assert [type(parse_message(body)) for body in queue.bodies] == [SweepMessage]
+    world.work_queue = queue
+    world.drain(seconds=1000, first=parse_message(queue.bodies[0]))
+    assert world.state() == "complete"
+    assert len(announcer.announced) == 1
+
+
+def test_one_sweep_is_sent_however_often_the_run_is_found_with_every_range_done() -> None:
+    world, _ = announcing_world(count=10)
+    world.run()
+    world.run()  # a redelivery
+    world.run()  # and another
+
+    assert [type(parse_message(body)) for body in world.work_queue.bodies] == [SweepMessage]
