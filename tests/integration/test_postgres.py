@@ -3,6 +3,8 @@
 import itertools
 import threading
 import uuid
+from collections.abc import Callable
+from functools import partial
 
 import psycopg
 import pytest
@@ -137,10 +139,7 @@ def test_ledger_counts_a_range_once_even_under_concurrent_duplicates(
     db: Database, test_env: Isolated
 ) -> None:
     url = test_env.env["DATABASE_URL"]
-    ledger = PostgresLedger(db)
-    ledger.ensure_schema()
-    run_id = uuid.uuid4()
-    ledger.start_run(run_id, 10, None, [PlannedRange(1, 10, 10), PlannedRange(11, 20, 7)])
+    ledger, run_id = started_run(db, [PlannedRange(1, 10, 10), PlannedRange(11, 20, 7)])
     results: list[bool] = []
 
     def mark() -> None:
@@ -150,11 +149,7 @@ def test_ledger_counts_a_range_once_even_under_concurrent_duplicates(
         finally:
             own.close()
 
-    threads = [threading.Thread(target=mark) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_at_once([mark] * 6)
 
     assert sorted(results) == [False] * 5 + [True]
     progress = ledger.progress(run_id)
@@ -174,11 +169,8 @@ def test_a_run_finishes_and_is_announced_exactly_once_under_concurrent_consumers
     # GIVEN a run of 8 ranges, each marked done by its own consumer (its own connection) at once,
     # every consumer then taking the run as far as it can: sweep, finish, announce
     url = test_env.env["DATABASE_URL"]
-    ledger = PostgresLedger(db)
-    ledger.ensure_schema()
-    run_id = uuid.uuid4()
     ranges = [PlannedRange(i * 10, i * 10 + 9, 10) for i in range(8)]
-    ledger.start_run(run_id, 10, None, ranges)
+    ledger, run_id = started_run(db, ranges)
     announced: list[str] = []
     sweeps: list[str] = []
     start = threading.Barrier(len(ranges))
@@ -197,11 +189,7 @@ def test_a_run_finishes_and_is_announced_exactly_once_under_concurrent_consumers
         finally:
             own.close()
 
-    threads = [threading.Thread(target=consumer, args=(planned,)) for planned in ranges]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_at_once([partial(consumer, planned) for planned in ranges])
 
     progress = ledger.progress(run_id)
     assert progress is not None
@@ -212,10 +200,7 @@ def test_a_run_finishes_and_is_announced_exactly_once_under_concurrent_consumers
 
 
 def test_a_sweep_claim_is_held_once_and_lapses_for_a_holder_that_died(db: Database) -> None:
-    ledger = PostgresLedger(db)
-    ledger.ensure_schema()
-    run_id = uuid.uuid4()
-    ledger.start_run(run_id, 10, None, [PlannedRange(1, 10, 10)])
+    ledger, run_id = started_run(db, [PlannedRange(1, 10, 10)])
     assert ledger.claim_sweep(run_id, lease_seconds=60) is False  # a range is not done yet
     ledger.mark_range_done(run_id, 1, 10)
 
@@ -242,6 +227,24 @@ def test_the_ledger_schema_check_takes_no_lock_once_current(db: Database, test_e
             other.close()
     finally:
         reader.close()
+
+
+def started_run(db: Database, ranges: list[PlannedRange]) -> tuple[PostgresLedger, uuid.UUID]:
+    """A run of these ranges recorded in the real ledger."""
+    ledger = PostgresLedger(db)
+    ledger.ensure_schema()
+    run_id = uuid.uuid4()
+    ledger.start_run(run_id, 10, None, ranges)
+    return ledger, run_id
+
+
+def run_at_once(actions: list[Callable[[], None]]) -> None:
+    """Each action in a thread of its own, all started before any is awaited."""
+    threads = [threading.Thread(target=action) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 class _RecordingAnnouncer:

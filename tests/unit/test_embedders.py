@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-from botocore.stub import Stubber
 
 from shared.embedders.base import BatchingEmbedder
 from shared.embedders.bedrock import TitanEmbedder
@@ -58,17 +57,6 @@ def test_empty_input_gives_an_empty_matrix() -> None:
 def titan(client, batch_size: int = 256) -> TitanEmbedder:
     # One worker: the Stubber answers requests in the order they are sent.
     return TitanEmbedder(client, TITAN, 256, batch_size=batch_size, concurrency=1)
-
-
-@pytest.fixture
-def bedrock():
-    import boto3
-
-    client = boto3.client(
-        "bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
-    with Stubber(client) as stubber:
-        yield client, stubber
 
 
 def test_titan_sends_each_text_with_dimensions_and_normalisation(bedrock) -> None:

@@ -237,26 +237,14 @@ def test_an_account_level_refusal_fails_a_rows_message_instead_of_isolating_its_
     assert 4 not in world.store.documents
 
 
-@pytest.fixture
-def bedrock_client():
-    import boto3
-    from botocore.stub import Stubber
-
-    client = boto3.client(
-        "bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
-    with Stubber(client) as stubber:
-        yield client, stubber
-
-
 def with_titan(world: World, client) -> None:
     world.env.embedder = TitanEmbedder(
         client, "amazon.titan-embed-text-v2:0", 256, batch_size=256, concurrency=1
     )
 
 
-def test_one_text_titan_refuses_among_256_costs_256_requests_and_fails_alone(bedrock_client) -> None:
-    client, stubber = bedrock_client
+def test_one_text_titan_refuses_among_256_costs_256_requests_and_fails_alone(bedrock) -> None:
+    client, stubber = bedrock
     world = World(count=256, chunk_size=256)
     with_titan(world, client)
     sent = count_requests(client)
@@ -278,8 +266,8 @@ def test_one_text_titan_refuses_among_256_costs_256_requests_and_fails_alone(bed
     stubber.assert_no_pending_responses()
 
 
-def test_every_text_titan_refuses_alike_defers_the_range_as_the_model_at_fault(bedrock_client) -> None:
-    client, stubber = bedrock_client
+def test_every_text_titan_refuses_alike_defers_the_range_as_the_model_at_fault(bedrock) -> None:
+    client, stubber = bedrock
     world = World(count=8, chunk_size=8)
     with_titan(world, client)
     sent = count_requests(client)
