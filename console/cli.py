@@ -24,7 +24,7 @@ from shared.errors import ConfigError, DrugSyncError
 from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest
 from shared.postgres import free_connections
 from shared.redact import redact_text
-from shared.redis_store import judge_eviction_policy
+from shared.redis_errors import judge_eviction_policy
 from shared.settings import get_settings
 
 Command = Callable[[argparse.Namespace], int]

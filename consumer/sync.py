@@ -1,4 +1,5 @@
-"""Sync one message: a range (continuing itself before time runs out) or rows back from the DLQ.
+"""Sync one message: a range (continuing itself before time runs out), rows back from the DLQ, or
+the run's sweep of documents whose drug no longer qualifies; then take the run to its end if due.
 
 Nothing written is redone because of a timeout: before the invocation would run out, the rest of
 the range is handed off as a continuation. Rows that fail on their own (a broken row, a text the
@@ -29,7 +30,6 @@ from shared.models import (
 from shared.ports import Vectors
 
 __all__ = ["Outcome", "SyncEnv", "sync_message"]
-_retried = retried
 
 
 def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
@@ -48,12 +48,12 @@ def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outco
 
 def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
     """Write the range from message.first_id on; hand off the rest if time or the API runs short."""
-    state = _retried(env, deadline, lambda: env.ledger.range_state(message.run_id, message.range_key))
+    state = retried(env, deadline, lambda: env.ledger.range_state(message.run_id, message.range_key))
     if state is None or state[0] != message.last_id:
         raise InvalidMessage(f"run {message.run_id} has no range {message.range_key}..{message.last_id}")
     if state[1]:
         return Outcome(0)  # already done: a redelivery pays for no embedding twice, only the run's end
-    fetched = _retried(env, deadline, lambda: env.catalog.fetch_range(message.first_id, message.last_id))
+    fetched = retried(env, deadline, lambda: env.catalog.fetch_range(message.first_id, message.last_id))
     # Broken rows are isolated as the range reaches them, so a continuation never isolates twice.
     broken = sorted(fetched.broken, key=lambda row: row.drug_id)
     failed: list[int] = []
@@ -90,7 +90,7 @@ def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> 
         written = env.catalog.count_range(first, last) - env.ledger.open_failures_between(run_id, first, last)
         return env.ledger.mark_range_done(run_id, first, written)
 
-    newly_done = _retried(env, deadline, count_and_mark)
+    newly_done = retried(env, deadline, count_and_mark)
     if newly_done:
         env.telemetry.count("RangesDone")
     return newly_done
@@ -117,9 +117,9 @@ def _continue(
 
 def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
     """Sync rows that failed before; resolve every id that is now written or no longer eligible."""
-    if _retried(env, deadline, lambda: env.ledger.progress(message.run_id)) is None:
+    if retried(env, deadline, lambda: env.ledger.progress(message.run_id)) is None:
         raise InvalidMessage(f"unknown run {message.run_id}")
-    fetched = _retried(env, deadline, lambda: env.catalog.fetch_ids(message.ids))
+    fetched = retried(env, deadline, lambda: env.catalog.fetch_ids(message.ids))
     failed = isolate(env, deadline, message.run_id, fetched.broken)
     for start in range(0, len(fetched.drugs), env.chunk_size):
         chunk = fetched.drugs[start : start + env.chunk_size]
@@ -128,7 +128,7 @@ def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome
     gone = [drug_id for drug_id in message.ids if drug_id not in found]
     removed = remove_unqualified(message.run_id, gone, env, deadline)
     resolved = sorted(set(message.ids) - set(failed))
-    _retried(env, deadline, lambda: env.ledger.resolve_failures(message.run_id, resolved))
+    retried(env, deadline, lambda: env.ledger.resolve_failures(message.run_id, resolved))
     written = len(fetched.drugs) - (len(failed) - len(fetched.broken))
     return Outcome(written, tuple(failed), documents_removed=removed)
 
@@ -139,7 +139,7 @@ def sweep(message: SweepMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
     A page costs one SCAN, one indexed Postgres lookup of its ids and, if needed, one UNLINK; a
     sweep that runs short of time continues itself from the SCAN cursor it reached.
     """
-    progress = _retried(env, deadline, lambda: env.ledger.progress(message.run_id))
+    progress = retried(env, deadline, lambda: env.ledger.progress(message.run_id))
     if progress is None:
         raise InvalidMessage(f"unknown run {message.run_id}")
     if progress.swept_at is not None:
@@ -148,15 +148,15 @@ def sweep(message: SweepMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
     while True:
         if page_seconds and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds:
             rest = message.model_copy(update={"cursor": cursor, "continuations": message.continuations + 1})
-            _retried(env, deadline, partial(env.work_queue.send_messages, [rest.model_dump_json()]))
+            retried(env, deadline, partial(env.work_queue.send_messages, [rest.model_dump_json()]))
             return Outcome(0, documents_removed=removed, continued_at=cursor)
         began = env.clock()
-        cursor, ids = _retried(env, deadline, partial(env.store.scan_ids, cursor, env.sweep_page_size))
+        cursor, ids = retried(env, deadline, partial(env.store.scan_ids, cursor, env.sweep_page_size))
         removed += remove_unqualified(message.run_id, ids, env, deadline)
         page_seconds = max(env.clock() - began, 1e-6)
         if cursor == 0:
             break
-    _retried(env, deadline, lambda: env.ledger.mark_swept(message.run_id))
+    retried(env, deadline, lambda: env.ledger.mark_swept(message.run_id))
     return Outcome(0, documents_removed=removed)
 
 
@@ -169,17 +169,17 @@ def remove_unqualified(run_id: UUID, ids: Sequence[int], env: SyncEnv, deadline:
     """
     if not ids:
         return 0
-    keep = _retried(env, deadline, lambda: env.catalog.qualifying_ids(ids))
+    keep = retried(env, deadline, lambda: env.catalog.qualifying_ids(ids))
     gone = [drug_id for drug_id in ids if drug_id not in keep]
     if not gone:
         return 0
-    removed = _retried(env, deadline, lambda: env.store.delete_documents(gone))
-    back = _retried(env, deadline, lambda: env.catalog.fetch_ids(gone))
+    removed = retried(env, deadline, lambda: env.store.delete_documents(gone))
+    back = retried(env, deadline, lambda: env.catalog.fetch_ids(gone))
     isolate(env, deadline, run_id, back.broken)
     if back.drugs:
         isolate(env, deadline, run_id, write_chunk(back.drugs, env, deadline))
     env.telemetry.count("DocumentsRemoved", removed)
-    _retried(env, deadline, lambda: env.ledger.add_removed(run_id, removed))
+    retried(env, deadline, lambda: env.ledger.add_removed(run_id, removed))
     return removed
 
 
@@ -188,7 +188,7 @@ def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list
     embedded, failures = embed_isolating(drugs, env, deadline)
     documents = [(drug.id, build_document(drug, vector, env.embedder.name)) for drug, vector in embedded]
     if documents:
-        result = _retried(env, deadline, lambda: env.store.write_documents(documents))
+        result = retried(env, deadline, lambda: env.store.write_documents(documents))
         failures += result.failures
         if result.stale_skipped:  # a newer version was already stored: not a failure, but worth seeing
             env.telemetry.count("StaleWritesSkipped", result.stale_skipped)
@@ -208,7 +208,7 @@ def embed_isolating(
     """
     texts = [build_embedding_text(drug) for drug in drugs]
     try:
-        vectors = _retried(env, deadline, lambda: _timed_embedding(texts, env))
+        vectors = retried(env, deadline, lambda: _timed_embedding(texts, env))
     except RejectedTexts as rejected:
         embedded = [(drugs[i], vector) for i, vector in sorted(rejected.vectors.items())]
         return embedded, [_row_failure(drugs[i], error) for i, error in sorted(rejected.errors.items())]
@@ -239,7 +239,7 @@ def isolate(env: SyncEnv, deadline: Deadline, run_id: UUID, failures: Sequence[R
     if not failures:
         return []
     env.telemetry.count("RowsFailed", len(failures))
-    _retried(env, deadline, lambda: env.ledger.record_failures(run_id, failures))
+    retried(env, deadline, lambda: env.ledger.record_failures(run_id, failures))
     by_cause: dict[tuple[str, str], list[int]] = {}
     for failure in failures:
         by_cause.setdefault((failure.error_class, failure.error), []).append(failure.drug_id)
@@ -247,5 +247,5 @@ def isolate(env: SyncEnv, deadline: Deadline, run_id: UUID, failures: Sequence[R
         bodies = pack_rows_messages(run_id, ids, error_class, error)
         attributes = {"error_class": error_class, "reason": error}
         send = partial(env.dead_letters.send_messages, bodies, attributes)
-        _retried(env, deadline, send)
+        retried(env, deadline, send)
     return [failure.drug_id for failure in failures]

@@ -1,5 +1,5 @@
 from console.capacity import Measured, make_plan, render_plan
-from shared.redis_store import judge_eviction_policy
+from shared.redis_errors import judge_eviction_policy
 
 MEASURED = Measured(
     sample=500,

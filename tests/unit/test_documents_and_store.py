@@ -8,7 +8,8 @@ from redis._parsers.base import BaseParser
 
 from shared.documents import build_document, build_embedding_text, document_version, fingerprint
 from shared.errors import ConfigError, UnavailableError
-from shared.redis_store import RedisDocumentStore, is_server_wide, judge_eviction_policy
+from shared.redis_errors import is_server_wide, judge_eviction_policy
+from shared.redis_store import RedisDocumentStore
 from tests.fakes import FakeStore, make_drug, unit_vector
 from tests.store_cases import NEWEST_WINS, Case, stored_document
 
