@@ -177,10 +177,28 @@ def remove_unqualified(run_id: UUID, ids: Sequence[int], env: SyncEnv, deadline:
     back = retried(env, deadline, lambda: env.catalog.fetch_ids(gone))
     isolate(env, deadline, run_id, back.broken)
     if back.drugs:
-        isolate(env, deadline, run_id, write_chunk(back.drugs, env, deadline))
+        _write_back(run_id, back.drugs, env, deadline)
     env.telemetry.count("DocumentsRemoved", removed)
     retried(env, deadline, lambda: env.ledger.add_removed(run_id, removed))
     return removed
+
+
+def _write_back(run_id: UUID, drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> None:
+    """Write again drugs deleted a moment ago that qualify after all.
+
+    Their keys are gone, so a retried sweep would never see them again: if the write fails for a
+    while (throttling, an outage), they are recorded as failing in the run and queued as a rows
+    message, which writes them when it can and resolves them.
+    """
+    try:
+        isolate(env, deadline, run_id, write_chunk(drugs, env, deadline))
+    except (UnavailableError, ProviderError) as error:
+        ids = [drug.id for drug in drugs]
+        reason = f"written back after a sweep, later: {error}"
+        failures = [RowFailure(drug_id, type(error).__name__, reason) for drug_id in ids]
+        retried(env, deadline, lambda: env.ledger.record_failures(run_id, failures))
+        bodies = pack_rows_messages(run_id, ids, type(error).__name__, reason)
+        retried(env, deadline, lambda: env.work_queue.send_messages(bodies))
 
 
 def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list[RowFailure]:

@@ -38,23 +38,23 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def document_version(updated_at: datetime | None) -> int | None:
-    """updated_at as whole microseconds since the Unix epoch: an exact integer that orders like it.
+def document_version(read_at: datetime | None) -> int | None:
+    """A snapshot time as whole microseconds since the Unix epoch: an exact integer that orders like it.
 
-    A timestamp without a time zone is read as UTC, so one column's values keep their order.
+    A timestamp without a time zone is read as UTC, so its values keep their order.
     """
-    if updated_at is None:
+    if read_at is None:
         return None
-    if updated_at.tzinfo is None:
-        updated_at = updated_at.replace(tzinfo=UTC)
-    return (updated_at - _EPOCH) // _MICROSECOND
+    if read_at.tzinfo is None:
+        read_at = read_at.replace(tzinfo=UTC)
+    return (read_at - _EPOCH) // _MICROSECOND
 
 
 def is_stale(stored: int | None, incoming: int | None) -> bool:
     """Newest wins: skip a write only when the stored document is strictly newer.
 
-    A NULL updated_at (version None) on either side carries no ordering information, so that
-    write goes through; so does an equal version (a redelivery or re-embedding rewrites in place).
+    A drug read without a snapshot time (version None) on either side carries no ordering
+    information, so that write goes through; so does an equal version (the same snapshot again).
     The Redis store's Lua script applies the same rule on the server.
     """
     return stored is not None and incoming is not None and stored > incoming
@@ -65,7 +65,7 @@ def build_document(drug: Drug, embedding: Vectors, embedder_name: str) -> dict[s
     document: dict[str, Any] = {field: getattr(drug, field) for field in TEXT_FIELDS}
     document["id"] = drug.id
     document["updated_at"] = None if drug.updated_at is None else drug.updated_at.isoformat()
-    document["version"] = document_version(drug.updated_at)
+    document["version"] = document_version(drug.read_at)
     document["fingerprint"] = fingerprint(drug, embedder_name)
     document["embedding"] = embedding.tolist()
     return document

@@ -60,6 +60,8 @@ def index_differences(info: dict[str, Any], key_prefix: str, dimension: int) -> 
     key_type = str(definition.get("key_type", "?")).upper()
     if key_type != "JSON":
         differences.append(f"it indexes {key_type} keys, not JSON")
+    if definition.get("filter"):
+        differences.append(f"it indexes only documents matching FILTER {decode(definition['filter'])!r}")
     prefixes = [decode(prefix) for prefix in definition.get("prefixes", [])]
     if prefixes != [key_prefix]:
         differences.append(f"its key prefixes are {prefixes}, not [{key_prefix!r}]")

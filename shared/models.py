@@ -54,7 +54,11 @@ class Drug(BaseModel):
     route: str | None = Field(None, max_length=MAX_TEXT_LENGTH)
     manufacturer: str | None = Field(None, max_length=MAX_TEXT_LENGTH)
     description: str | None = Field(None, max_length=MAX_TEXT_LENGTH)
-    updated_at: datetime | None  # NULL in the source table: no ordering for newest-wins
+    updated_at: datetime | None
+    # When Postgres took the snapshot this row was read in: what orders two writes of the drug
+    # (newest wins). A later snapshot holds every commit an earlier one does, whatever updated_at
+    # says (a restored backup or a copied upstream timestamp can move it backwards).
+    read_at: datetime | None = None
 
 
 @dataclass(frozen=True)

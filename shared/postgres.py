@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -32,9 +33,10 @@ SELECT coalesce(lag(last_id) OVER (ORDER BY bucket) + 1, first_id), last_id, dru
 FROM buckets ORDER BY bucket
 """
 
-# The eligible rows of one range, through the primary-key index.
+# The eligible rows of one range, through the primary-key index, with the time of the statement's
+# snapshot (READ COMMITTED takes one per statement, as it starts): the version of what was read.
 FETCH_RANGE = """
-SELECT {id}, {text_columns}, updated_at
+SELECT {id}, {text_columns}, updated_at, statement_timestamp()
 FROM {table}
 WHERE {id} BETWEEN %(first_id)s AND %(last_id)s AND {eligible} IS TRUE
 ORDER BY {id}
@@ -42,7 +44,7 @@ ORDER BY {id}
 
 # Specific eligible rows: rows isolated as poison, coming back from the DLQ.
 FETCH_IDS = """
-SELECT {id}, {text_columns}, updated_at
+SELECT {id}, {text_columns}, updated_at, statement_timestamp()
 FROM {table}
 WHERE {id} = ANY(%(ids)s) AND {eligible} IS TRUE
 ORDER BY {id}
@@ -175,12 +177,12 @@ class PostgresCatalog:
         params = {"first_id": first_id, "last_id": last_id}
         with translate_errors(f"reading ids {first_id}..{last_id}"):
             rows = self._db.connection().execute(self._query(FETCH_RANGE), params).fetchall()
-        return _parse_rows(rows)
+        return _parse_snapshot(rows)
 
     def fetch_ids(self, ids: Sequence[int]) -> Fetched:
         with translate_errors(f"reading {len(ids)} ids"):
             rows = self._db.connection().execute(self._query(FETCH_IDS), {"ids": list(ids)}).fetchall()
-        return _parse_rows(rows)
+        return _parse_snapshot(rows)
 
     def iter_eligible(self, page_size: int = 5000) -> Iterator[Fetched]:
         """Every eligible row, a page at a time, streamed rather than loaded at once."""
@@ -216,23 +218,29 @@ class PostgresCatalog:
         return int(row[0]) if row else 0
 
 
-def _parse_rows(rows: Sequence[tuple[Any, ...]]) -> Fetched:
+def _parse_snapshot(rows: Sequence[tuple[Any, ...]]) -> Fetched:
+    """Rows whose last column is the statement's snapshot time, which every drug then carries."""
+    read_at = rows[0][-1] if rows else None
+    return _parse_rows([row[:-1] for row in rows], read_at)
+
+
+def _parse_rows(rows: Sequence[tuple[Any, ...]], read_at: datetime | None = None) -> Fetched:
     """Valid rows become Drugs; a broken row becomes a RowFailure naming its id, not an exception."""
     drugs: list[Drug] = []
     broken: list[RowFailure] = []
     for row in rows:
         try:
-            drugs.append(drug_from_row(row))
+            drugs.append(drug_from_row(row, read_at))
         except RowError as error:
             broken.append(RowFailure(error.drug_id, "RowError", str(error)))
     return Fetched(drugs, broken)
 
 
-def drug_from_row(row: tuple[Any, ...]) -> Drug:
+def drug_from_row(row: tuple[Any, ...], read_at: datetime | None = None) -> Drug:
     drug_id, *texts, updated_at = row
     fields = dict(zip(TEXT_FIELDS, texts, strict=True))
     try:
-        return Drug(id=drug_id, updated_at=updated_at, **fields)
+        return Drug(id=drug_id, updated_at=updated_at, read_at=read_at, **fields)
     except ValidationError as error:
         raise RowError(drug_id, validation_problems(error)) from error
 

@@ -43,10 +43,11 @@ def judge_eviction_policy(policy: str, allow_eviction: bool) -> str | None:
 # Replies that say the server cannot serve anyone right now, whatever the key or document: a
 # failover (READONLY, MASTERDOWN), memory (OOM), a cluster resharding (MOVED, ASK, TRYAGAIN,
 # CLUSTERDOWN), a restart (LOADING), a slow script (BUSY), persistence or replica trouble
-# (MISCONF, NOREPLICAS). https://redis.io/docs/latest/develop/reference/protocol-spec/#simple-errors
+# (MISCONF, NOREPLICAS), a user's permissions (NOPERM: no row is at fault; the range waits for
+# the grant). https://redis.io/docs/latest/develop/reference/protocol-spec/#simple-errors
 SERVER_WIDE_CODES = frozenset(
     {"READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "BUSY", "MASTERDOWN", "MOVED", "ASK",
-     "MISCONF", "NOREPLICAS"}
+     "MISCONF", "NOREPLICAS", "NOPERM"}
 )  # fmt: skip
 # redis-py turns some codes into classes and strips the code from the message (keeping it in
 # status_code since 8.x); BusyLoadingError is a ConnectionError, MasterDownError a ClusterDownError,
@@ -59,6 +60,7 @@ SERVER_WIDE_CLASSES: tuple[type[Exception], ...] = (
     redis_errors.TryAgainError,
     redis_errors.ClusterDownError,
     redis_errors.AskError,
+    redis_errors.NoPermissionError,
 )
 
 

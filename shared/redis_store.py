@@ -112,6 +112,7 @@ class RedisDocumentStore:
             warning = self.check_durability()
             if warning:
                 logger.warning(warning)
+            self._load_script()
             if self.index_info() is None:
                 self._create_index(dimension)
             # Compared even after creating: another process may have won the race with its own.
@@ -122,6 +123,17 @@ class RedisDocumentStore:
                 f" Drop it with `FT.DROPINDEX {self.index_name}` (its documents are kept) or choose"
                 " another DRUGSYNC_INDEX_NAME"
             )
+
+    def _load_script(self) -> None:
+        """Load the newest-wins script now: a user who may not run scripts is refused before any write."""
+        try:
+            _execute(self._client, "SCRIPT", "LOAD", NEWEST_WINS_SCRIPT)
+        except redis_errors.NoPermissionError as error:
+            raise ConfigError(
+                "the Redis user may not run scripts (NOPERM): drugsync writes each document through a"
+                " small Lua script so that the newest version wins; grant it +@scripting"
+                " (EVALSHA, EVAL, SCRIPT LOAD)"
+            ) from error
 
     def eviction_policy(self) -> str:
         """maxmemory-policy from INFO memory: CONFIG GET is disabled on ElastiCache and MemoryDB."""

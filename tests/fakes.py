@@ -1,7 +1,7 @@
 """In-memory fakes of the ports, type-checked against the same Protocols as the adapters."""
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -41,6 +41,8 @@ def make_drug(drug_id: int, name: str = "Amoxicillin 500 mg capsule", **fields: 
 
 
 class FakeCatalog:
+    """The source table; like Postgres, each read stamps its drugs with the time of its snapshot."""
+
     def __init__(
         self, drugs: Sequence[Drug], eligible: set[int] | None = None, broken: Mapping[int, str] | None = None
     ) -> None:
@@ -48,12 +50,15 @@ class FakeCatalog:
         self.eligible = eligible if eligible is not None else set(self.drugs)
         self.broken = dict(broken or {})
         self.fetches: list[tuple[int, int]] = []
+        self.snapshots = 0
 
     def _eligible_ids(self) -> list[int]:
         return sorted(i for i in self.drugs if i in self.eligible)
 
     def _fetched(self, ids: Sequence[int]) -> Fetched:
-        good = [self.drugs[i] for i in ids if i not in self.broken]
+        self.snapshots += 1
+        read_at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=self.snapshots)
+        good = [self.drugs[i].model_copy(update={"read_at": read_at}) for i in ids if i not in self.broken]
         bad = [RowFailure(i, "RowError", f"drug id {i}: {self.broken[i]}") for i in ids if i in self.broken]
         return Fetched(good, bad)
 

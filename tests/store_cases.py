@@ -53,7 +53,7 @@ NEWEST_WINS = [
 
 
 def stored_document(case: Case, build: Any) -> dict[str, Any]:
-    """The document already stored for a case, built by `build(name, updated_at)`."""
+    """The document already stored for a case, built by `build(name, read_at)`."""
     document: dict[str, Any]
     if case.stored == ABSENT:
         document = build("stored", T)

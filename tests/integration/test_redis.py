@@ -4,6 +4,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -127,6 +128,10 @@ FOREIGN_INDEXES = {
     "a field we do not make": (
         ["ON", "JSON", "PREFIX", "1", "{prefix}", "SCHEMA", *_ours(), "$.owner", "AS", "owner", "TAG"],
         "a field $.owner we do not make",
+    ),
+    "a FILTER": (
+        ["ON", "JSON", "PREFIX", "1", "{prefix}", "FILTER", "@id < 0", "SCHEMA", *_ours()],
+        "indexes only documents matching FILTER '@id < 0'",
     ),
 }  # fmt: skip
 
@@ -254,8 +259,8 @@ def test_the_newest_version_wins_on_the_server_whatever_order_writes_arrive_in(t
     store = build_store(test_env.settings)
 
     def build(drug_id: int) -> Any:
-        return lambda name, updated_at: build_document(
-            make_drug(drug_id, name=name, updated_at=updated_at), unit_vector(8), "e1"
+        return lambda name, read_at: build_document(
+            make_drug(drug_id, name=name, read_at=read_at), unit_vector(8), "e1"
         )
 
     cases = dict(enumerate(NEWEST_WINS, start=1))
@@ -277,9 +282,11 @@ def test_a_skipped_stale_write_leaves_the_newer_document_indexed_and_found(test_
     embedder = HashingEmbedder(128, batch_size=100)
     store.ensure_index(128)
     newer = [
-        make_drug(i, name=f"Lisinopril {i} mg tablet", updated_at=datetime(2026, 6, 1)) for i in range(1, 51)
+        make_drug(i, name=f"Lisinopril {i} mg tablet", read_at=datetime(2026, 6, 1)) for i in range(1, 51)
     ]
-    older = [make_drug(i, name=f"Amoxicillin {i} mg capsule") for i in range(1, 51)]
+    older = [
+        make_drug(i, name=f"Amoxicillin {i} mg capsule", read_at=datetime(2026, 1, 1)) for i in range(1, 51)
+    ]
     write_drugs(newer, embedder, store)
 
     vectors = embedder.embed_texts([build_embedding_text(drug) for drug in older])
@@ -350,3 +357,21 @@ def test_a_read_only_server_fails_writes_as_retryable_and_reconnects(test_env: I
     assert _stored(client, store, 1)["name"] == "Amoxicillin 500 mg capsule"
     assert store.write_documents(_written(store, range(1, 21))).failures == []
     assert store.count_documents() == 20
+
+
+def test_a_redis_user_who_may_not_run_scripts_is_refused_before_any_write(test_env: Isolated) -> None:
+    # GIVEN an ACL user with every command but scripting (EVALSHA is how drugsync writes)
+    admin = _server(test_env)
+    user = f"noscripts{uuid.uuid4().hex[:8]}"
+    admin.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", "-@scripting")  # type: ignore[no-untyped-call]
+    try:
+        port = admin.connection_pool.connection_kwargs["port"]
+        store = RedisDocumentStore(connect_redis(f"redis://{user}:pw@127.0.0.1:{port}/0"), "nos:", "idx:nos")
+
+        with pytest.raises(ConfigError, match=r"\+@scripting"):
+            store.ensure_index(128)
+        # and a write tried anyway fails as the server refusing (retried, deferred), not as a bad row
+        with pytest.raises(UnavailableError, match="NoPermissionError"):
+            store.write_documents([(1, build_document(make_drug(1), unit_vector(128), "e1"))])
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]

@@ -75,15 +75,21 @@ def test_an_eviction_policy_that_may_drop_documents_is_refused_or_warned_about(
     assert (judge_eviction_policy(policy, allow_eviction=True) is not None) is warned
 
 
-def test_a_drug_without_updated_at_gets_a_document_without_a_version() -> None:
-    document = build_document(make_drug(1, updated_at=None), unit_vector(8), "e1")
+def test_a_drug_read_without_a_snapshot_time_gets_a_document_without_a_version() -> None:
+    document = build_document(make_drug(1, updated_at=None, read_at=None), unit_vector(8), "e1")
     assert (document["updated_at"], document["version"]) == (None, None)
+
+
+def test_the_version_is_the_snapshot_time_not_updated_at() -> None:
+    read = datetime(2026, 3, 1, tzinfo=UTC)
+    restored = make_drug(1, updated_at=datetime(2020, 1, 1, tzinfo=UTC), read_at=read)  # moved backwards
+    assert build_document(restored, unit_vector(8), "e1")["version"] == document_version(read)
 
 
 @pytest.mark.parametrize("case", NEWEST_WINS, ids=lambda case: case.name)
 def test_the_fake_store_keeps_the_newest_version(case: Case) -> None:
-    def build(name: str, updated_at: datetime | None) -> dict[str, Any]:
-        return build_document(make_drug(1, name=name, updated_at=updated_at), unit_vector(8), "e1")
+    def build(name: str, read_at: datetime | None) -> dict[str, Any]:
+        return build_document(make_drug(1, name=name, read_at=read_at), unit_vector(8), "e1")
 
     store = FakeStore()
     store.write_documents([(1, stored_document(case, build))])

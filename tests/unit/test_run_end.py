@@ -227,3 +227,19 @@ def test_one_sweep_is_sent_however_often_the_run_is_found_with_every_range_done(
     world.run()  # and another
 
     assert [type(parse_message(body)) for body in world.work_queue.bodies] == [SweepMessage]
+
+
+def test_a_drug_written_back_after_the_sweep_is_not_lost_when_the_write_fails_for_a_while() -> None:
+    # GIVEN drug 6 qualifies again just after the sweep deleted it, and the embedder is throttled then
+    world, _ = announcing_world(count=10)
+    drugs = [make_drug(i, name=f"Drug {i} 10 mg tablet") for i in range(1, 11)]
+    world.catalog = world.env.catalog = FlippingCatalog(drugs, flips=6)
+    world.env.retry.budget_seconds = 0
+    world.run()
+    sweep = parse_message(world.work_queue.bodies[-1])
+    world.embedder.unavailable_calls = 1  # the write-back meets throttling
+
+    world.drain(seconds=1000, first=sweep)  # the sweep, then whatever it queued
+
+    assert 6 in world.store.documents
+    assert world.state() == "complete"

@@ -316,7 +316,7 @@ def test_a_newer_version_already_in_redis_is_kept_and_the_skip_is_counted() -> N
     # GIVEN drug 5 was rewritten meanwhile: Redis holds a version newer than this run read
     world = World(count=10)
     world.env.telemetry = telemetry = RecordingTelemetry()
-    newer = make_drug(5, name="Renamed 10 mg tablet", updated_at=datetime(2026, 6, 1, tzinfo=UTC))
+    newer = make_drug(5, name="Renamed 10 mg tablet", read_at=datetime(2026, 6, 1, tzinfo=UTC))
     world.store.write_documents([(5, build_document(newer, unit_vector(32), world.embedder.name))])
 
     outcome = world.run()
