@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from console import local_stack
 from console.capacity import SAMPLE_SIZE, make_plan, measure, render_plan
-from console.dead_letters import group_by_cause, list_dead_letters, redrive, render_groups
+from console.dead_letters import dead_lettered_ids, group_by_cause, list_dead_letters, redrive, render_groups
 from console.demo import render_search, run_demo, search
 from console.event_source import EventSourceConfig, LocalEventSource
 from console.seed import seed_drugs, synthetic_sample
@@ -188,6 +188,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     found = services()
     report = verify(found.catalog, found.store, found.embedder.name)
     if args.repair and not report.clean:
+        waiting = (
+            dead_lettered_ids(list_dead_letters(found.sqs_client(), found.dead_letter.queue_url))
+            if found.dead_letter is not None
+            else set()
+        )
         report.repair = repair(
             report,
             found.store,
@@ -195,6 +200,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             found.queue,
             found.embedder.dimension,
             found.settings.range_size,
+            waiting,
         )
     print(json.dumps(report.to_json(), indent=2) if args.json else render_report(report))
     return 0 if report.clean else 1

@@ -131,6 +131,19 @@ def list_dead_letters(sqs: Any, dlq_url: str) -> list[DeadLetter]:
     return list(letters.values())
 
 
+def dead_lettered_ids(letters: list[DeadLetter]) -> set[int]:
+    """The drugs named by the rows messages in the DLQ: failing now, waiting for a fix and a redrive."""
+    ids: set[int] = set()
+    for letter in letters:
+        try:
+            message = parse_message(letter.body)
+        except InvalidMessage:
+            continue
+        if isinstance(message, RowsMessage):
+            ids.update(message.ids)
+    return ids
+
+
 def group_by_cause(letters: list[DeadLetter]) -> list[dict[str, Any]]:
     """One entry per (error class, reason), with the drugs and messages behind it."""
     groups: dict[tuple[str, str], list[DeadLetter]] = {}

@@ -109,17 +109,16 @@ def repair(
     queue: WorkQueue,
     embedding_dim: int,
     range_size: int,
+    waiting: set[int],
 ) -> dict[str, Any]:
     """Start a run of the fewest ranges that fix missing and stale drugs; its sweep removes extras.
 
     Nothing is deleted here: what verify saw as extra may qualify by now (inserted, or made
     eligible, and written by a running sync). The run's sweep checks each document against
     Postgres at delete time, and checks again after, so no qualifying drug is removed.
+    Drugs `waiting` in the DLQ (rows messages there) wait for a fix and a redrive; syncing them
+    again would only add another failure and another DLQ copy of each.
     """
-    # Rows already failing wait in the DLQ for a fix and a redrive; syncing them again would only
-    # add another failure and another DLQ copy of each.
-    ledger.ensure_schema()
-    waiting = set(ledger.failing_ids())
     dirty = sorted((set(report.drift.missing) | set(report.drift.stale)) - waiting)
     ranges = covering_ranges(dirty, report.eligible_ids, range_size)
     run_id = enqueue_run(

@@ -144,17 +144,22 @@ def sweep(message: SweepMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
         raise InvalidMessage(f"unknown run {message.run_id}")
     if progress.swept_at is not None:
         return Outcome(0)  # a duplicate sweep: the first one finished the job
-    cursor, removed, page_seconds = message.cursor, 0, 0.0
+    cursor, server, removed, page_seconds = message.cursor, message.server, 0, 0.0
     while True:
         if page_seconds and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds:
-            rest = message.model_copy(update={"cursor": cursor, "continuations": message.continuations + 1})
+            rest = message.model_copy(
+                update={"cursor": cursor, "server": server, "continuations": message.continuations + 1}
+            )
             retried(env, deadline, partial(env.work_queue.send_messages, [rest.model_dump_json()]))
             return Outcome(0, documents_removed=removed, continued_at=cursor)
         began = env.clock()
+        now_serving = retried(env, deadline, env.store.server_id)
+        if now_serving != server:  # a new walk, or the server restarted or failed over mid-walk
+            cursor, server = 0, now_serving
         cursor, ids = retried(env, deadline, partial(env.store.scan_ids, cursor, env.sweep_page_size))
         removed += remove_unqualified(message.run_id, ids, env, deadline)
         page_seconds = max(env.clock() - began, 1e-6)
-        if cursor == 0:
+        if cursor == 0 and retried(env, deadline, env.store.server_id) == server:
             break
     retried(env, deadline, lambda: env.ledger.mark_swept(message.run_id))
     return Outcome(0, documents_removed=removed)

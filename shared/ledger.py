@@ -175,9 +175,6 @@ SELECT first_id, last_id, expected_count FROM drugsync_ranges
 WHERE run_id = %(run_id)s AND done_at IS NULL ORDER BY first_id
 """
 
-# Drugs with a failure still open in any run: they wait in the DLQ for a fix and a redrive.
-FAILING_IDS = "SELECT DISTINCT drug_id FROM drugsync_failures WHERE resolved_at IS NULL ORDER BY drug_id"
-
 LATEST_RUN = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT 1"
 
 RECENT_RUNS = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT %(limit)s"
@@ -319,11 +316,6 @@ class PostgresLedger:
         with translate_errors("reading failed rows"):
             rows = self._db.connection().execute(OPEN_FAILURES, {"run_id": run_id}).fetchall()
         return [RowFailure(int(drug_id), error_class, error) for drug_id, error_class, error in rows]
-
-    def failing_ids(self) -> list[int]:
-        with translate_errors("reading failing drugs"):
-            rows = self._db.connection().execute(FAILING_IDS).fetchall()
-        return [int(row[0]) for row in rows]
 
     def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int:
         params = {"run_id": run_id, "first_id": first_id, "last_id": last_id}

@@ -159,7 +159,9 @@ class SweepMessage(BaseModel):
     """Remove the documents of drugs that no longer qualify: the last stage of every run.
 
     Walks the key prefix with SCAN from `cursor` (a Redis SCAN cursor, an unsigned 64-bit number);
-    a sweep that runs short of time continues itself from the cursor it reached.
+    a sweep that runs short of time continues itself from the cursor it reached. A cursor means
+    something only to the server process that gave it (`server`, its run id): after a restart or
+    a failover the walk starts again from 0.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -168,6 +170,7 @@ class SweepMessage(BaseModel):
     kind: Literal["sweep"] = "sweep"
     run_id: UUID
     cursor: int = Field(0, ge=0, le=2**64 - 1)
+    server: str | None = Field(None, max_length=100)
     continuations: int = Field(0, ge=0, le=1_000_000)
 
 

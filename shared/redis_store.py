@@ -278,6 +278,10 @@ class RedisDocumentStore:
         drug_id = int(suffix)
         return drug_id if BIGINT_MIN <= drug_id <= BIGINT_MAX else None
 
+    def server_id(self) -> str:
+        with translate_errors("identifying the server", self._client):
+            return str(self._client.info("server").get("run_id", ""))
+
     def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
         """One SCAN step over the prefix; SCAN returns every key present from start to end of a walk."""
         with translate_errors("scanning documents", self._client):

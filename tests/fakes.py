@@ -225,9 +225,6 @@ class FakeLedger:
             if run == run_id and (run, i) not in self.resolved
         ]
 
-    def failing_ids(self) -> list[int]:
-        return sorted({i for (run, i) in self.failures if (run, i) not in self.resolved})
-
     def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int:
         return sum(first_id <= f.drug_id <= last_id for f in self.open_failures(run_id))
 
@@ -239,6 +236,7 @@ class FakeStore:
         self.write_calls = 0
         self._rejects = rejects
         self._cursors: dict[int, int] = {}
+        self.server = "server-1"
 
     def ensure_index(self, dimension: int) -> None:
         self.index_dimension = dimension
@@ -260,6 +258,8 @@ class FakeStore:
 
     def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
         """A SCAN walk in id order behind opaque cursors; 0 starts a walk and ends one."""
+        if cursor and cursor not in self._cursors:
+            return 0, []  # a cursor of another server process: the walk silently ends, keys unseen
         after = self._cursors[cursor] if cursor else None
         ids = sorted(i for i in self.documents if after is None or i > after)
         page = ids[:count]
@@ -267,6 +267,14 @@ class FakeStore:
             return 0, page
         self._cursors[len(self._cursors) + 1] = page[-1]
         return len(self._cursors), page
+
+    def server_id(self) -> str:
+        """A restart is a new server: its cursors are not the old one's."""
+        return self.server
+
+    def restart(self) -> None:
+        self.server = f"server-{len(self._cursors) + 2}"
+        self._cursors.clear()
 
     def delete_documents(self, drug_ids: Sequence[int]) -> int:
         removed = [i for i in drug_ids if self.documents.pop(i, None) is not None]

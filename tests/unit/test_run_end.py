@@ -243,3 +243,22 @@ def test_a_drug_written_back_after_the_sweep_is_not_lost_when_the_write_fails_fo
 
     assert 6 in world.store.documents
     assert world.state() == "complete"
+
+
+def test_a_sweep_continued_on_a_restarted_server_walks_again_from_the_start() -> None:
+    world, _ = announcing_world(count=10)
+    world.env.sweep_page_size = 2
+    for stale in (20, 30, 40, 50, 60):
+        world.store.documents[stale] = stale_document(stale)
+    world.run()
+    sweep = parse_message(world.work_queue.bodies[-1])
+    world.run(sweep, seconds=1.0)  # one page, then a continuation carrying its cursor
+    continuation = parse_message(world.work_queue.bodies[-1])
+    assert isinstance(continuation, SweepMessage)
+    assert continuation.cursor != 0
+
+    world.store.restart()  # a failover: the cursor means nothing to the new primary
+    world.drain(seconds=1000, first=continuation)
+
+    assert sorted(world.store.documents) == list(range(1, 11))
+    assert world.state() == "complete"

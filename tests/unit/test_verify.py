@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from console.dead_letters import DeadLetter, dead_lettered_ids
 from console.verify import VerifyReport, covering_ranges, repair
 from shared.drift import Drift, compare_fingerprints
-from shared.models import PlannedRange, RangeMessage, RowFailure
+from shared.models import RangeMessage, RowsMessage
 from tests.fakes import FakeLedger, FakeQueue, FakeStore
 
 
@@ -62,15 +63,18 @@ def test_repair_leaves_drugs_already_failing_to_the_dlq_and_deletes_nothing_itse
     # GIVEN drug 5 failed in an earlier run and waits in the DLQ; 3 and 8 are missing; 9 is extra
     ledger, queue, store = FakeLedger(), FakeQueue(), FakeStore()
     earlier = uuid.uuid4()
-    ledger.start_run(earlier, 10, None, [PlannedRange(1, 10, 10)])
-    ledger.record_failures(earlier, [RowFailure(5, "RowError", "drug id 5: ndc: empty")])
+    in_dlq = [
+        _letter(RowsMessage(run_id=earlier, ids=[5], error_class="RowError", error="ndc").model_dump_json()),
+        _letter(RangeMessage(run_id=earlier, first_id=1, last_id=2, expected_count=1).model_dump_json()),
+        _letter("{not json"),
+    ]
     store.documents[9] = {"id": 9}
     report = VerifyReport(
         drift=Drift(missing=[3, 5, 8], extra=[9], stale=[]), eligible_ids=list(range(1, 9)),
         postgres_eligible=8, redis_documents=6, index_documents=6, index_failures=0, seconds=0.1,
     )  # fmt: skip
 
-    repaired = repair(report, store, ledger, queue, embedding_dim=32, range_size=2)
+    repaired = repair(report, store, ledger, queue, 32, 2, dead_lettered_ids(in_dlq))
 
     synced = [RangeMessage.model_validate_json(body) for body in queue.bodies]
     assert [(m.first_id, m.last_id) for m in synced] == [(3, 3), (8, 8)]  # not 5
@@ -80,3 +84,7 @@ def test_repair_leaves_drugs_already_failing_to_the_dlq_and_deletes_nothing_itse
         1,
     )
     assert 9 in store.documents  # the run's sweep removes it, after checking Postgres again
+
+
+def _letter(body: str) -> DeadLetter:
+    return DeadLetter("m", "r", body, "RowError", "reason", 1, 0.0)
