@@ -314,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     redrive_parser.add_argument(
         "--split",
         type=_positive,
-        default=MAX_ROWS_PER_MESSAGE,
-        help="at most N ids per redriven rows message",
+        help=f"at most N (<= {MAX_ROWS_PER_MESSAGE}) ids per redriven rows message, splitting any rows"
+        " message, too big ones included (moves through the mover, not SQS's move task)",
     )
     redrive_parser.add_argument("--json", action="store_true")
     redrive_parser.set_defaults(handler=cmd_redrive)

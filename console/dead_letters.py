@@ -239,10 +239,13 @@ def redrive(
     work_url: str,
     dry_run: bool = False,
     max_messages: int | None = None,
-    rows_per_message: int = MAX_ROWS_PER_MESSAGE,
+    rows_per_message: int | None = None,
     native_client: Any = None,
 ) -> RedriveReport:
     """Move dead letters back: SQS's own move task where it exists, else a mover that loses nothing.
+
+    With `rows_per_message` (`--split`) or `max_messages` the mover is used, since the native task
+    moves messages as they are: only the mover splits a rows message, too big ones included.
 
     `native_client` makes the StartMessageMoveTask call (default: a client of the same endpoint
     that does not retry, so an endpoint without the API is given up on at once).
@@ -251,12 +254,12 @@ def redrive(
         letters = list_dead_letters(sqs, dlq_url)[:max_messages]
         return RedriveReport("dry-run", moved=len(letters), dry_run=True, ids=[x.ids for x in letters])
     native_unavailable = None
-    if max_messages is None and rows_per_message >= MAX_ROWS_PER_MESSAGE:
+    if max_messages is None and rows_per_message is None:
         try:
             return _native_move(sqs, native_client or _client_without_retries(sqs), dlq_url, work_url)
         except (ClientError, BotoCoreError) as error:
             native_unavailable = str(error)
-    report = _move(sqs, dlq_url, work_url, max_messages, rows_per_message)
+    report = _move(sqs, dlq_url, work_url, max_messages, rows_per_message or MAX_ROWS_PER_MESSAGE)
     report.native_unavailable = native_unavailable
     return report
 

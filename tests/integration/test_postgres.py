@@ -213,6 +213,36 @@ def test_a_sweep_claim_is_held_once_and_lapses_for_a_holder_that_died(db: Databa
     assert ledger.claim_sweep(run_id, lease_seconds=0) is False  # swept: nothing to send
 
 
+def test_a_run_finishes_only_after_its_ranges_and_its_sweep(db: Database) -> None:
+    ledger, run_id = started_run(db, [PlannedRange(1, 10, 10), PlannedRange(11, 20, 10)])
+    ledger.mark_range_done(run_id, 1, 10)
+    ledger.mark_swept(run_id)  # a sweep cannot count while a range is open
+    assert ledger.finish_run(run_id) is False
+    ledger.mark_range_done(run_id, 11, 10)
+    assert ledger.finish_run(run_id) is False  # every range done, but not swept
+    ledger.mark_swept(run_id)
+    assert ledger.finish_run(run_id) is True
+    assert ledger.finish_run(run_id) is False
+
+
+def test_an_announcement_claim_is_held_once_lapses_is_released_and_ends_with_the_announcement(
+    db: Database,
+) -> None:
+    ledger, run_id = started_run(db, [PlannedRange(1, 10, 10)])
+    assert ledger.claim_announcement(run_id, lease_seconds=60) is False  # not finished yet
+    ledger.mark_range_done(run_id, 1, 10)
+    ledger.mark_swept(run_id)
+    ledger.finish_run(run_id)
+
+    assert ledger.claim_announcement(run_id, lease_seconds=60) is True
+    assert ledger.claim_announcement(run_id, lease_seconds=60) is False  # held
+    assert ledger.claim_announcement(run_id, lease_seconds=0) is True  # lapsed: its holder died
+    ledger.release_announcement(run_id)  # the announcement failed
+    assert ledger.claim_announcement(run_id, lease_seconds=60) is True
+    ledger.mark_announced(run_id)
+    assert ledger.claim_announcement(run_id, lease_seconds=0) is False  # announced: never again
+
+
 def test_the_ledger_schema_check_takes_no_lock_once_current(db: Database, test_env: Isolated) -> None:
     url = test_env.env["DATABASE_URL"]
     PostgresLedger(db).ensure_schema()

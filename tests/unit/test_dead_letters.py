@@ -180,6 +180,21 @@ def test_where_sqs_has_the_native_move_task_it_is_used() -> None:
     assert (report.method, report.task_handle) == ("StartMessageMoveTask", "task-1")
 
 
+def test_split_moves_through_the_mover_even_where_sqs_has_the_move_task(queues) -> None:
+    # GIVEN an oversized rows message in the DLQ, on an endpoint whose native move task would work
+    sqs, dlq, work = queues
+    _dead(sqs, dlq, _oversized_rows(1500), "InvalidMessage", "too big")
+
+    class MoveTask:
+        def start_message_move_task(self, **kwargs):
+            raise AssertionError("the native task moves messages as they are: it cannot split")
+
+    report = redrive(sqs, dlq, work, rows_per_message=MAX_ROWS_PER_MESSAGE, native_client=MoveTask())
+
+    assert report.method == "receive-send-delete"
+    assert all(isinstance(parse_message(body), RowsMessage) for body in _drain(sqs, work))
+
+
 def test_without_the_native_api_the_mover_takes_over(queues) -> None:
     from botocore.exceptions import ClientError
 
