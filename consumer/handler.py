@@ -113,10 +113,12 @@ def build_consumer(settings: Settings) -> Consumer:
     embedder = build_embedder(settings)
     store = build_store(settings)
     store.ensure_index(embedder.dimension)
+    ledger = build_ledger(db)
+    ledger.ensure_schema()  # messages of runs in flight during an upgrade meet the columns they need
     return Consumer(
         settings=settings,
         catalog=build_catalog(settings, db),
-        ledger=build_ledger(db),
+        ledger=ledger,
         store=store,
         embedder=embedder,
         work_queue=build_queue(settings.queue_url, "QUEUE_URL"),

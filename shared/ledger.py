@@ -39,6 +39,11 @@ ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS swept_at timestamptz;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS documents_removed bigint NOT NULL DEFAULT 0;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS announce_claimed_at timestamptz;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS announced_at timestamptz;
+-- Runs that v1 finished had been enqueued, and were announced as they finished: never again.
+UPDATE drugsync_runs
+SET enqueued_at = coalesce(enqueued_at, started_at), swept_at = coalesce(swept_at, finished_at),
+    announced_at = coalesce(announced_at, finished_at)
+WHERE finished_at IS NOT NULL AND announced_at IS NULL;
 CREATE TABLE IF NOT EXISTS drugsync_ranges (
     run_id         uuid NOT NULL REFERENCES drugsync_runs ON DELETE CASCADE,
     first_id       bigint NOT NULL,

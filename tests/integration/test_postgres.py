@@ -243,6 +243,49 @@ def test_an_announcement_claim_is_held_once_lapses_is_released_and_ends_with_the
     assert ledger.claim_announcement(run_id, lease_seconds=0) is False  # announced: never again
 
 
+V1_LEDGER = """
+CREATE TABLE drugsync_runs (run_id uuid PRIMARY KEY, started_at timestamptz NOT NULL DEFAULT now(),
+    range_size integer NOT NULL, max_drugs bigint, eligible_drugs bigint NOT NULL,
+    total_ranges integer NOT NULL, finished_at timestamptz);
+CREATE TABLE drugsync_ranges (run_id uuid NOT NULL REFERENCES drugsync_runs ON DELETE CASCADE,
+    first_id bigint NOT NULL, last_id bigint NOT NULL, expected_count integer NOT NULL,
+    drugs_written integer, done_at timestamptz, PRIMARY KEY (run_id, first_id));
+"""
+
+
+def test_a_ledger_of_the_first_version_is_migrated_and_its_finished_runs_stay_announced(
+    conn: psycopg.Connection, test_env: Isolated
+) -> None:
+    # GIVEN a ledger as v1 left it, in a schema of its own: one run finished, one running
+    schema = f"legacy_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+    conn.execute(V1_LEDGER)
+    done, running = uuid.uuid4(), uuid.uuid4()
+    conn.execute("INSERT INTO drugsync_runs VALUES (%s, now(), 10, NULL, 10, 1, now())", [done])
+    conn.execute("INSERT INTO drugsync_ranges VALUES (%s, 1, 10, 10, 10, now())", [done])
+    conn.execute("INSERT INTO drugsync_runs VALUES (%s, now(), 10, NULL, 10, 1, NULL)", [running])
+    conn.execute("INSERT INTO drugsync_ranges VALUES (%s, 1, 10, 10, NULL, NULL)", [running])
+    url = f"{test_env.env['DATABASE_URL']}&options=-csearch_path%3D{schema}"
+    legacy = Database(url)
+    try:
+        ledger = PostgresLedger(legacy)
+
+        ledger.ensure_schema()
+
+        finished, unfinished = ledger.progress(done), ledger.progress(running)
+        assert finished is not None
+        assert unfinished is not None
+        assert (finished.state, unfinished.state) == ("complete", "running")
+        assert ledger.claim_announcement(done, lease_seconds=0) is False  # announced by v1
+        assert ledger.mark_range_done(running, 1, 10) is True
+        assert ledger.claim_sweep(running, lease_seconds=60) is True  # the running one goes on in v2
+    finally:
+        legacy.close()
+        conn.execute("RESET search_path")
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
 def test_the_ledger_schema_check_takes_no_lock_once_current(db: Database, test_env: Isolated) -> None:
     url = test_env.env["DATABASE_URL"]
     PostgresLedger(db).ensure_schema()
