@@ -81,6 +81,11 @@ WHERE {id} BETWEEN %(first_id)s AND %(last_id)s AND {eligible} IS TRUE
 def connect(url: str) -> psycopg.Connection[Any]:
     """An autocommit connection; a failure to connect is worth retrying and never shows the password."""
     remember_secrets(url)
+    if _raw_at_in_password(url):
+        raise ConfigError(
+            "the database URL's password holds a raw '@', which libpq reads as the end of the"
+            " password (and the rest as the host): percent-encode it as %40"
+        )
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="drugsync")
     except psycopg.ProgrammingError as error:
@@ -91,6 +96,14 @@ def connect(url: str) -> psycopg.Connection[Any]:
         where = redact_url(url)
         message, cause = _without_secrets(f"cannot connect to PostgreSQL at {where}: {error}", error)
         raise UnavailableError(message) from cause
+
+
+def _raw_at_in_password(url: str) -> bool:
+    """A postgresql:// URL with more than one '@' before its path: libpq splits at the first one."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in ("postgres", "postgresql"):
+        return False
+    return rest.split("/", 1)[0].split("?", 1)[0].count("@") > 1
 
 
 _LIBPQ_LITERAL = '"="'  # what libpq quotes of its own ('missing "=" after ...')

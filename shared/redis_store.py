@@ -18,6 +18,7 @@ from shared.errors import ConfigError
 from shared.index_schema import VECTOR_FIELD, VECTOR_PATH, index_differences, pairs_to_dict, schema_arguments
 from shared.models import BIGINT_MAX, BIGINT_MIN, RowFailure
 from shared.ports import Vectors, WriteResult
+from shared.redact import remember_secrets
 from shared.redis_errors import judge_eviction_policy, raise_server_wide, translate_errors
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,21 @@ class SearchHit:
 
 
 def connect_redis(url: str) -> redis.Redis:
-    """A client speaking RESP2: redis-py 8 defaults to RESP3, whose FT.* replies have other shapes."""
-    return redis.Redis.from_url(
-        url, protocol=2, socket_timeout=60, socket_connect_timeout=10, health_check_interval=30
-    )
+    """A client speaking RESP2: redis-py 8 defaults to RESP3, whose FT.* replies have other shapes.
+
+    A URL redis-py cannot parse is refused without its text: a raw '#', '/' or '@' in the password
+    cuts it short, and the parse error would quote the piece that looks like a port.
+    """
+    remember_secrets(url)
+    try:
+        return redis.Redis.from_url(
+            url, protocol=2, socket_timeout=60, socket_connect_timeout=10, health_check_interval=30
+        )
+    except ValueError:
+        raise ConfigError(
+            "REDIS_URL is not a redis:// or rediss:// URL redis-py can read;"
+            " percent-encode special characters in its password (# as %23, / as %2F, @ as %40)"
+        ) from None
 
 
 # Newest wins, atomically per key: write the document unless the stored one has a greater version.

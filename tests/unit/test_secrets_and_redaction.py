@@ -194,3 +194,18 @@ def test_redis_errors_never_show_the_password() -> None:
     with pytest.raises(UnavailableError) as caught:
         store.count_documents()
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_raw_at_in_a_database_password_is_refused_before_libpq_can_quote_a_piece_of_it() -> None:
+    with pytest.raises(ConfigError, match="percent-encode it as %40") as refused:
+        connect("postgresql://u:Sec@ret9@127.0.0.1:1/db")
+    assert "ret9" not in str(refused.value)
+    assert "Sec" not in str(refused.value)
+
+
+@pytest.mark.parametrize("password", ["Pa#ss9w", "Pa/ss9w", "Pa?ss9w"])
+def test_a_redis_url_redis_py_cannot_read_is_refused_without_its_text(password: str) -> None:
+    with pytest.raises(ConfigError, match="REDIS_URL") as refused:
+        connect_redis(f"redis://:{password}@127.0.0.1:6379/0")
+    assert "Pa" not in str(refused.value)
+    assert refused.value.__cause__ is None
