@@ -65,6 +65,11 @@ def advice(run: dict[str, Any]) -> str | None:
     """What an operator should do about a run in this state."""
     if run["state"] == "enqueue_failed":
         return f"its messages were not all sent: `drugsync resume {run['run_id']}` sends what is not done"
+    if run["state"].startswith("complete") and not run["announced"]:
+        return (
+            "finished, but its end is not announced yet (a consumer died announcing it, or SNS"
+            f" failed): `drugsync resume {run['run_id']}` announces it"
+        )
     if run["state"] == "stalled":
         return (
             f"nothing of it is queued or in flight and nothing moved for {STALL_SECONDS // 60} min:"

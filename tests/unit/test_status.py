@@ -51,3 +51,13 @@ def test_an_unfinished_run_with_nothing_queued_and_nothing_moving_is_stalled() -
     finished = _progress(10, 1000, STARTED, finished=STARTED + timedelta(seconds=5))
     assert run_state(finished, QueueDepth(0, 0, 0), quiet) == "complete"
     assert "drugsync resume" in (advice(describe_run(stuck, quiet, QueueDepth(0, 0, 0))) or "")
+
+
+def test_a_finished_run_whose_end_was_not_announced_says_how_to_announce_it() -> None:
+    finished = STARTED + timedelta(seconds=5)
+    run = describe_run(_progress(10, 1000, STARTED, finished=finished), STARTED + timedelta(hours=1))
+    assert run["announced"] is False
+    assert "drugsync resume" in (advice(run) or "")
+    announced = RunProgress(uuid.uuid4(), STARTED, 100, 1000, 10, 10, 1000, STARTED, finished_at=finished,
+                            announced_at=finished)  # fmt: skip
+    assert advice(describe_run(announced, STARTED + timedelta(hours=1))) is None
