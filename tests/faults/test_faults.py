@@ -125,16 +125,22 @@ class Scenario:
         REPORT.append(FaultRow(fault, injected, stats.redeliveries, verdict.lost))
 
 
-@pytest.fixture
-def scenario(stack: StackState, monkeypatch: pytest.MonkeyPatch, sqs) -> Iterator[Scenario]:
+def new_scenario(
+    stack: StackState, monkeypatch: pytest.MonkeyPatch, sqs: Any, visibility_timeout: int, margin: str = "1"
+) -> Scenario:
     env = next(
         isolate(
-            stack, monkeypatch, visibility_timeout=3, max_receive_count=5,
-            DRUGSYNC_EMBED_BATCH_SIZE="50", DRUGSYNC_HANDOFF_MARGIN_SECONDS="1",
+            stack, monkeypatch, visibility_timeout=visibility_timeout, max_receive_count=5,
+            DRUGSYNC_EMBED_BATCH_SIZE="50", DRUGSYNC_HANDOFF_MARGIN_SECONDS=margin,
             DRUGSYNC_RETRY_BUDGET_SECONDS="20",
         )
     )  # fmt: skip
-    built = Scenario(env, sqs)
+    return Scenario(env, sqs)
+
+
+@pytest.fixture
+def scenario(stack: StackState, monkeypatch: pytest.MonkeyPatch, sqs) -> Iterator[Scenario]:
+    built = new_scenario(stack, monkeypatch, sqs, visibility_timeout=3)
     yield built
     built.services.close()
 
@@ -367,12 +373,16 @@ def test_each_kind_of_malformed_message_goes_to_the_dlq_once_with_its_reason(sce
 
 
 def test_a_timeout_far_below_a_range_finishes_by_continuation_without_re_embedding(
-    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+    stack: StackState, monkeypatch: pytest.MonkeyPatch, sqs
 ) -> None:
     # The timeout is at least 1.5 s, and more on a machine slow enough that a first invocation
-    # (connect, check the index) would eat it; each range needs 3 timeouts of embedding at 10 ms a drug.
-    monkeypatch.setenv("DRUGSYNC_HANDOFF_MARGIN_SECONDS", "0.5")
-    timeout = max(1.5, 1.0 + 4 * measured_first_invocation_seconds(scenario))
+    # (connect, check the index) would eat it; each range needs 3 timeouts of embedding at 10 ms a
+    # drug. The queue's visibility timeout is 6 function timeouts, as AWS advises, so a message is
+    # never handed out again while its invocation still runs.
+    probe = new_scenario(stack, monkeypatch, sqs, visibility_timeout=60)
+    timeout = max(1.5, 1.0 + 4 * measured_first_invocation_seconds(probe))
+    probe.services.close()
+    scenario = new_scenario(stack, monkeypatch, sqs, math.ceil(6 * timeout), margin="0.5")
     range_size = math.ceil(3 * timeout / 0.01)
     summary = scenario.services.producer.start(SyncRequest(range_size=range_size))
     scenario.run_id = summary.run_id
@@ -388,6 +398,7 @@ def test_a_timeout_far_below_a_range_finishes_by_continuation_without_re_embeddi
     assert stats.invocations >= 3 * summary.ranges  # each range took several invocations
     assert embedded == scenario.eligible  # no finished row was embedded twice
     _assert_exact(scenario, verdict)
+    scenario.services.close()
 
 
 def measured_first_invocation_seconds(scenario: Scenario) -> float:
