@@ -18,6 +18,7 @@ from shared.embedders import build_embedder
 from shared.errors import InvalidMessage, ThrottledError
 from shared.models import AnyMessage, RowsMessage, SweepMessage, parse_message
 from shared.ports import Catalog, DocumentStore, Embedder, Ledger, RunProgress, WorkQueue
+from shared.postgres import Database
 from shared.retry import RetryPolicy
 from shared.settings import Settings, get_settings
 from shared.telemetry import Notifier
@@ -83,6 +84,12 @@ class Consumer:
     work_queue: WorkQueue
     dead_letters: WorkQueue
     notifier: Notifier | None = None
+    database: Database | None = None
+
+    def close(self) -> None:
+        """Close the database connection (a Lambda container never needs to; a test measuring does)."""
+        if self.database is not None:
+            self.database.close()
 
     def env(self) -> SyncEnv:
         telemetry = MetricsTelemetry()
@@ -124,6 +131,7 @@ def build_consumer(settings: Settings) -> Consumer:
         work_queue=build_queue(settings.queue_url, "QUEUE_URL"),
         dead_letters=build_queue(settings.dlq_url, "DLQ_URL"),
         notifier=SnsNotifier(settings.completion_topic_arn) if settings.completion_topic_arn else None,
+        database=db,
     )
 
 

@@ -407,8 +407,10 @@ def measured_first_invocation_seconds(scenario: Scenario) -> float:
     times = []
     for _ in range(3):
         began = time.monotonic()
-        build_consumer(scenario.env.settings).store.ensure_index(scenario.services.embedder.dimension)
+        consumer = build_consumer(scenario.env.settings)
+        consumer.store.ensure_index(scenario.services.embedder.dimension)
         times.append(time.monotonic() - began)
+        consumer.close()
     return max(times)
 
 

@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -239,7 +239,7 @@ def _stored(client: redis.Redis, store: RedisDocumentStore, drug_id: int) -> dic
 def test_documents_are_json_under_deterministic_keys(test_env: Isolated) -> None:
     client = _server(test_env)
     store = build_store(test_env.settings)
-    drugs = [make_drug(i) for i in (5, 6, 7)]
+    drugs = [make_drug(i, read_at=datetime(2026, 1, 1, tzinfo=UTC)) for i in (5, 6, 7)]
     documents = [(d.id, build_document(d, unit_vector(8), "e1")) for d in drugs]
 
     result = store.write_documents(documents)
@@ -249,7 +249,7 @@ def test_documents_are_json_under_deterministic_keys(test_env: Isolated) -> None
     stored = _stored(client, store, 6)
     assert stored["id"] == 6
     assert stored["fingerprint"] == fingerprint(drugs[1], "e1")
-    assert stored["version"] == 1_767_225_600_000_000  # 2026-01-01 in microseconds
+    assert stored["version"] == 1_767_225_600_000_000  # read at 2026-01-01, in microseconds
     np.testing.assert_allclose(stored["embedding"], unit_vector(8), rtol=1e-6)
     assert store.count_documents() == 3
 
