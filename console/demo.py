@@ -85,7 +85,8 @@ def run_demo(
     stats = LocalEventSource(services.sqs_client(), config).run()
     printer.stop()
     out.write(
-        f"consumers: {stats.invocations} invocations, {stats.succeeded} ranges ok, {stats.failed} failed,"
+        f"consumers: {stats.invocations} invocations, {stats.succeeded} messages ok"
+        f" (ranges, continuations, the sweep), {stats.failed} failed,"
         f" {stats.timeouts} timeouts (logs: {logs})\n"
     )
     counts = gather_counts(services.catalog, services.store)
