@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     redrive_parser.add_argument("--max", type=_positive, help="move at most N messages")
     redrive_parser.add_argument(
         "--split",
-        type=_positive,
+        type=_rows_per_message,
         help=f"at most N (<= {MAX_ROWS_PER_MESSAGE}) ids per redriven rows message, splitting any rows"
         " message, too big ones included (moves through the mover, not SQS's move task)",
     )
@@ -334,6 +334,14 @@ def _run_id(text: str) -> str:
     except ValueError:
         message = f"{text!r} is not a run id (a UUID, as `drugsync runs` lists them)"
         raise argparse.ArgumentTypeError(message) from None
+
+
+def _rows_per_message(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_ROWS_PER_MESSAGE:
+        raise argparse.ArgumentTypeError(f"{value} ids would make a rows message the consumer refuses"
+                                         f" (at most {MAX_ROWS_PER_MESSAGE})")  # fmt: skip
+    return value
 
 
 def _positive(text: str) -> int:

@@ -30,6 +30,7 @@ from shared.models import (
 from shared.ports import Vectors
 
 __all__ = ["Outcome", "SyncEnv", "sync_message"]
+MAX_SWEEP_RESTARTS = 3  # walks begun again in one invocation before the server is called unstable
 
 
 def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
@@ -126,7 +127,8 @@ def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome
         failed += isolate(env, deadline, message.run_id, write_chunk(chunk, env, deadline))
     found = {drug.id for drug in fetched.drugs} | {row.drug_id for row in fetched.broken}
     gone = [drug_id for drug_id in message.ids if drug_id not in found]
-    removed = remove_unqualified(message.run_id, gone, env, deadline)
+    removed, still_failing = remove_unqualified(message.run_id, gone, env, deadline)
+    failed += still_failing
     resolved = sorted(set(message.ids) - set(failed))
     retried(env, deadline, lambda: env.ledger.resolve_failures(message.run_id, resolved))
     written = len(fetched.drugs) - (len(failed) - len(fetched.broken))
@@ -144,7 +146,7 @@ def sweep(message: SweepMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
         raise InvalidMessage(f"unknown run {message.run_id}")
     if progress.swept_at is not None:
         return Outcome(0)  # a duplicate sweep: the first one finished the job
-    cursor, server, removed, page_seconds = message.cursor, message.server, 0, 0.0
+    cursor, server, removed, page_seconds, restarts = message.cursor, message.server, 0, 0.0, 0
     while True:
         if page_seconds and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds:
             rest = message.model_copy(
@@ -154,49 +156,64 @@ def sweep(message: SweepMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
             return Outcome(0, documents_removed=removed, continued_at=cursor)
         began = env.clock()
         now_serving = retried(env, deadline, env.store.server_id)
-        if now_serving != server:  # a new walk, or the server restarted or failed over mid-walk
+        if server is None or _another_server(server, now_serving):  # a new walk, or a restart/failover
+            restarts += server is not None
+            if restarts > MAX_SWEEP_RESTARTS:
+                raise UnavailableError(
+                    f"the Redis server changed {restarts} times during one sweep (run_id {now_serving!r});"
+                    " its SCAN cursors cannot be trusted: the sweep is retried by SQS"
+                )
             cursor, server = 0, now_serving
         cursor, ids = retried(env, deadline, partial(env.store.scan_ids, cursor, env.sweep_page_size))
-        removed += remove_unqualified(message.run_id, ids, env, deadline)
+        removed += remove_unqualified(message.run_id, ids, env, deadline)[0]
         page_seconds = max(env.clock() - began, 1e-6)
-        if cursor == 0 and retried(env, deadline, env.store.server_id) == server:
+        if cursor == 0 and not _another_server(server, retried(env, deadline, env.store.server_id)):
             break
     retried(env, deadline, lambda: env.ledger.mark_swept(message.run_id))
     return Outcome(0, documents_removed=removed)
 
 
-def remove_unqualified(run_id: UUID, ids: Sequence[int], env: SyncEnv, deadline: Deadline) -> int:
-    """Delete the documents of those ids whose drug is not an eligible row now; returns how many.
+def _another_server(walked: str, now: str) -> bool:
+    """Whether another server process answers now; a server that gives no run_id cannot tell."""
+    return bool(walked and now and walked != now)
+
+
+def remove_unqualified(
+    run_id: UUID, ids: Sequence[int], env: SyncEnv, deadline: Deadline
+) -> tuple[int, list[int]]:
+    """Delete the documents of those ids whose drug is not an eligible row now.
+
+    Returns how many were removed, and the ids of drugs that qualified again but are still failing.
 
     A drug that qualifies again between the check and the delete (re-inserted or made eligible,
     and written meanwhile by another run) is checked once more after the delete and written back,
     so a removal never leaves a qualifying drug out.
     """
     if not ids:
-        return 0
+        return 0, []
     keep = retried(env, deadline, lambda: env.catalog.qualifying_ids(ids))
     gone = [drug_id for drug_id in ids if drug_id not in keep]
     if not gone:
-        return 0
+        return 0, []
     removed = retried(env, deadline, lambda: env.store.delete_documents(gone))
     back = retried(env, deadline, lambda: env.catalog.fetch_ids(gone))
-    isolate(env, deadline, run_id, back.broken)
+    failing = isolate(env, deadline, run_id, back.broken)
     if back.drugs:
-        _write_back(run_id, back.drugs, env, deadline)
+        failing += _write_back(run_id, back.drugs, env, deadline)
     env.telemetry.count("DocumentsRemoved", removed)
     retried(env, deadline, lambda: env.ledger.add_removed(run_id, removed))
-    return removed
+    return removed, failing
 
 
-def _write_back(run_id: UUID, drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> None:
+def _write_back(run_id: UUID, drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list[int]:
     """Write again drugs deleted a moment ago that qualify after all.
 
     Their keys are gone, so a retried sweep would never see them again: if the write fails for a
     while (throttling, an outage), they are recorded as failing in the run and queued as a rows
-    message, which writes them when it can and resolves them.
+    message, which writes them when it can and resolves them. Returns the ids still failing.
     """
     try:
-        isolate(env, deadline, run_id, write_chunk(drugs, env, deadline))
+        return isolate(env, deadline, run_id, write_chunk(drugs, env, deadline))
     except (UnavailableError, ProviderError) as error:
         ids = [drug.id for drug in drugs]
         reason = f"written back after a sweep, later: {error}"
@@ -204,6 +221,7 @@ def _write_back(run_id: UUID, drugs: Sequence[Drug], env: SyncEnv, deadline: Dea
         retried(env, deadline, lambda: env.ledger.record_failures(run_id, failures))
         bodies = pack_rows_messages(run_id, ids, type(error).__name__, reason)
         retried(env, deadline, lambda: env.work_queue.send_messages(bodies))
+        return ids
 
 
 def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list[RowFailure]:

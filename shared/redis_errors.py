@@ -43,8 +43,8 @@ def judge_eviction_policy(policy: str, allow_eviction: bool) -> str | None:
 # Replies that say the server cannot serve anyone right now, whatever the key or document: a
 # failover (READONLY, MASTERDOWN), memory (OOM), a cluster resharding (MOVED, ASK, TRYAGAIN,
 # CLUSTERDOWN), a restart (LOADING), a slow script (BUSY), persistence or replica trouble
-# (MISCONF, NOREPLICAS), a user's permissions (NOPERM: no row is at fault; the range waits for
-# the grant). https://redis.io/docs/latest/develop/reference/protocol-spec/#simple-errors
+# (MISCONF, NOREPLICAS), a user's permissions (NOPERM, or "ACL failure in script" when the
+# script may run but not a command inside it: no row is at fault; the range waits for the grant). https://redis.io/docs/latest/develop/reference/protocol-spec/#simple-errors
 SERVER_WIDE_CODES = frozenset(
     {"READONLY", "OOM", "TRYAGAIN", "CLUSTERDOWN", "LOADING", "BUSY", "MASTERDOWN", "MOVED", "ASK",
      "MISCONF", "NOREPLICAS", "NOPERM"}
@@ -70,9 +70,18 @@ def error_code(error: Exception) -> str:
     return str(code) if code else str(error).split(" ", 1)[0]
 
 
+# A command a script may not run answers "ERR ACL failure in script: ...": code ERR, like a
+# document's own errors, so the text tells it apart.
+_SCRIPT_PERMISSION = "ACL failure in script"
+
+
 def is_server_wide(error: Exception) -> bool:
     """True when retrying later can succeed because the server, not this one document, refused."""
-    return isinstance(error, SERVER_WIDE_CLASSES) or error_code(error) in SERVER_WIDE_CODES
+    return (
+        isinstance(error, SERVER_WIDE_CLASSES)
+        or error_code(error) in SERVER_WIDE_CODES
+        or str(error).startswith(_SCRIPT_PERMISSION)
+    )
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import numpy as np
 import redis
 from redis import exceptions as redis_errors
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, UnavailableError
 from shared.index_schema import VECTOR_FIELD, VECTOR_PATH, index_differences, pairs_to_dict, schema_arguments
 from shared.models import BIGINT_MAX, BIGINT_MIN, RowFailure
 from shared.ports import Vectors, WriteResult
@@ -120,15 +120,22 @@ class RedisDocumentStore:
 
         Refuses, too, a server whose eviction policy may drop documents of ranges already done.
         """
-        with translate_errors("checking the index", self._client):
-            warning = self.check_durability()
-            if warning:
-                logger.warning(warning)
-            self._load_script()
-            if self.index_info() is None:
-                self._create_index(dimension)
-            # Compared even after creating: another process may have won the race with its own.
-            differences = index_differences(self.index_info() or {}, self.key_prefix, dimension)
+        try:
+            with translate_errors("checking the index", self._client):
+                warning = self.check_durability()
+                if warning:
+                    logger.warning(warning)
+                self._load_script()
+                if self.index_info() is None:
+                    self._create_index(dimension)
+                # Compared even after creating: another process may have won the race with its own.
+                differences = index_differences(self.index_info() or {}, self.key_prefix, dimension)
+        except UnavailableError as error:
+            if isinstance(error.__cause__, redis_errors.NoPermissionError):
+                raise ConfigError(
+                    f"the Redis user may not do what drugsync needs: {error.__cause__}"
+                ) from error
+            raise
         if differences:
             raise ConfigError(
                 f"index {self.index_name} is not the one drugsync builds: {'; '.join(differences)}."

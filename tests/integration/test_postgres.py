@@ -93,6 +93,21 @@ def test_ranges_cover_every_eligible_id_once_within_the_size_bound(
         assert message.model_dump_json() == body
 
 
+def test_every_drug_read_carries_the_time_of_the_snapshot_it_was_read_in(
+    conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
+) -> None:
+    _fill(conn, test_env.settings.table, [(1, True), (2, True)])
+    before = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+
+    first = catalog.fetch_range(1, 2).drugs
+    second = catalog.fetch_ids([1]).drugs
+
+    assert {drug.read_at for drug in first} == {first[0].read_at}  # one snapshot, one time
+    assert first[0].read_at is not None
+    assert second[0].read_at is not None
+    assert before <= first[0].read_at < second[0].read_at  # a later read is a newer version
+
+
 def test_every_page_of_eligible_rows_is_read_whatever_the_ids(
     conn: psycopg.Connection, catalog: PostgresCatalog, test_env: Isolated
 ) -> None:

@@ -375,3 +375,27 @@ def test_a_redis_user_who_may_not_run_scripts_is_refused_before_any_write(test_e
             store.write_documents([(1, build_document(make_drug(1), unit_vector(128), "e1"))])
     finally:
         admin.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    ("denied", "refused_by"),
+    [("-json.set", "write"), ("-info", "ensure_index")],
+)
+def test_a_redis_user_without_a_command_drugsync_needs_is_never_a_bad_row(
+    test_env: Isolated, denied: str, refused_by: str
+) -> None:
+    admin = _server(test_env)
+    user = f"lacks{uuid.uuid4().hex[:8]}"
+    admin.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", denied)  # type: ignore[no-untyped-call]
+    try:
+        port = admin.connection_pool.connection_kwargs["port"]
+        store = RedisDocumentStore(connect_redis(f"redis://{user}:pw@127.0.0.1:{port}/0"), "lk:", "idx:lk")
+        if refused_by == "ensure_index":
+            with pytest.raises(ConfigError, match="may not do what drugsync needs"):
+                store.ensure_index(128)
+        else:
+            # the script may run, JSON.SET inside it may not: the server refusing, retried and deferred
+            with pytest.raises(UnavailableError, match="ACL failure in script"):
+                store.write_documents([(1, build_document(make_drug(1), unit_vector(128), "e1"))])
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]

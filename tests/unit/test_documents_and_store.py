@@ -220,6 +220,13 @@ def test_errors_about_data_still_pass_through_untranslated() -> None:
         (redis_errors.MasterDownError("Link with MASTER is down"), True),
         # a code redis-py does not map: the message keeps it
         (redis.ResponseError("BUSY Redis is busy running a script."), True),
+        # the script may run, a command inside it may not: the user's grant, not the document
+        (
+            redis.ResponseError(
+                "ACL failure in script: User nojson has no permissions to run the 'json.set' command"
+            ),
+            True,
+        ),
         (redis.ResponseError("ERR busy parsing your document"), False),
         (redis.ResponseError("recursion limit exceeded at line 1 column 128"), False),
     ],

@@ -262,3 +262,56 @@ def test_a_sweep_continued_on_a_restarted_server_walks_again_from_the_start() ->
 
     assert sorted(world.store.documents) == list(range(1, 11))
     assert world.state() == "complete"
+
+
+def test_a_sweep_on_a_server_whose_identity_keeps_changing_fails_instead_of_spinning() -> None:
+    world, _ = announcing_world(count=10)
+    world.store.documents[20] = stale_document(20)
+    world.run()
+    sweep = parse_message(world.work_queue.bodies[-1])
+    flaps = iter(range(1_000))
+    world.store.server_id = lambda: f"server-{next(flaps)}"  # type: ignore[method-assign]
+
+    with pytest.raises(UnavailableError, match="changed 4 times during one sweep"):
+        world.run(sweep)
+    assert world.state() == "sweeping"
+
+
+def test_a_server_that_gives_no_run_id_is_walked_once() -> None:
+    world, _ = announcing_world(count=10)
+    world.env.sweep_page_size = 2
+    for stale in (20, 30, 40):
+        world.store.documents[stale] = stale_document(stale)
+    world.store.server = ""
+
+    world.drain(seconds=1000)
+
+    assert sorted(world.store.documents) == list(range(1, 11))
+    assert world.state() == "complete"
+
+
+def test_a_rows_message_whose_drug_could_not_be_written_back_leaves_it_failing() -> None:
+    # GIVEN a rows message naming drug 6: ineligible when read, eligible again by the write-back's
+    # read, whose write then meets throttling
+    world, _ = announcing_world(count=10)
+    world.env.retry.budget_seconds = 0
+    world.drain(seconds=1000)
+    world.catalog.eligible.discard(6)
+    world.store.documents[6] = stale_document(6)
+    reads, calls = world.catalog.fetch_ids, []
+
+    def eligible_again_by_the_second_read(ids):
+        calls.append(ids)
+        if len(calls) == 2:  # the message's own read is done; this is the write-back's
+            world.catalog.eligible.add(6)
+        return reads(ids)
+
+    world.catalog.fetch_ids = eligible_again_by_the_second_read  # type: ignore[method-assign]
+    world.catalog.qualifying_ids = lambda ids: set()  # type: ignore[method-assign]
+    world.embedder.unavailable_calls = 1
+
+    outcome = world.run(RowsMessage(run_id=RUN, ids=[6]))
+
+    assert 6 in outcome.failed_ids
+    assert [f.drug_id for f in world.ledger.open_failures(RUN)] == [6]  # not resolved
+    assert world.state() == "complete_with_failures"
