@@ -373,7 +373,21 @@ class RedisDocumentStore:
                 "SORTBY", "distance", "RETURN", str(len(RETURN_FIELDS) + 1), *RETURN_FIELDS,
                 "distance", "LIMIT", "0", str(int(k)), "DIALECT", "2",
             )  # fmt: skip
-        return _parse_hits(raw)
+        return self._parse_hits(raw)
+
+    def _parse_hits(self, raw: Sequence[Any]) -> list[SearchHit]:
+        """Hits named by their keys: RETURN gives `id` as the index's NUMERIC, a double that
+        rounds ids beyond 2^53 (9223372036854775807 comes back as 9.22337203685e+18)."""
+        hits = []
+        for position in range(1, len(raw), 2):
+            drug_id = self.drug_id(raw[position])
+            if drug_id is None:
+                continue  # a key drugsync never writes, matched by a foreign document under the prefix
+            fields = {key: str(value) for key, value in pairs_to_dict(raw[position + 1]).items()}
+            distance = float(fields.pop("distance"))
+            fields["id"] = str(drug_id)
+            hits.append(SearchHit(drug_id, 1.0 - distance, fields))
+        return hits
 
 
 def _execute(target: Any, *args: Any) -> Any:
@@ -387,12 +401,3 @@ def _pipelined(client: redis.Redis, writes: Sequence[_Write], command: str, scri
     for write in writes:
         _execute(pipe, command, script, 1, write.key, write.encoded, write.version)
     return list(pipe.execute(raise_on_error=False)) if writes else []
-
-
-def _parse_hits(raw: Sequence[Any]) -> list[SearchHit]:
-    hits = []
-    for position in range(1, len(raw), 2):
-        fields = {key: str(value) for key, value in pairs_to_dict(raw[position + 1]).items()}
-        distance = float(fields.pop("distance"))
-        hits.append(SearchHit(int(fields["id"]), 1.0 - distance, fields))
-    return hits

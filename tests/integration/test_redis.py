@@ -399,3 +399,18 @@ def test_a_redis_user_without_a_command_drugsync_needs_is_never_a_bad_row(
                 store.write_documents([(1, build_document(make_drug(1), unit_vector(128), "e1"))])
     finally:
         admin.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
+
+
+def test_search_names_drugs_by_their_exact_ids_at_both_ends_of_bigint(test_env: Isolated) -> None:
+    store = build_store(test_env.settings)
+    store.ensure_index(128)
+    embedder = HashingEmbedder(128, batch_size=10)
+    ids = [-(2**63), 2**63 - 1, 2**53 + 1]  # beyond what the NUMERIC index (a double) holds exactly
+    drugs = [make_drug(drug_id, name=f"Zedoarin {k} mg tablet") for k, drug_id in enumerate(ids)]
+    write_drugs(drugs, embedder, store)
+    store.wait_until_indexed(3, seconds=30)
+
+    hits = store.search(embedder.embed_texts(["Zedoarin 1 mg tablet"])[0], 3)
+
+    assert sorted(hit.drug_id for hit in hits) == sorted(ids)
+    assert {hit.fields["id"] for hit in hits} == {str(drug_id) for drug_id in ids}
