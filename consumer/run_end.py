@@ -15,8 +15,8 @@ from shared.models import SweepMessage
 def advance_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
     """Take the run's next step if it is due; returns the final state if this call announced it."""
     progress = retried(env, deadline, lambda: env.ledger.progress(run_id))
-    if progress is None or not progress.ranges_complete:
-        return None
+    if progress is None or not progress.ranges_complete or progress.announced_at is not None:
+        return None  # not due yet, or over: a late message costs one read, no claim
     if progress.swept_at is None:
         request_sweep(run_id, env, deadline)
         return None
