@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -14,6 +15,7 @@ from console.capacity import SAMPLE_SIZE, make_plan, measure, render_plan
 from console.dead_letters import dead_lettered_ids, group_by_cause, list_dead_letters, redrive, render_groups
 from console.demo import render_search, run_demo, search
 from console.event_source import EventSourceConfig, LocalEventSource
+from console.invoker import CodeSource, invoke_producer
 from console.seed import seed_drugs, synthetic_sample
 from console.services import Services
 from console.status import gather_runs, gather_status, render_runs, render_status
@@ -21,7 +23,7 @@ from console.verify import render_report, repair, verify
 from producer.plan import range_size_that_fits, resume_run
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError
-from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest
+from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest, SyncSummary
 from shared.postgres import free_connections
 from shared.redact import redact_text
 from shared.redis_errors import judge_eviction_policy
@@ -64,7 +66,16 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     request = SyncRequest(range_size=args.range_size, max_drugs=args.max_drugs)
-    summary = services().producer.start(request)
+    if args.code is None:
+        summary = services().producer.start(request)
+    else:
+        local_stack.apply_stack_env()  # the handler reads its settings from the environment it inherits
+        result, init_ms = invoke_producer(args.code, request)
+        if result.response is None:
+            print(f"drugsync: the producer handler in {args.code} failed: {result.error}", file=sys.stderr)
+            return 1
+        print(f"producer handler from {args.code}: init {init_ms:.0f} ms (cold start)", file=sys.stderr)
+        summary = SyncSummary.model_validate(result.response)
     if args.json:
         print(summary.model_dump_json(indent=2))
     else:
@@ -86,6 +97,7 @@ def cmd_work(args: argparse.Namespace) -> int:
         wait_seconds=args.wait,
         until_empty=args.until_empty,
         log_path=args.log_file,
+        code=CodeSource() if args.code is None else CodeSource.artefact(args.code),
     )
     source = LocalEventSource(found.sqs_client(), config)
     try:
@@ -96,6 +108,7 @@ def cmd_work(args: argparse.Namespace) -> int:
     print(
         f"{stats.invocations} invocations: {stats.succeeded} records ok, {stats.failed} failed,"
         f" {stats.timeouts} timed out, {stats.errors} errors, {stats.cold_starts} cold starts"
+        + (f" (init {stats.init_ms_median:.0f} ms median)" if stats.init_ms_median is not None else "")
     )
     return 0
 
@@ -261,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--range-size", type=_positive)
     sync.add_argument("--max-drugs", type=_positive)
     sync.add_argument("--json", action="store_true")
+    sync.add_argument(
+        "--code", type=_code_folder, help="invoke the producer handler from this unpacked artefact"
+    )
     sync.set_defaults(handler=cmd_sync)
 
     work = commands.add_parser("work", help="run consumers the way Lambda's SQS trigger does")
@@ -270,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--wait", type=int, default=1, help="long-poll seconds (0-20)")
     work.add_argument("--until-empty", action="store_true", help="stop when the queue is drained")
     work.add_argument("--log-file", help="append consumer logs here instead of stdout")
+    work.add_argument(
+        "--code", type=_code_folder, help="import the consumer from this unpacked artefact only"
+    )
     work.set_defaults(handler=cmd_work)
 
     status = commands.add_parser("status", help="progress of a run and the counts that must agree")
@@ -326,6 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-concurrency", type=_positive, default=2)
     demo.set_defaults(handler=cmd_demo)
     return parser
+
+
+def _code_folder(text: str) -> str:
+    if not (Path(text) / "consumer" / "handler.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an unpacked artefact (no consumer/handler.py in it)"
+        )
+    return text
 
 
 def _run_id(text: str) -> str:

@@ -5,6 +5,7 @@ format with at most max_concurrency invocations at once, deletes only the record
 reports as succeeded, and leaves the rest to SQS (visibility timeout, receive count, DLQ).
 """
 
+import statistics
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from console.invoker import InvocationResult, InvocationWorker
+from console.invoker import CodeSource, InvocationResult, InvocationWorker
 from shared.queue import SQS_BATCH_LIMIT, SqsQueue
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class EventSourceConfig:
     wait_seconds: int = 1
     until_empty: bool = False
     log_path: str | None = None
+    code: CodeSource = field(default_factory=CodeSource)
 
 
 @dataclass
@@ -47,9 +49,14 @@ class WorkStats:
     timeouts: int = 0
     errors: int = 0
     cold_starts: int = 0
+    init_ms: list[float] = field(default_factory=list)  # each cold start's Init Duration
     redeliveries: int = 0
     undeleted: int = 0  # succeeded, but SQS refused the delete: they will be delivered again
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def init_ms_median(self) -> float | None:
+        return statistics.median(self.init_ms) if self.init_ms else None
 
     def record(self, records: int, failures: int, redelivered: int, result: InvocationResult) -> None:
         with self._lock:
@@ -78,7 +85,7 @@ class LocalEventSource:
         ]["QueueArn"]
         self._region = self._queue_arn.split(":")[3]
         self._all_workers = [
-            InvocationWorker(config.handler, config.function_name, config.log_path)
+            InvocationWorker(config.handler, config.function_name, config.log_path, config.code)
             for _ in range(config.max_concurrency)
         ]
         self._workers: SimpleQueue[InvocationWorker] = SimpleQueue()
@@ -168,6 +175,7 @@ class LocalEventSource:
             )
             self.stats.record(len(messages), len(failed_ids), redelivered, result)
             self.stats.cold_starts = sum(w.cold_starts for w in self._all_workers)
+            self.stats.init_ms = [ms for w in self._all_workers for ms in w.init_ms]
             if self._on_invocation is not None:
                 self._on_invocation(self.stats)
         finally:

@@ -1,23 +1,45 @@
-"""Warm 'containers' for local invocations: child processes that run a handler one event at a time.
+"""Warm 'containers' for local invocations: fresh interpreters running console/bootstrap.py.
 
 Like Lambda, an invocation that overruns the function timeout is killed (SIGKILL) and the next
-invocation starts a fresh process (a cold start).
+invocation starts a fresh process (a cold start). The same bootstrap serves the project tree and
+an unpacked artefact: only the code folder and whether site-packages is visible differ.
 """
 
-import importlib
-import multiprocessing
+import json
 import os
+import socket
+import subprocess
 import sys
-import traceback
+import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from console.lambda_context import LocalLambdaContext
+from console.paths import PROJECT_ROOT
+from shared.models import SyncRequest
 
-# spawn, not fork: the parent may hold threads (boto3, a moto server) that fork would copy broken.
-_MP = multiprocessing.get_context("spawn")
+BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
 INIT_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class CodeSource:
+    """Where handlers are imported from: the project tree with the venv, or an artefact folder alone."""
+
+    folder: Path = PROJECT_ROOT
+    isolated: bool = False  # python -S: no site-packages, only what the folder holds (Lambda's /var/task)
+
+    @classmethod
+    def artefact(cls, folder: str | Path) -> "CodeSource":
+        return cls(Path(folder).resolve(), isolated=True)
+
+    def command(self, handler: str, fd: int) -> list[str]:
+        # -P: the bootstrap's own folder (console/) stays off sys.path; -u: logs survive a SIGKILL.
+        flags = ["-S", "-P", "-u"] if self.isolated else ["-P", "-u"]
+        return [sys.executable, *flags, str(BOOTSTRAP), handler, str(fd)]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.folder)}
 
 
 @dataclass(frozen=True)
@@ -29,32 +51,85 @@ class InvocationResult:
     timed_out: bool = False
 
 
-class InvocationWorker:
-    """One child process running `module:function` handlers; restarted after a kill or crash."""
+class _Channel:
+    """JSON lines over a socket, each read with a deadline."""
 
-    def __init__(self, handler: str, function_name: str, log_path: str | None = None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def receive(self, timeout_seconds: float) -> dict[str, Any]:
+        """The next message; TimeoutError past the deadline, EOFError if the process went away."""
+        deadline = time.monotonic() + timeout_seconds
+        while b"\n" not in self._buffer:
+            self._sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class InvocationWorker:
+    """One process running `module:function` handlers; restarted after a kill or crash."""
+
+    def __init__(
+        self,
+        handler: str,
+        function_name: str,
+        log_path: str | None = None,
+        code: CodeSource | None = None,
+        logs_to_stderr: bool = False,  # keep this process's stdout for its own output
+    ) -> None:
         self._handler = handler
+        self._logs_to_stderr = logs_to_stderr
         self._function_name = function_name
         self._log_path = log_path
-        self._process: Any = None
-        self._conn: Connection | None = None
+        self._code = code or CodeSource()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._channel: _Channel | None = None
         self.cold_starts = 0
+        self.init_ms: list[float] = []  # each cold start's import time, as Lambda's Init Duration
         self.busy = False
 
-    def _ensure_started(self) -> Connection:
-        if self._process is not None and self._process.is_alive() and self._conn is not None:
-            return self._conn
-        parent, child = _MP.Pipe()
-        self._process = _MP.Process(target=_serve, args=(child, self._handler, self._log_path), daemon=True)
-        self._process.start()
-        child.close()
+    def _ensure_started(self) -> _Channel:
+        if self._process is not None and self._process.poll() is None and self._channel is not None:
+            return self._channel
+        self.kill()
+        parent, child = socket.socketpair()
+        log: IO[str] | None = open(self._log_path, "a") if self._log_path else None  # noqa: SIM115
+        stdout = log or (sys.stderr if self._logs_to_stderr else None)
+        try:
+            self._process = subprocess.Popen(
+                self._code.command(self._handler, child.fileno()), env=self._code.environment(),
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=stdout, stderr=log,
+            )  # fmt: skip
+        finally:
+            child.close()
+            if log is not None:
+                log.close()
+        self._channel = _Channel(parent)
         # Lambda runs a function's init (imports, clients) before the invocation's timeout starts.
-        if not parent.poll(INIT_TIMEOUT_SECONDS) or parent.recv() != "ready":
-            self.kill()
-            raise RuntimeError(f"{self._handler} did not initialise within {INIT_TIMEOUT_SECONDS}s")
-        self._conn = parent
+        try:
+            ready = self._channel.receive(INIT_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise HandlerInitError(
+                f"{self._handler} did not initialise within {INIT_TIMEOUT_SECONDS}s"
+            ) from None
+        except (EOFError, OSError):
+            raise HandlerInitError(f"{self._handler} exited during its init (see its log)") from None
+        if "init_error" in ready:
+            raise HandlerInitError(ready["init_error"])
         self.cold_starts += 1
-        return parent
+        self.init_ms.append(float(ready["init_ms"]))
+        return self._channel
 
     @property
     def pid(self) -> int | None:
@@ -62,53 +137,55 @@ class InvocationWorker:
         return self._process.pid if self._process is not None else None
 
     def invoke(self, event: dict[str, Any], timeout_seconds: float) -> InvocationResult:
-        conn = self._ensure_started()
+        try:
+            channel = self._ensure_started()
+        except HandlerInitError as error:
+            self.kill()
+            return InvocationResult(error=str(error))
         self.busy = True
         try:
-            conn.send((event, self._function_name, timeout_seconds))
-            if not conn.poll(timeout_seconds):
-                self.kill()
-                return InvocationResult(timed_out=True, error=f"timed out after {timeout_seconds:.1f}s")
-            status, payload = conn.recv()
+            channel.send({"event": event, "function_name": self._function_name, "timeout": timeout_seconds})
+            reply = channel.receive(timeout_seconds)
+        except TimeoutError:
+            self.kill()
+            return InvocationResult(timed_out=True, error=f"timed out after {timeout_seconds:.1f}s")
         except (EOFError, OSError):
             self.kill()
             return InvocationResult(error="the invocation's process exited without a response")
         finally:
             self.busy = False
-        if status == "ok":
-            return InvocationResult(response=payload)
-        return InvocationResult(error=payload)
+        if "response" in reply:
+            return InvocationResult(response=reply["response"])
+        return InvocationResult(error=reply["error"])
 
     def kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
+        if self._process is not None and self._process.poll() is None:
             self._process.kill()
-            self._process.join(5)
-        if self._conn is not None:
-            self._conn.close()
+        if self._process is not None:
+            self._process.wait(5)
+        if self._channel is not None:
+            self._channel.close()
         self._process = None
-        self._conn = None
+        self._channel = None
 
     def close(self) -> None:
         self.kill()
 
 
-def _serve(conn: Connection, handler: str, log_path: str | None) -> None:
-    """Child process: import the handler once (the cold start), then run events as they come."""
-    if log_path:
-        log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
-        os.dup2(log.fileno(), sys.stdout.fileno())
-        os.dup2(log.fileno(), sys.stderr.fileno())
-    module_name, function_name = handler.split(":")
-    function = getattr(importlib.import_module(module_name), function_name)
-    conn.send("ready")
-    while True:
-        try:
-            event, name, timeout_seconds = conn.recv()
-        except (EOFError, KeyboardInterrupt):
-            return
-        context = LocalLambdaContext(function_name=name, timeout_seconds=timeout_seconds)
-        try:
-            conn.send(("ok", function(event, context)))
-        except Exception as error:
-            traceback.print_exc()
-            conn.send(("error", f"{type(error).__name__}: {error}"))
+PRODUCER_HANDLER = "producer.handler:lambda_handler"
+PRODUCER_TIMEOUT_SECONDS = 300.0  # serverless.yml's producer timeout
+
+
+def invoke_producer(code: str | Path, request: SyncRequest) -> tuple[InvocationResult, float | None]:
+    """One cold invocation of the producer handler from an unpacked artefact: (result, init ms)."""
+    code_source = CodeSource.artefact(code)
+    worker = InvocationWorker(PRODUCER_HANDLER, "drugsync-producer", code=code_source, logs_to_stderr=True)
+    try:
+        result = worker.invoke(request.model_dump(mode="json", exclude_none=True), PRODUCER_TIMEOUT_SECONDS)
+    finally:
+        worker.close()
+    return result, worker.init_ms[0] if worker.init_ms else None
+
+
+class HandlerInitError(RuntimeError):
+    """The handler's module failed to import (Lambda's Runtime.ImportModuleError)."""

@@ -1,14 +1,19 @@
 """The real embedded servers, started once per test session; each test gets its own names."""
 
+import platform
+import sys
 import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import pytest
 
 from console import local_stack
 from console.local_stack import QueueOptions, StackState
+from infra.package import ARCHES, build
 from shared.settings import Settings, get_settings
 
 OUTSIDE_URLS = ("DATABASE_URL", "REDIS_URL", "QUEUE_URL", "DLQ_URL", "AWS_ENDPOINT_URL")
@@ -93,3 +98,24 @@ def sqs(stack: StackState):
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
+
+
+@dataclass(frozen=True)
+class BuiltArtefact:
+    """The Lambda zip built for THIS machine's Python and architecture, and its unpacked folder."""
+
+    zip_path: Path
+    folder: Path
+    python_version: str
+    arch: str
+
+
+@pytest.fixture(scope="session")
+def this_machine_artefact(tmp_path_factory: pytest.TempPathFactory) -> BuiltArtefact:
+    """Built once per session (pip takes a few seconds per build): importable here, unlike dist's."""
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    arch = {machine: arch for arch, machine in ARCHES.items()}[platform.machine()]
+    root = tmp_path_factory.mktemp("artefact")
+    artefact = build(root / "drugsync-lambda.zip", python_version, arch)
+    zipfile.ZipFile(artefact.path).extractall(root / "task")
+    return BuiltArtefact(artefact.path, root / "task", python_version, arch)

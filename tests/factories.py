@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from console.lambda_context import LocalLambdaContext
+from console.bootstrap import LocalLambdaContext
 from shared.models import RangeMessage
 
 

@@ -1,0 +1,87 @@
+"""A local Lambda runtime: import one handler once (the cold start), then run events one at a time.
+
+    python [-S] -P console/bootstrap.py MODULE:FUNCTION FD
+
+Run as a fresh interpreter with the code folder on PYTHONPATH: the project tree, or an unpacked
+artefact with -S (nothing but the artefact, as in Lambda's /var/task). Standard library only, so
+that it runs beside an artefact. Requests and responses travel as JSON lines over the socket FD,
+never stdout: handlers log to stdout, as on Lambda.
+"""
+
+import importlib
+import json
+import socket
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class LocalLambdaContext:
+    """The attributes powertools and handlers read from Lambda's context, with a real deadline."""
+
+    function_name: str = "drugsync-consumer"
+    timeout_seconds: float = 60.0
+    memory_limit_in_mb: int = 1024
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/drugsync-consumer"
+    log_stream_name: str = "local"
+    _deadline: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_seconds
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def load_handler(handler: str) -> Any:
+    module_name, function_name = handler.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def invoke(function: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """One invocation: the handler's response, or the error it raised (logged, as Lambda does)."""
+    context = LocalLambdaContext(function_name=request["function_name"], timeout_seconds=request["timeout"])
+    try:
+        response = function(request["event"], context)
+        json.dumps(response)  # Lambda refuses a response it cannot serialise (Runtime.MarshalError)
+    except Exception as error:
+        traceback.print_exc()
+        return {"error": f"{type(error).__name__}: {error}"}
+    return {"response": response}
+
+
+def serve(handler: str, channel: socket.socket) -> int:
+    reader = channel.makefile("r", encoding="utf-8")
+    started = time.perf_counter()
+    try:
+        function = load_handler(handler)
+    except Exception as error:
+        traceback.print_exc()
+        _send(channel, {"init_error": f"Unable to import {handler}: {type(error).__name__}: {error}"})
+        return 1
+    init_ms = (time.perf_counter() - started) * 1000
+    # Lambda logs the same figure as "Init Duration" in the REPORT line of a cold start.
+    print(f"INIT_REPORT {handler} Init Duration: {init_ms:.1f} ms", file=sys.stderr, flush=True)
+    _send(channel, {"ready": True, "init_ms": init_ms})
+    for line in reader:
+        _send(channel, invoke(function, json.loads(line)))
+        sys.stdout.flush()
+    return 0
+
+
+def _send(channel: socket.socket, message: dict[str, Any]) -> None:
+    channel.sendall(json.dumps(message).encode() + b"\n")
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1], socket.socket(fileno=int(sys.argv[2]))))

@@ -1,0 +1,73 @@
+"""A real sync where both handlers come from the unpacked artefact ONLY, as Lambda would run them.
+
+`drugsync sync --code DIR` and `drugsync work --code DIR` run the producer and the consumer in
+`python -S` bootstraps whose only code folder is the artefact: no project tree, no site-packages.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BuiltArtefact, Isolated
+
+pytestmark = pytest.mark.integration
+DRUGS = 300
+
+
+def drugsync(env: Isolated, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "console.cli", *args], env={**os.environ, **env.env},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_a_sync_run_by_the_artefact_alone_completes(
+    test_env: Isolated, this_machine_artefact: BuiltArtefact, tmp_path: Path
+) -> None:
+    # GIVEN a small seeded catalog
+    seeded = drugsync(test_env, "seed", "--drugs", str(DRUGS))
+    assert seeded.returncode == 0, seeded.stderr
+    code = str(this_machine_artefact.folder)
+
+    # WHEN the producer and then the consumers run from the artefact folder only
+    synced = drugsync(test_env, "sync", "--range-size", "100", "--json", "--code", code)
+    assert synced.returncode == 0, synced.stderr
+    assert "init" in synced.stderr
+    worked = drugsync(
+        test_env, "work", "--code", code, "--until-empty", "--wait", "0", "--log-file", str(tmp_path / "log")
+    )
+    assert worked.returncode == 0, worked.stderr
+    print(synced.stderr.strip(), "|", worked.stdout.strip())
+
+    # THEN the run is complete and Redis holds exactly the eligible drugs
+    summary = json.loads(synced.stdout)
+    assert summary["eligible_drugs"] > DRUGS // 2
+    status = json.loads(drugsync(test_env, "status", "--json").stdout)
+    assert status["run"]["run_id"] == summary["run_id"]
+    assert status["run"]["state"] == "complete", status
+    report = drugsync(test_env, "verify", "--json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    counts = json.loads(report.stdout)
+    assert counts["redis_documents"] == counts["index_documents"] == summary["eligible_drugs"]
+    assert " 0 failed, 0 timed out, 0 errors" in worked.stdout
+
+
+def test_an_artefact_missing_a_dependency_fails_at_import(
+    test_env: Isolated, this_machine_artefact: BuiltArtefact, tmp_path: Path
+) -> None:
+    # GIVEN a copy of the artefact without the redis package (which the venv does have)
+    broken = tmp_path / "task"
+    shutil.copytree(this_machine_artefact.folder, broken)
+    shutil.rmtree(broken / "redis")
+
+    # WHEN the producer is invoked from it
+    synced = drugsync(test_env, "sync", "--code", str(broken))
+
+    # THEN its import fails naming the missing module: the venv's copy was never reachable
+    assert synced.returncode == 1
+    assert "ModuleNotFoundError: No module named 'redis'" in synced.stderr, synced.stderr
