@@ -8,8 +8,11 @@ DRUGS ?= 20000
 NODE_BIN := node_modules/.bin
 CHECKOV := .drugsync/checkov-venv/bin/checkov
 TEMPLATE := .serverless/cloudformation-template-update-stack.json
+ARTEFACT := dist/drugsync-lambda.zip
+STAGE ?= dev
+PARAMS ?=
 
-.PHONY: demo test lint typecheck infra-check package unit integration e2e faults bench down clean
+.PHONY: demo test lint typecheck infra-check package deploy unit integration e2e faults bench down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,18 +38,25 @@ $(CHECKOV):
 	$(PYTHON) -m venv .drugsync/checkov-venv
 	.drugsync/checkov-venv/bin/python -m pip install --quiet --disable-pip-version-check "checkov==3.3.30"
 
-## infra-check: package serverless.yml offline, then cfn-lint, the project's own checks and checkov
-infra-check: $(STAMP) $(NODE_BIN)/osls $(CHECKOV)
+## infra-check: a current artefact, serverless.yml packaged offline, then cfn-lint, the project's own
+## checks (of the template and of the artefact it deploys) and checkov
+infra-check: package $(NODE_BIN)/osls $(CHECKOV)
 	$(NODE_BIN)/osls package
 	# W3005: the framework adds DependsOn for custom roles that a GetAtt already implies
 	$(BIN)/cfn-lint --ignore-checks W3005 -- $(TEMPLATE)
-	$(BIN)/python -m infra.check_template $(TEMPLATE)
+	$(BIN)/python -m infra.check_template $(TEMPLATE) $(ARTEFACT)
 	$(CHECKOV) -f $(TEMPLATE) --config-file .checkov.yaml
 	$(BIN)/pytest -q tests/unit/test_template_check.py
 
-## package: the Lambda zip with Linux wheels for serverless.yml's runtime and architecture
+## package: the Lambda zip with Linux wheels for serverless.yml's runtime and architecture, pinned to
+## this venv's versions; rebuilt only when --check finds it stale (sources, venv, runtime or arch)
 package: $(STAMP)
-	$(BIN)/python -m infra.package
+	$(BIN)/python -m infra.package --check 2>/dev/null || $(BIN)/python -m infra.package
+
+## deploy: the checked artefact, exactly; e.g. make deploy STAGE=prod PARAMS='--param="redisUrl=rediss://..."'
+deploy: package $(NODE_BIN)/osls
+	$(BIN)/python -m infra.package --check
+	$(NODE_BIN)/osls deploy --stage $(STAGE) $(PARAMS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -16,6 +16,7 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -70,13 +71,23 @@ def serve(handler: str, channel: socket.socket) -> int:
         _send(channel, {"init_error": f"Unable to import {handler}: {type(error).__name__}: {error}"})
         return 1
     init_ms = (time.perf_counter() - started) * 1000
-    # Lambda logs the same figure as "Init Duration" in the REPORT line of a cold start.
-    print(f"INIT_REPORT {handler} Init Duration: {init_ms:.1f} ms", file=sys.stderr, flush=True)
+    print(json.dumps(_init_report(handler, init_ms)), file=sys.stderr, flush=True)
     _send(channel, {"ready": True, "init_ms": init_ms})
     for line in reader:
         _send(channel, invoke(function, json.loads(line)))
         sys.stdout.flush()
     return 0
+
+
+def _init_report(handler: str, init_ms: float) -> dict[str, Any]:
+    """Lambda's platform.initReport log event (JSON log format): the cold start's Init Duration.
+    https://docs.aws.amazon.com/lambda/latest/dg/telemetry-schema-reference.html#platform-initReport"""
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "type": "platform.initReport",
+        "record": {"initializationType": "on-demand", "phase": "init", "handler": handler,
+                   "status": "success", "metrics": {"durationMs": round(init_ms, 3)}},
+    }  # fmt: skip
 
 
 def _send(channel: socket.socket, message: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -26,7 +26,6 @@ from shared.wiring import build_catalog, build_ledger, build_queue, build_store,
 
 logger = Logger(service="drugsync-consumer")
 metrics = Metrics(namespace="drugsync", service="consumer")
-tracer = Tracer(service="drugsync-consumer")
 
 
 class MetricsTelemetry:
@@ -215,7 +214,6 @@ def _outcome_keys(outcome: Outcome) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     metrics.add_metric(name="Messages", unit=MetricUnit.Count, value=len(event.get("Records", [])))

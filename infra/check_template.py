@@ -1,17 +1,24 @@
 """Checks of the compiled CloudFormation template for what cfn-lint and checkov miss.
 
-    python -m infra.check_template .serverless/cloudformation-template-update-stack.json
+    python -m infra.check_template TEMPLATE [ZIP]   # ZIP: dist/drugsync-lambda.zip
+
+The template alone is checked by CHECKS; against the artefact, every function must deploy that
+zip and find its handler in it.
 
 Each check returns the problems it finds, in words an operator can act on; the command exits 1
 when there is any.
 """
 
+import ast
 import json
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from infra.package import DEFAULT_OUT, Artefact
 
 Template = dict[str, Any]
 VISIBILITY_FACTOR = 6  # https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html
@@ -191,12 +198,72 @@ def check_template(template: Template) -> list[str]:
     return [problem for check in CHECKS for problem in check(template)]
 
 
+def check_artefact(template: Template, artefact: Path) -> list[str]:
+    """Every function deploys this zip (a copy beside the template must be the same bytes) and
+    finds its `path/module.function` handler in it."""
+    if not artefact.is_file():
+        return [f"{artefact} does not exist: run `make package`"]
+    problems = []
+    with zipfile.ZipFile(artefact) as archive:
+        names = set(archive.namelist())
+        for name, function in resources(template, "AWS::Lambda::Function"):
+            problems += _check_code(name, function.get("Code", {}), artefact.name)
+            problems += _check_handler(name, str(function.get("Handler", "")), archive, names)
+    return problems
+
+
+def check_artefact_copy(template_path: Path, artefact: Path) -> list[str]:
+    """osls 4 deploys package.artifact from where it is; were a copy left in .serverless/, it must match."""
+    copy = template_path.parent / artefact.name
+    if copy.is_file() and artefact.is_file() and copy.read_bytes() != artefact.read_bytes():
+        return [f"{copy} differs from {artefact}: the deployed code would not be what was checked"]
+    return []
+
+
+def _check_code(name: str, code: dict[str, Any], artefact_name: str) -> list[str]:
+    key = code.get("S3Key")
+    if not isinstance(key, str) or key.rsplit("/", 1)[-1] != artefact_name:
+        return [f"{name}: Code {json.dumps(code)} does not deploy {artefact_name}"]
+    return []
+
+
+def _check_handler(name: str, handler: str, archive: zipfile.ZipFile, names: set[str]) -> list[str]:
+    path, _, function = handler.rpartition(".")
+    module = next((file for file in (f"{path}.py", f"{path}/__init__.py") if file in names), None)
+    if not path or module is None:
+        return [f"{name}: handler {handler!r}: no {path}.py in the artefact"]
+    tree = ast.parse(archive.read(module), filename=module)
+    if function not in _top_level_names(tree):
+        return [f"{name}: handler {handler!r}: {module} defines no {function}"]
+    return []
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    """Functions defined, and names assigned, at a module's top level."""
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.add(node.name)
+        elif isinstance(node, ast.Assign):
+            found |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
-    path = Path((argv or sys.argv[1:])[0])
-    problems = check_template(json.loads(path.read_text()))
+    args = argv if argv is not None else sys.argv[1:]
+    path = Path(args[0])
+    artefact = Path(args[1]) if len(args) > 1 else DEFAULT_OUT
+    template = json.loads(path.read_text())
+    problems = (
+        check_template(template) + check_artefact(template, artefact) + check_artefact_copy(path, artefact)
+    )
+    if artefact.is_file():
+        measured = Artefact.measure(artefact)
+        problems += measured.problems()
+        print(f"{artefact.name}: {measured.sizes()}")
     for problem in problems:
         print(f"FAIL {problem}")
-    print(f"{len(CHECKS)} checks, {len(problems)} problem(s) in {path}")
+    print(f"{len(CHECKS) + 3} checks, {len(problems)} problem(s) in {path} and {artefact.name}")
     return 1 if problems else 0
 
 

@@ -6,13 +6,15 @@ checks the template compiled from the current serverless.yml with the same code.
 
 import copy
 import json
+import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.check_template import check_template
+from infra.check_template import check_artefact, check_artefact_copy, check_template
 
 GOOD = json.loads((Path(__file__).parents[1] / "data" / "compiled-template.json").read_text())
 
@@ -107,3 +109,83 @@ def test_each_planted_mistake_is_caught(
     problems = check_template(template)
     assert len(problems) == 1, problems
     assert expected in problems[0]
+
+
+HANDLER_SOURCE = (
+    "from typing import Any\n\n\n@decorated\ndef lambda_handler(event: Any, context: Any) -> Any:\n    pass\n"
+)
+
+
+@pytest.fixture
+def artefact(tmp_path: Path) -> Path:
+    """A zip of the deployed artefact's name holding both handlers (not importable: parsed only)."""
+    path = tmp_path / "dist" / "drugsync-lambda.zip"
+    path.parent.mkdir()
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("producer/handler.py", HANDLER_SOURCE)
+        archive.writestr(
+            "consumer/handler.py",
+            HANDLER_SOURCE.replace("def lambda_handler", "def other") + "lambda_handler = other\n",
+        )
+    return path
+
+
+def _function(template: dict[str, Any], handler: str = CONSUMER) -> Any:
+    return _resource(template, "AWS::Lambda::Function", handler)
+
+
+def test_the_compiled_template_deploys_the_artefact_and_finds_both_handlers(artefact: Path) -> None:
+    assert check_artefact(GOOD, artefact) == []
+
+
+@pytest.mark.parametrize(
+    ("mistake", "plant", "expected"),
+    [
+        (
+            "handler module missing",
+            lambda t: _function(t).update(Handler="consumer/missing.lambda_handler"),
+            "no consumer/missing.py",
+        ),
+        (
+            "handler function missing",
+            lambda t: _function(t).update(Handler="consumer/handler.nope"),
+            "defines no nope",
+        ),
+        ("handler without a module", lambda t: _function(t).update(Handler="lambda_handler"), "no .py"),
+        (
+            "code from another zip",
+            lambda t: _function(t)["Code"].update(S3Key="serverless/drugsync/dev/1/drugsync.zip"),
+            "does not deploy drugsync-lambda.zip",
+        ),
+        (
+            "code inline",
+            lambda t: _function(t).update(Code={"ZipFile": "def lambda_handler(e, c): pass"}),
+            "does not deploy",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_each_planted_artefact_mistake_is_caught(
+    artefact: Path, mistake: str, plant: Callable[[dict[str, Any]], None], expected: str
+) -> None:
+    template = copy.deepcopy(GOOD)
+    plant(template)
+    problems = check_artefact(template, artefact)
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
+
+
+def test_a_missing_artefact_is_named(tmp_path: Path) -> None:
+    assert check_artefact(GOOD, tmp_path / "drugsync-lambda.zip") == [
+        f"{tmp_path / 'drugsync-lambda.zip'} does not exist: run `make package`"
+    ]
+
+
+def test_a_copy_beside_the_template_must_be_the_same_bytes(artefact: Path, tmp_path: Path) -> None:
+    template_path = tmp_path / ".serverless" / "cloudformation-template-update-stack.json"
+    template_path.parent.mkdir()
+    assert check_artefact_copy(template_path, artefact) == []  # osls 4 makes no copy
+    shutil.copy(artefact, template_path.parent / artefact.name)
+    assert check_artefact_copy(template_path, artefact) == []
+    (template_path.parent / artefact.name).write_bytes(b"older build")
+    assert "differs from" in check_artefact_copy(template_path, artefact)[0]
