@@ -71,3 +71,27 @@ def test_an_artefact_missing_a_dependency_fails_at_import(
     # THEN its import fails naming the missing module: the venv's copy was never reachable
     assert synced.returncode == 1
     assert "ModuleNotFoundError: No module named 'redis'" in synced.stderr, synced.stderr
+
+
+def test_consumers_from_an_artefact_missing_a_dependency_fail_at_import(
+    fragile_env: Isolated, this_machine_artefact: BuiltArtefact, tmp_path: Path
+) -> None:
+    # GIVEN a run enqueued by the good artefact, and a copy of it without redis
+    assert drugsync(fragile_env, "seed", "--drugs", "50").returncode == 0
+    synced = drugsync(fragile_env, "sync", "--code", str(this_machine_artefact.folder))
+    assert synced.returncode == 0, synced.stderr
+    broken = tmp_path / "task"
+    shutil.copytree(this_machine_artefact.folder, broken)
+    shutil.rmtree(broken / "redis")
+
+    # WHEN consumers run from the broken copy until its messages are dead-lettered
+    log = tmp_path / "consumer.log"
+    worked = drugsync(
+        fragile_env, "work", "--code", str(broken), "--until-empty", "--wait", "0", "--log-file", str(log)
+    )
+
+    # THEN no record succeeded and every invocation failed at the consumer's import
+    assert worked.returncode == 0, worked.stderr
+    assert " 0 records ok," in worked.stdout, worked.stdout
+    assert "0 errors" not in worked.stdout
+    assert "ModuleNotFoundError: No module named 'redis'" in log.read_text()
