@@ -51,7 +51,7 @@ infra-check: package $(NODE_BIN)/osls $(CHECKOV)
 ## package: the Lambda zip with Linux wheels for serverless.yml's runtime and architecture, pinned to
 ## this venv's versions; rebuilt only when --check finds it stale (sources, venv, runtime or arch)
 package: $(STAMP)
-	$(BIN)/python -m infra.package --check 2>/dev/null || $(BIN)/python -m infra.package
+	$(BIN)/python -m infra.package --check || $(BIN)/python -m infra.package
 
 ## deploy: the checked artefact, exactly; e.g. make deploy STAGE=prod PARAMS='--param="redisUrl=rediss://..."'
 deploy: package $(NODE_BIN)/osls
