@@ -13,3 +13,13 @@ def partial_failures(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"batchItemFailures": [{"itemIdentifier": "no-such-record"}]}
     failed = [record["messageId"] for record in records if record["body"].startswith("fail")]
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+
+
+def unserialisable(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Answers with a set, which Lambda cannot turn into JSON."""
+    return {"ids": {1, 2}}
+
+
+def remaining_millis(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Answers with what the context says about the invocation."""
+    return {"remaining": context.get_remaining_time_in_millis(), "name": context.function_name}
