@@ -13,3 +13,18 @@ def partial_failures(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"batchItemFailures": [{"itemIdentifier": "no-such-record"}]}
     failed = [record["messageId"] for record in records if record["body"].startswith("fail")]
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
+
+
+def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Answers with the event and the deadline it was given; fails or overruns when the event says so."""
+    if event.get("raise"):
+        raise ValueError(event["raise"])
+    if event.get("sleep"):
+        import time
+
+        time.sleep(event["sleep"])
+    return {
+        "event": event,
+        "function": context.function_name,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+    }
