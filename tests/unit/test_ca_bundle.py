@@ -1,11 +1,12 @@
 """The RDS CA bundle the artefact ships verifies Aurora: Amazon RDS authorities, all loadable."""
 
 import ssl
+from typing import Any
 
 from infra.ca_bundle import rds_ca_bundle
 
 
-def _subjects(cert: dict) -> set[str]:
+def _subjects(cert: dict[str, Any]) -> set[str]:
     return {
         value for rdn in cert["subject"] for key, value in rdn if key in ("commonName", "organizationName")
     }
