@@ -20,6 +20,7 @@ from pathlib import Path
 
 import boto3
 
+from console import local_deploy
 from console.openssl_compat import library_path_for
 from console.paths import cache_dir, state_dir
 
@@ -87,6 +88,7 @@ def running_state() -> StackState | None:
 _SQS_VARIABLES = frozenset(
     {
         "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_LAMBDA",
         "QUEUE_URL",
         "DLQ_URL",
         "AWS_ACCESS_KEY_ID",
@@ -295,11 +297,26 @@ def up(options: QueueOptions | None = None) -> StackState:
             endpoint = os.environ.get("AWS_ENDPOINT_URL") or state.env["AWS_ENDPOINT_URL"]
             with _environment(state.env):
                 state.env.update(create_queues(endpoint, options or QueueOptions()))
+        if {"postgres", "redis", "sqs"} <= set(state.started):
+            start_functions(state)
     except Exception:
         stop(state)
         raise
     save_state(state)
     return state
+
+
+def start_functions(state: StackState) -> None:
+    """Register the stack as `drugsync-local` and serve its functions (console/local_deploy.py)."""
+    with _environment(state.env):
+        environment = local_deploy.register_stack(state.env)
+    port = free_port()
+    process = local_deploy.start_lambda_api(local_deploy.write_functions(environment), port)
+    _CHILDREN[process.pid] = process
+    wait_for_port(port, 30, "the local Lambda API")
+    state.pids["lambda"] = process.pid
+    state.env["AWS_ENDPOINT_URL_LAMBDA"] = f"http://127.0.0.1:{port}"
+    state.started.append("lambda")
 
 
 def save_state(state: StackState) -> None:
@@ -323,7 +340,12 @@ class _environment:
 def stop(state: StackState) -> None:
     """Stop what this stack started."""
     # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM stops redis-server and the moto server.
-    stop_signals = {"postgres": signal.SIGINT, "redis": signal.SIGTERM, "sqs": signal.SIGTERM}
+    stop_signals = {
+        "lambda": signal.SIGTERM,  # first: its workers hold connections to the others
+        "postgres": signal.SIGINT,
+        "redis": signal.SIGTERM,
+        "sqs": signal.SIGTERM,
+    }
     for name, stop_signal in stop_signals.items():
         pid = state.pids.get(name)
         if pid is not None and _alive(pid):

@@ -16,7 +16,14 @@ from console.local_stack import QueueOptions, StackState
 from infra.package import ARCHES, build
 from shared.settings import Settings, get_settings
 
-OUTSIDE_URLS = ("DATABASE_URL", "REDIS_URL", "QUEUE_URL", "DLQ_URL", "AWS_ENDPOINT_URL")
+OUTSIDE_URLS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "QUEUE_URL",
+    "DLQ_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_LAMBDA",
+)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +34,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
             patch.delenv(name, raising=False)
         patch.setenv("DRUGSYNC_STATE_DIR", str(tmp_path_factory.mktemp("stack")))
         state = local_stack.up()
-        assert set(state.started) == {"postgres", "redis", "sqs"}, "the real servers must run, not be skipped"
+        assert set(state.started) == {"postgres", "redis", "sqs", "lambda"}, (
+            "the real servers must run, not be skipped"
+        )
         try:
             yield state
         finally:

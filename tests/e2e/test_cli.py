@@ -296,7 +296,7 @@ def test_a_wrong_setting_is_reported_plainly(user_env: dict[str, str]) -> None:
 @pytest.mark.usefixtures("demo")
 def test_local_down_stops_every_process_it_started(user_env: dict[str, str]) -> None:
     state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())
-    assert set(state["pids"]) == {"postgres", "redis", "sqs"}
+    assert set(state["pids"]) == {"postgres", "redis", "sqs", "lambda"}
 
     down = drugsync(user_env, "local", "down")
 

@@ -23,3 +23,18 @@ def unserialisable(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def remaining_millis(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Answers with what the context says about the invocation."""
     return {"remaining": context.get_remaining_time_in_millis(), "name": context.function_name}
+
+
+def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Answers with the event and the deadline it was given; fails or overruns when the event says so."""
+    if event.get("raise"):
+        raise ValueError(event["raise"])
+    if event.get("sleep"):
+        import time
+
+        time.sleep(event["sleep"])
+    return {
+        "event": event,
+        "function": context.function_name,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+    }

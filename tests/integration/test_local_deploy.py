@@ -1,0 +1,78 @@
+"""The local stack answers as a deployed stack: outputs, secrets, function configuration, invoke."""
+
+import contextlib
+import json
+from typing import Any
+
+import boto3
+import psycopg
+import pytest
+import redis
+
+from console import local_deploy
+from console.local_stack import StackState
+from console.seed import seed_drugs
+from shared.ledger import PostgresLedger
+from shared.postgres import Database
+from shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _client(stack: StackState, service: str) -> Any:
+    endpoint = stack.env["AWS_ENDPOINT_URL_LAMBDA" if service == "lambda" else "AWS_ENDPOINT_URL"]
+    return boto3.client(  # type: ignore[call-overload]
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def test_the_stack_has_the_outputs_serverless_yml_declares(stack: StackState) -> None:
+    found = _client(stack, "cloudformation").describe_stacks(StackName=local_deploy.LOCAL_STACK_NAME)[
+        "Stacks"
+    ][0]
+    outputs = {item["OutputKey"]: item["OutputValue"] for item in found["Outputs"]}
+    assert outputs["WorkQueueUrl"] == stack.env["QUEUE_URL"]
+    assert outputs["DeadLetterQueueUrl"] == stack.env["DLQ_URL"]
+    assert outputs["ProducerFunctionName"] == "drugsync-local-producer"
+    assert outputs["AlarmTopicArn"].startswith("arn:aws:sns:")
+    secrets = _client(stack, "secretsmanager")
+    redis_secret = json.loads(secrets.get_secret_value(SecretId=outputs["RedisSecretArn"])["SecretString"])
+    assert redis_secret == {"url": stack.env["REDIS_URL"]}
+    database = json.loads(secrets.get_secret_value(SecretId=outputs["DatabaseSecretArn"])["SecretString"])
+    assert database["host"].startswith("/")  # the unix-socket directory
+
+
+def test_the_functions_environment_names_secrets_not_credentials(stack: StackState) -> None:
+    configuration = _client(stack, "lambda").get_function_configuration(
+        FunctionName="drugsync-local-consumer"
+    )
+    variables = configuration["Environment"]["Variables"]
+    assert "REDIS_URL" not in variables
+    assert "DATABASE_URL" not in variables
+    assert variables["DRUGSYNC_REDIS_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
+    assert configuration["Handler"] == "consumer/handler.lambda_handler"
+
+
+def test_invoking_the_producer_starts_a_run_through_the_secrets(stack: StackState) -> None:
+    with psycopg.connect(stack.env["DATABASE_URL"], autocommit=True) as conn:
+        eligible = seed_drugs(conn, Settings(table="drugs"), 40)
+    try:
+        answer = _client(stack, "lambda").invoke(
+            FunctionName="drugsync-local-producer", Payload=json.dumps({"range_size": 10})
+        )
+        summary = json.loads(answer["Payload"].read())
+        assert "FunctionError" not in answer, summary
+        assert summary["eligible_drugs"] == eligible
+        assert summary["ranges"] == -(-eligible // 10)
+        ledger = PostgresLedger(Database(stack.env["DATABASE_URL"]))
+        assert ledger.latest_run_id() is not None
+        assert str(ledger.latest_run_id()) == summary["run_id"]
+    finally:
+        sqs = _client(stack, "sqs")
+        sqs.purge_queue(QueueUrl=stack.env["QUEUE_URL"])
+        with contextlib.suppress(redis.ResponseError):  # none if the run was refused before creating it
+            redis.Redis.from_url(stack.env["REDIS_URL"]).execute_command("FT.DROPINDEX", "idx:drugs", "DD")  # type: ignore[no-untyped-call]
