@@ -198,6 +198,9 @@ def check_template(template: Template) -> list[str]:
     return [problem for check in CHECKS for problem in check(template)]
 
 
+TASK_ROOT = "/var/task/"  # where Lambda unpacks the zip (LAMBDA_TASK_ROOT)
+
+
 def check_artefact(template: Template, artefact: Path) -> list[str]:
     """Every function deploys this zip (a copy beside the template must be the same bytes) and
     finds its `path/module.function` handler in it."""
@@ -209,6 +212,7 @@ def check_artefact(template: Template, artefact: Path) -> list[str]:
         for name, function in resources(template, "AWS::Lambda::Function"):
             problems += _check_code(name, function.get("Code", {}), artefact.name)
             problems += _check_handler(name, str(function.get("Handler", "")), archive, names)
+            problems += _check_task_files(name, function, names)
     return problems
 
 
@@ -236,6 +240,18 @@ def _check_handler(name: str, handler: str, archive: zipfile.ZipFile, names: set
     if function not in _top_level_names(tree):
         return [f"{name}: handler {handler!r}: {module} defines no {function}"]
     return []
+
+
+def _check_task_files(name: str, function: dict[str, Any], names: set[str]) -> list[str]:
+    """A variable naming a file under /var/task (the unpacked zip) names one the zip holds."""
+    variables = function.get("Environment", {}).get("Variables", {})
+    return [
+        f"{name}: {variable}={value} but the artefact holds no {value.removeprefix(TASK_ROOT)}"
+        for variable, value in variables.items()
+        if isinstance(value, str)
+        and value.startswith(TASK_ROOT)
+        and value.removeprefix(TASK_ROOT) not in names
+    ]
 
 
 def _top_level_names(tree: ast.Module) -> set[str]:

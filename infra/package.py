@@ -30,6 +30,8 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from infra.ca_bundle import BUNDLE_IN_ARTEFACT, rds_ca_bundle
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("producer", "consumer", "shared")
 DEFAULT_OUT = ROOT / "dist" / "drugsync-lambda.zip"
@@ -130,14 +132,20 @@ def runtime_closure(python_version: str, arch: str) -> dict[str, str]:
     return dict(sorted(pins.items()))
 
 
+def data_files() -> dict[str, bytes]:
+    """Files the zip carries beside the code, by their path in it: the RDS CA bundle."""
+    return {BUNDLE_IN_ARTEFACT: rds_ca_bundle().encode()}
+
+
 def source_digests(root: Path = ROOT) -> dict[str, str]:
     """sha256 of every project file that goes into the zip, by its path in the zip."""
-    return {
+    code = {
         file.relative_to(root).as_posix(): hashlib.sha256(file.read_bytes()).hexdigest()
         for package in PACKAGES
         for file in sorted((root / package).rglob("*"))
         if file.is_file() and "__pycache__" not in file.parts
     }
+    return code | {name: hashlib.sha256(data).hexdigest() for name, data in data_files().items()}
 
 
 def install_wheels(target: Path, python_version: str, arch: str, pins: dict[str, str]) -> None:
@@ -160,6 +168,9 @@ def build(out: Path, python_version: str, arch: str) -> Artefact:
         install_wheels(staging, python_version, arch, pins)
         for package in PACKAGES:
             shutil.copytree(ROOT / package, staging / package, ignore=shutil.ignore_patterns("__pycache__"))
+        for name, data in data_files().items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:

@@ -123,6 +123,7 @@ def artefact(tmp_path: Path) -> Path:
     path.parent.mkdir()
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("producer/handler.py", HANDLER_SOURCE)
+        archive.writestr("certs/rds-ca-bundle.pem", "-----BEGIN CERTIFICATE-----\n")
         archive.writestr(
             "consumer/handler.py",
             HANDLER_SOURCE.replace("def lambda_handler", "def other") + "lambda_handler = other\n",
@@ -156,6 +157,13 @@ def test_the_compiled_template_deploys_the_artefact_and_finds_both_handlers(arte
             "code from another zip",
             lambda t: _function(t)["Code"].update(S3Key="serverless/drugsync/dev/1/drugsync.zip"),
             "does not deploy drugsync-lambda.zip",
+        ),
+        (
+            "a file under /var/task the zip lacks",
+            lambda t: _function(t)["Environment"]["Variables"].update(
+                DRUGSYNC_DATABASE_CA_BUNDLE="/var/task/certs/global-bundle.pem"
+            ),
+            "holds no certs/global-bundle.pem",
         ),
         (
             "code inline",
