@@ -4,6 +4,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -97,7 +98,7 @@ def sqs(stack: StackState):
     )
 
 
-def aws_client(stack: StackState, service: str):
+def aws_client(stack: StackState, service: Any) -> Any:
     """A boto3 client of the stack's moto server (it serves every AWS API moto knows, not only SQS)."""
     return boto3.client(
         service,
