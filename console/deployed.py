@@ -165,9 +165,7 @@ def invoke_producer(lambda_client: Any, function_name: str, request: SyncRequest
     payload = request.model_dump_json(exclude_none=True).encode()
     try:
         with _aws_errors(f"function {function_name}"):
-            response = lambda_client.invoke(
-                FunctionName=function_name, InvocationType="RequestResponse", Payload=payload
-            )
+            response = _invoke_once(lambda_client, function_name, payload)
     except ReadTimeoutError:
         waited = lambda_client.meta.config.read_timeout
         raise UnavailableError(
@@ -178,6 +176,20 @@ def invoke_producer(lambda_client: Any, function_name: str, request: SyncRequest
     if response.get("FunctionError"):
         raise FunctionFailed(f"{function_name} failed: {describe_function_error(body)}")
     return SyncSummary.model_validate_json(body)
+
+
+def _invoke_once(lambda_client: Any, function_name: str, payload: bytes) -> Any:
+    try:
+        return lambda_client.invoke(
+            FunctionName=function_name, InvocationType="RequestResponse", Payload=payload
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "TooManyRequestsException":
+            raise
+        raise UnavailableError(
+            f"{function_name} refused the invocation (TooManyRequestsException): a sync may be running"
+            " already (the producer runs one at a time), or Lambda throttles; see `drugsync runs --stack ...`"
+        ) from error
 
 
 def describe_function_error(body: bytes) -> str:

@@ -293,7 +293,7 @@ def test_a_timed_out_or_throttled_invocation_is_sent_once_only(slow_lambda, monk
 
     # THEN the request reached the function once (a retry would start a second run)
     assert handler.requests == 1
-    expected = "did not answer within 1s" if mode == "slow" else "TooManyRequestsException"
+    expected = "did not answer within 1s" if mode == "slow" else "a sync may be running already"
     assert expected in str(failed.value)
 
 
@@ -319,3 +319,29 @@ def test_sync_with_a_stack_invokes_its_producer_with_the_long_read_timeout(aws, 
     assert client.meta.config.read_timeout >= 300 + 30
     assert client.meta.config.retries["total_max_attempts"] == 1
     assert json.loads(capsys.readouterr().out)["run_id"] == str(summary.run_id)
+
+
+def test_sync_with_a_stack_prints_a_function_error_on_one_line_and_fails(aws, monkeypatch, capsys) -> None:
+    # GIVEN a deployed producer that answers with an unhandled error
+    _function(OUTPUTS["ProducerFunctionName"], 300, {})
+    _stack("drugsync-prod", OUTPUTS)
+    real_invoke = deployed.invoke_producer
+    error = {"errorType": "Runtime.ImportModuleError", "errorMessage": "Unable to import module\n'producer'"}
+
+    def invoke_stubbed(client: Any, name: str, request: SyncRequest) -> SyncSummary:
+        with Stubber(client) as stubber:  # moto would need Docker to run the function
+            stubber.add_response(
+                "invoke", {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": _payload(error)}
+            )
+            return real_invoke(client, name, request)
+
+    monkeypatch.setattr(deployed, "invoke_producer", invoke_stubbed)
+
+    # WHEN `drugsync sync --stack` runs THEN it fails with the function's error on one line
+    assert cli.main(["sync", "--stack", "drugsync-prod"]) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "drugsync: FunctionFailed: drugsync-prod-producer failed:"
+        " Runtime.ImportModuleError: Unable to import module 'producer'\n"
+    )
