@@ -25,11 +25,11 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
-from pydantic import AliasChoices
+from pydantic import AliasChoices, ValidationError
 
 from shared.errors import ConfigError, DrugSyncError, UnavailableError
 from shared.models import SyncRequest, SyncSummary
-from shared.settings import Settings
+from shared.settings import Settings, describe_settings_error
 
 STACK_VARIABLE = "DRUGSYNC_STACK"
 OUTPUT_VARIABLES = {
@@ -96,7 +96,10 @@ def deployed_environment(deployment: Deployment, current: Mapping[str, str]) -> 
 def deployed_settings(deployment: Deployment, current: Mapping[str, str]) -> Settings:
     """Settings read as the consumer reads them, from the deployed environment (see module doc)."""
     with _environment(deployed_environment(deployment, current)):
-        return Settings()
+        try:
+            return Settings()
+        except ValidationError as error:
+            raise ConfigError(f"stack {deployment.stack}: {describe_settings_error(error)}") from error
 
 
 @contextlib.contextmanager

@@ -94,6 +94,12 @@ def test_settings_are_the_consumers_own_and_the_environment_is_left_as_it_was() 
     assert dict(os.environ) == before
 
 
+def test_a_wrong_deployed_setting_is_a_config_error_naming_the_stack_and_the_variable() -> None:
+    broken = Deployment("drugsync-prod", "UPDATE_COMPLETE", dict(OUTPUTS), {"DRUGSYNC_EMBEDDING_DIM": "lots"})
+    with pytest.raises(ConfigError, match="stack drugsync-prod: invalid settings: DRUGSYNC_EMBEDDING_DIM"):
+        deployed_settings(broken, {})
+
+
 @pytest.mark.parametrize("missing", ["WorkQueueUrl", "RedisSecretArn", "DatabaseSecretArn"])
 def test_a_missing_output_is_a_config_error_naming_it(missing: str) -> None:
     outputs = {name: value for name, value in OUTPUTS.items() if name != missing}
