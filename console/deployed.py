@@ -42,7 +42,12 @@ OUTPUT_VARIABLES = {
 OPERATOR_VARIABLES = frozenset({"DRUGSYNC_DATABASE_CA_BUNDLE"})
 # Beyond the producer's own timeout: the time to send the request and read the answer.
 INVOKE_MARGIN_SECONDS = 60
-_NOT_FOUND = ("ResourceNotFoundException", "ValidationError", "AccessDeniedException", "AccessDenied")
+_CONFIG_CODES = (  # a wrong name or missing permission: retrying will not help
+    "ResourceNotFoundException",
+    "ValidationError",
+    "AccessDeniedException",
+    "AccessDenied",
+)
 _ASKED_TOO_OFTEN = ("Throttling", "ThrottlingException", "TooManyRequestsException")
 
 
@@ -218,7 +223,7 @@ def _aws_errors(what: str) -> Iterator[None]:
         if code in _ASKED_TOO_OFTEN:
             raise UnavailableError(f"{what}: {code}: {message}") from error
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in _NOT_FOUND or status in (403, 404):
+        if code in _CONFIG_CODES or status in (403, 404):
             raise ConfigError(f"{what}: {code}: {message}{_where()}") from error
         raise UnavailableError(f"{what}: {code}: {message}") from error
     except (NoCredentialsError, PartialCredentialsError, NoRegionError) as error:
