@@ -50,10 +50,10 @@ infra-check: package $(NODE_BIN)/osls $(CHECKOV)
 
 ## package: the Lambda zip with Linux wheels for serverless.yml's runtime and architecture, pinned to
 ## this venv's versions; rebuilt only when --check finds it stale (sources, venv, runtime or arch)
-package: $(STAMP)
+package: $(STAMP) $(NODE_BIN)/osls  # node_modules holds the RDS CA bundle the zip ships
 	$(BIN)/python -m infra.package --check || $(BIN)/python -m infra.package
 
-## deploy: the checked artefact, exactly; e.g. make deploy STAGE=prod PARAMS='--param="redisUrl=rediss://..."'
+## deploy: the checked artefact, exactly; e.g. make deploy STAGE=prod PARAMS='--param="redisSecretArn=arn:..."'
 deploy: package $(NODE_BIN)/osls
 	$(BIN)/python -m infra.package --check
 	$(NODE_BIN)/osls deploy --stage $(STAGE) $(PARAMS)
@@ -65,16 +65,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy .
 
-unit: $(STAMP)
+unit: $(STAMP) $(NODE_BIN)/osls
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) $(NODE_BIN)/osls
 	$(BIN)/pytest tests/integration
 
-e2e: $(STAMP)
+e2e: $(STAMP) $(NODE_BIN)/osls
 	$(BIN)/pytest tests/e2e
 
-faults: $(STAMP)
+faults: $(STAMP) $(NODE_BIN)/osls
 	$(BIN)/pytest tests/faults
 
 bench: $(STAMP)

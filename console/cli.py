@@ -14,6 +14,7 @@ from console import local_stack
 from console.capacity import SAMPLE_SIZE, make_plan, measure, render_plan
 from console.dead_letters import dead_lettered_ids, group_by_cause, list_dead_letters, redrive, render_groups
 from console.demo import render_search, run_demo, search
+from console.deployed import STACK_VARIABLE, deployed_settings, describe_deployment, start_deployed_run
 from console.event_source import EventSourceConfig, LocalEventSource
 from console.invoker import CodeSource, invoke_producer
 from console.seed import seed_drugs, synthetic_sample
@@ -33,13 +34,21 @@ Command = Callable[[argparse.Namespace], int]
 
 
 _opened: list[Services] = []
+# The deployed stack the running command works on (--stack / DRUGSYNC_STACK), set by main() so that
+# every command's services() honours it without each passing it on.
+_stack: str | None = None
 
 
 def services() -> Services:
-    """Settings from the environment, falling back to the running local stack for what is unset."""
-    local_stack.apply_stack_env()
-    get_settings.cache_clear()
-    _opened.append(Services(get_settings()))
+    """The deployed stack's settings with --stack; else the environment, falling back to the
+    running local stack for what is unset (never with --stack: the stack's settings win)."""
+    if _stack:
+        settings = deployed_settings(describe_deployment(_stack), os.environ)
+    else:
+        local_stack.apply_stack_env()
+        get_settings.cache_clear()
+        settings = get_settings()
+    _opened.append(Services(settings))
     return _opened[-1]
 
 
@@ -66,7 +75,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     request = SyncRequest(range_size=args.range_size, max_drugs=args.max_drugs)
-    if args.code is None:
+    if args.stack and args.code:
+        raise ConfigError("--code runs a producer from a folder here, --stack the deployed one: choose one")
+    if args.stack:
+        # With --stack the deployed producer plans and enqueues, with the deployed settings.
+        summary = start_deployed_run(args.stack, request)
+    elif args.code is None:
         summary = services().producer.start(request)
     else:
         local_stack.apply_stack_env()  # the handler reads its settings from the environment it inherits
@@ -76,7 +90,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
             return 1
         print(f"producer handler from {args.code}: init {init_ms:.0f} ms (cold start)", file=sys.stderr)
         summary = SyncSummary.model_validate(result.response)
-    if args.json:
+    print_summary(summary, args.json)
+    return 0
+
+
+def print_summary(summary: SyncSummary, as_json: bool) -> None:
+    if as_json:
         print(summary.model_dump_json(indent=2))
     else:
         print(
@@ -84,7 +103,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
             f" {summary.messages_sent:,} messages (plan {summary.plan_seconds}s,"
             f" enqueue {summary.enqueue_seconds}s)"
         )
-    return 0
 
 
 def cmd_work(args: argparse.Namespace) -> int:
@@ -257,6 +275,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drugsync", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    on_stack = _stack_option()
 
     local = commands.add_parser("local", help="start or stop the embedded stack")
     local_commands = local.add_subparsers(dest="local_command", required=True)
@@ -270,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--drugs", type=_positive, default=20_000)
     seed.set_defaults(handler=cmd_seed)
 
-    sync = commands.add_parser("sync", help="start a sync run (the producer)")
+    sync = commands.add_parser("sync", help="start a sync run (the producer)", parents=[on_stack])
     sync.add_argument("--range-size", type=_positive)
     sync.add_argument("--max-drugs", type=_positive)
     sync.add_argument("--json", action="store_true")
@@ -291,43 +310,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     work.set_defaults(handler=cmd_work)
 
-    status = commands.add_parser("status", help="progress of a run and the counts that must agree")
+    status = commands.add_parser(
+        "status", help="progress of a run and the counts that must agree", parents=[on_stack]
+    )
     status.add_argument("--run", type=_run_id, help="run id (default: the latest)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
 
-    runs = commands.add_parser("runs", help="recent runs and their states")
+    runs = commands.add_parser("runs", help="recent runs and their states", parents=[on_stack])
     runs.add_argument("--limit", type=_positive, default=10)
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(handler=cmd_runs)
 
-    resume = commands.add_parser("resume", help="send again what a run has not done (stalled, not enqueued)")
+    resume = commands.add_parser(
+        "resume", help="send again what a run has not done (stalled, not enqueued)", parents=[on_stack]
+    )
     resume.add_argument("run", nargs="?", type=_run_id, help="run id (default: the latest)")
     resume.set_defaults(handler=cmd_resume)
 
-    search = commands.add_parser("search", help="KNN search over the index")
+    search = commands.add_parser("search", help="KNN search over the index", parents=[on_stack])
     search.add_argument("text")
     search.add_argument("-k", type=_positive, default=5)
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
 
-    plan = commands.add_parser("plan", help="what a run will take and whether it fits, before it runs")
+    plan = commands.add_parser(
+        "plan", help="what a run will take and whether it fits, before it runs", parents=[on_stack]
+    )
     plan.add_argument("--drugs", type=_positive, help="plan for this many drugs (default: the table's)")
     plan.add_argument("--max-concurrency", type=_positive, default=10, help="consumers at once")
     plan.add_argument("--memory-mb", type=_positive, default=1024, help="consumer memory (MB)")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(handler=cmd_plan)
 
-    check = commands.add_parser("verify", help="compare Redis with Postgres; exit 1 on drift")
+    check = commands.add_parser(
+        "verify", help="compare Redis with Postgres; exit 1 on drift", parents=[on_stack]
+    )
     check.add_argument("--repair", action="store_true", help="delete extras, re-sync missing and stale")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=cmd_verify)
 
-    dlq = commands.add_parser("dlq", help="dead-lettered messages grouped by cause")
+    dlq = commands.add_parser("dlq", help="dead-lettered messages grouped by cause", parents=[on_stack])
     dlq.add_argument("--json", action="store_true")
     dlq.set_defaults(handler=cmd_dlq)
 
-    redrive_parser = commands.add_parser("redrive", help="move dead-lettered messages back to the work queue")
+    redrive_parser = commands.add_parser(
+        "redrive", help="move dead-lettered messages back to the work queue", parents=[on_stack]
+    )
     redrive_parser.add_argument("--dry-run", action="store_true", help="list what would move")
     redrive_parser.add_argument("--max", type=_positive, help="move at most N messages")
     redrive_parser.add_argument(
@@ -355,6 +384,17 @@ def _code_folder(text: str) -> str:
     return text
 
 
+def _stack_option() -> argparse.ArgumentParser:
+    """--stack NAME, shared by every command that talks to deployed resources."""
+    option = argparse.ArgumentParser(add_help=False)
+    option.add_argument(
+        "--stack",
+        default=os.environ.get(STACK_VARIABLE) or None,
+        help=f"a deployed CloudFormation stack: its outputs and consumer's settings (env {STACK_VARIABLE})",
+    )
+    return option
+
+
 def _run_id(text: str) -> str:
     try:
         return str(UUID(text))
@@ -379,8 +419,10 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _stack
     args = build_parser().parse_args(argv)
     handler: Command = args.handler
+    _stack = getattr(args, "stack", None)
     try:
         return handler(args)
     except (DrugSyncError, ValidationError) as error:

@@ -29,12 +29,27 @@ UNSCOPABLE_ACTIONS = frozenset(
      "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface"}
 )  # fmt: skip
 REQUIRED_ENVIRONMENT = {
-    "producer/handler.lambda_handler": ("QUEUE_URL", "REDIS_URL", "DRUGSYNC_DATABASE_SECRET_ARN"),
+    "producer/handler.lambda_handler": (
+        "QUEUE_URL", "DRUGSYNC_REDIS_SECRET_ARN", "DRUGSYNC_DATABASE_SECRET_ARN",
+    ),
     "consumer/handler.lambda_handler": (
-        "QUEUE_URL", "DLQ_URL", "REDIS_URL", "DRUGSYNC_DATABASE_SECRET_ARN",
+        "QUEUE_URL", "DLQ_URL", "DRUGSYNC_REDIS_SECRET_ARN", "DRUGSYNC_DATABASE_SECRET_ARN",
         "DRUGSYNC_CONSUMER_TIMEOUT_SECONDS",
     ),
 }  # fmt: skip
+# What an operator and `drugsync --stack NAME` read from the deployed stack.
+REQUIRED_OUTPUTS = (
+    "WorkQueueUrl", "DeadLetterQueueUrl", "ProducerFunctionName", "ConsumerFunctionName",
+    "DatabaseSecretArn", "RedisSecretArn", "DashboardName", "DashboardUrl", "AlarmTopicArn",
+)  # fmt: skip
+# Anyone allowed lambda:GetFunctionConfiguration or cloudformation:GetTemplate reads these in clear.
+# A connection URL names its credentials in the userinfo part; variables that hold one are refused
+# whatever their value, because the value is only filled in at deploy time (a parameter, a reference).
+_URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#\s@]+@")
+_CREDENTIAL_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|PRIVATE_KEY|API_KEY", re.IGNORECASE)
+_URL_VARIABLES = frozenset({"DATABASE_URL", "REDIS_URL", "DRUGSYNC_DATABASE_URL", "DRUGSYNC_REDIS_URL"})
+# A dynamic reference to a secret is resolved at deploy time into the function's plain environment.
+_SECRET_REFERENCE = re.compile(r"\{\{resolve:(secretsmanager|ssm-secure):", re.IGNORECASE)
 
 
 def resources(template: Template, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -142,8 +157,16 @@ def _statements(template: Template) -> Iterator[tuple[str, dict[str, Any]]]:
     for name, role in resources(template, "AWS::IAM::Role"):
         for policy in role.get("Policies", []):
             for statement in policy.get("PolicyDocument", {}).get("Statement", []):
-                if statement.get("Effect") == "Allow":
-                    yield name, statement
+                for branch in _branches(statement):
+                    if branch.get("Effect") == "Allow":
+                        yield name, branch
+
+
+def _branches(value: Any) -> list[dict[str, Any]]:
+    """A statement, or both statements of an Fn::If (AWS::NoValue is none)."""
+    if isinstance(value, dict) and "Fn::If" in value:
+        return [branch for option in value["Fn::If"][1:] for branch in _branches(option)]
+    return [value] if isinstance(value, dict) and "Effect" in value else []
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -173,6 +196,45 @@ def check_environment(template: Template) -> list[str]:
     return problems
 
 
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(where, text) of every string inside a template value, intrinsic functions included."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}[{index}]")
+
+
+def check_no_credentials(template: Template) -> list[str]:
+    """No password, token or credential-bearing URL in the template or a function's environment.
+
+    The problems name where, never what: the check's own output must not leak what it found.
+    """
+    problems = [
+        f"{where}: a URL with credentials (user:password@): keep them in Secrets Manager"
+        for where, text in _strings(template, "template")
+        if _URL_USERINFO.search(text)
+    ]
+    for name, function in resources(template, "AWS::Lambda::Function"):
+        for variable, value in function.get("Environment", {}).get("Variables", {}).items():
+            upper = variable.upper()
+            if upper in _URL_VARIABLES:
+                problems.append(f"{name}: {variable} in the environment: give DRUGSYNC_*_SECRET_ARN instead")
+            elif _CREDENTIAL_NAME.search(upper) and not upper.endswith("_ARN"):
+                problems.append(f"{name}: {variable} looks like a credential in the environment")
+            if any(_SECRET_REFERENCE.search(text) for _, text in _strings(value, variable)):
+                problems.append(f"{name}: {variable} resolves a secret into the plain environment")
+    return problems
+
+
+def check_outputs(template: Template) -> list[str]:
+    missing = [name for name in REQUIRED_OUTPUTS if name not in template.get("Outputs", {})]
+    return [f"no stack output {name}: operators and `drugsync --stack` read it" for name in missing]
+
+
 def check_consumer_event(template: Template) -> list[str]:
     problems = []
     mappings = list(resources(template, "AWS::Lambda::EventSourceMapping"))
@@ -191,6 +253,7 @@ def check_consumer_event(template: Template) -> list[str]:
 CHECKS: tuple[Callable[[Template], list[str]], ...] = (
     check_visibility_timeout, check_redrive, check_queue_encryption, check_dlq_alarm,
     check_dashboards, check_iam_wildcards, check_environment, check_consumer_event,
+    check_no_credentials, check_outputs,
 )  # fmt: skip
 
 

@@ -49,7 +49,8 @@ def connect_redis(url: str) -> redis.Redis:
         )
     except ValueError:
         raise ConfigError(
-            "REDIS_URL is not a redis:// or rediss:// URL redis-py can read;"
+            "the Redis URL (REDIS_URL, or the one in the Redis secret) is not a redis:// or rediss:// URL"
+            " redis-py can read;"
             " percent-encode special characters in its password (# as %23, / as %2F, @ as %40)"
         ) from None
 

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem shipped with the function.
     database_ca_bundle: str = Field("system", min_length=1)
     redis_url: SecretStr | None = Field(None, validation_alias=_alias("REDIS_URL"))
+    # Where a deployed function reads its Redis URL (and AUTH token): see shared/secrets.py for the shapes.
+    redis_secret_arn: str | None = None
     queue_url: str | None = Field(None, validation_alias=_alias("QUEUE_URL"))
     dlq_url: str | None = Field(None, validation_alias=_alias("DLQ_URL"))
 

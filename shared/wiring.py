@@ -9,7 +9,7 @@ from shared.ledger import PostgresLedger
 from shared.postgres import Database, PostgresCatalog
 from shared.queue import SqsQueue
 from shared.redis_store import RedisDocumentStore, connect_redis
-from shared.secrets import database_url_from_secret
+from shared.secrets import database_url_from_secret, redis_url_from_secret
 from shared.settings import Settings
 
 
@@ -41,11 +41,18 @@ def build_ledger(db: Database) -> PostgresLedger:
     return PostgresLedger(db)
 
 
+def redis_url(settings: Settings) -> str:
+    """REDIS_URL when set (the local stack, tests), else the URL in the Redis secret (deployed)."""
+    if settings.redis_url is not None:
+        return settings.redis_url.get_secret_value()
+    if settings.redis_secret_arn:
+        return redis_url_from_secret(boto3.client("secretsmanager"), settings.redis_secret_arn)
+    raise ConfigError("no Redis: set REDIS_URL (redis:// or rediss:// for TLS) or DRUGSYNC_REDIS_SECRET_ARN")
+
+
 def build_store(settings: Settings) -> RedisDocumentStore:
-    if settings.redis_url is None:
-        raise ConfigError("no Redis: set REDIS_URL (redis:// or rediss:// for TLS)")
     return RedisDocumentStore(
-        connect_redis(settings.redis_url.get_secret_value()),
+        connect_redis(redis_url(settings)),
         key_prefix=settings.key_prefix,
         index_name=settings.index_name,
         hnsw_m=settings.hnsw_m,

@@ -1,5 +1,6 @@
 """The real embedded servers, started once per test session; each test gets its own names."""
 
+import json
 import platform
 import sys
 import uuid
@@ -7,6 +8,8 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -128,3 +131,37 @@ def this_machine_artefact(tmp_path_factory: pytest.TempPathFactory) -> BuiltArte
     artefact = build(root / "drugsync-lambda.zip", python_version, arch)
     zipfile.ZipFile(artefact.path).extractall(root / "task")
     return BuiltArtefact(artefact.path, root / "task", python_version, arch)
+
+
+def aws_client(stack: StackState, service: Any) -> Any:
+    """A boto3 client of the stack's moto server (it serves every AWS API moto knows, not only SQS)."""
+    return boto3.client(
+        service,
+        endpoint_url=stack.env["AWS_ENDPOINT_URL"],
+        region_name=local_stack.LOCAL_REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def store_local_secrets(stack: StackState, tag: str) -> tuple[str, str]:
+    """(database, Redis) secret ARNs in the moto server, holding the local servers as RDS would.
+
+    pgserver listens on a unix socket only and trusts local connections: the host is the socket
+    directory and the password is required by the secret's shape but never asked for.
+    """
+    secrets = aws_client(stack, "secretsmanager")
+    socket_dir = stack.env["DATABASE_URL"].split("host=", 1)[1]
+    database = {
+        "host": socket_dir,
+        "port": 5432,
+        "username": "postgres",
+        "password": "unused",
+        "dbname": "postgres",
+    }
+    redis_address = urlsplit(stack.env["REDIS_URL"])
+    redis_fields = {"host": redis_address.hostname, "port": redis_address.port, "tls": False}
+    return (
+        secrets.create_secret(Name=f"{tag}-db", SecretString=json.dumps(database))["ARN"],
+        secrets.create_secret(Name=f"{tag}-redis", SecretString=json.dumps(redis_fields))["ARN"],
+    )

@@ -80,6 +80,25 @@ def test_the_secret_url_verifies_the_server_against_the_configured_bundle(secret
     assert (parsed["password"], parsed["host"], parsed["dbname"]) == (PASSWORD, "aurora.example", "rx")
 
 
+def test_a_socket_directory_host_survives_the_url(secrets) -> None:
+    # GIVEN an RDS-shaped secret whose host is a unix-socket directory (the local pgserver)
+    fields = {"host": "/tmp/pg data/run", "port": 5433, "username": "postgres", "password": "unused"}
+    arn = secrets.create_secret(Name="db", SecretString=json.dumps(fields))["ARN"]
+
+    # WHEN it becomes a URL
+    parsed = conninfo_to_dict(database_url_from_secret(secrets, arn))
+
+    # THEN libpq reads the whole directory as the host, and verify-full stays (ignored on a socket)
+    assert (parsed["host"], parsed["port"], parsed["sslmode"]) == ("/tmp/pg data/run", "5433", "verify-full")
+
+
+def test_a_secret_that_is_not_json_is_refused_without_quoting_it(secrets) -> None:
+    arn = secrets.create_secret(Name="db", SecretString='{"password": "' + PASSWORD)["ARN"]
+    with pytest.raises(ConfigError, match="not valid JSON") as refused:
+        database_url_from_secret(secrets, arn)
+    _assert_no_password(refused.value)
+
+
 def test_the_os_trust_store_is_the_default_bundle(monkeypatch) -> None:
     monkeypatch.delenv("DRUGSYNC_DATABASE_CA_BUNDLE", raising=False)
     assert Settings().database_ca_bundle == "system"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from infra.check_template import check_artefact, check_artefact_copy, check_template
+from infra.check_template import REQUIRED_OUTPUTS, check_artefact, check_artefact_copy, check_template
 
 GOOD = json.loads((Path(__file__).parents[1] / "data" / "compiled-template.json").read_text())
 
@@ -39,6 +39,13 @@ def _dlq_alarm(template: dict[str, Any]) -> Any:
 
 
 CONSUMER = "consumer/handler.lambda_handler"
+PRODUCER = "producer/handler.lambda_handler"
+
+
+def _env(template: dict[str, Any], handler: str = CONSUMER) -> Any:
+    return _resource(template, "AWS::Lambda::Function", handler)["Environment"]["Variables"]
+
+
 MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     (
         "visibility timeout below 6x",
@@ -82,6 +89,43 @@ MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "consumer without DLQ_URL",
         lambda t: _resource(t, "AWS::Lambda::Function", CONSUMER)["Environment"]["Variables"].pop("DLQ_URL"),
         "missing environment variables DLQ_URL",
+    ),
+    (
+        "producer without the Redis secret",
+        lambda t: _env(t, PRODUCER).pop("DRUGSYNC_REDIS_SECRET_ARN"),
+        "missing environment variables DRUGSYNC_REDIS_SECRET_ARN",
+    ),
+    (
+        "a password variable",
+        lambda t: _env(t).update(DRUGSYNC_REDIS_PASSWORD="tok"),
+        "DRUGSYNC_REDIS_PASSWORD looks like a credential",
+    ),
+    (
+        "a secret resolved into the environment",
+        lambda t: _env(t).update(
+            DRUGSYNC_RANGE_SIZE="{{resolve:secretsmanager:drugsync-redis:SecretString}}"
+        ),
+        "DRUGSYNC_RANGE_SIZE resolves a secret into the plain environment",
+    ),
+    (
+        "a Redis URL without credentials",
+        lambda t: _env(t).update(REDIS_URL="rediss://cache.example:6379/0"),
+        "REDIS_URL in the environment",
+    ),
+    (
+        "a credential URL in a parameter default",
+        lambda t: t["Parameters"]["AlarmEmail"].update(Default="https://ops:hunter2@hooks.example/x"),
+        "template.Parameters.AlarmEmail.Default: a URL with credentials",
+    ),
+    (
+        "a wildcard KMS key behind a condition",
+        lambda t: _policy(t, "ConsumerRole")[3]["Fn::If"][1].update(Resource="*"),
+        "Resource '*' for kms:Decrypt",
+    ),
+    (
+        "no ConsumerFunctionName output",
+        lambda t: t["Outputs"].pop("ConsumerFunctionName"),
+        "no stack output ConsumerFunctionName",
     ),
     (
         "no ReportBatchItemFailures",
@@ -197,3 +241,36 @@ def test_a_copy_beside_the_template_must_be_the_same_bytes(artefact: Path, tmp_p
     assert check_artefact_copy(template_path, artefact) == []
     (template_path.parent / artefact.name).write_bytes(b"older build")
     assert "differs from" in check_artefact_copy(template_path, artefact)[0]
+
+
+def test_a_redis_url_with_a_token_in_the_environment_fails_and_the_token_is_not_shown() -> None:
+    # GIVEN the template of before: REDIS_URL with the AUTH token in the function's environment
+    template = copy.deepcopy(GOOD)
+    _env(template).pop("DRUGSYNC_REDIS_SECRET_ARN")
+    _env(template)["REDIS_URL"] = "rediss://:tok9secret@cache.example:6379/0"
+
+    # WHEN it is checked
+    problems = check_template(template)
+
+    # THEN the variable and the URL are both refused, and no problem quotes the token
+    assert any("REDIS_URL in the environment" in problem for problem in problems), problems
+    assert any(".REDIS_URL: a URL with credentials" in problem for problem in problems), problems
+    assert any("DRUGSYNC_REDIS_SECRET_ARN" in problem for problem in problems), problems
+    assert not [problem for problem in problems if "tok9secret" in problem]
+
+
+@pytest.mark.parametrize("output", REQUIRED_OUTPUTS)
+def test_every_output_an_operator_needs_is_in_the_compiled_template(output: str) -> None:
+    assert output in GOOD["Outputs"]
+
+
+def test_the_secret_permissions_name_exactly_the_two_secrets_the_functions_read() -> None:
+    for handler, role in ((PRODUCER, "ProducerRole"), (CONSUMER, "ConsumerRole")):
+        env = _env(GOOD, handler)
+        read = {env["DRUGSYNC_DATABASE_SECRET_ARN"], env["DRUGSYNC_REDIS_SECRET_ARN"]}
+        granted = [
+            statement["Resource"]
+            for statement in _policy(GOOD, role)
+            if statement.get("Action") == "secretsmanager:GetSecretValue"
+        ]
+        assert [set(resources) for resources in granted] == [read], role
