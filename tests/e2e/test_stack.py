@@ -106,6 +106,8 @@ def test_status_of_a_deployed_stack_shows_its_run_queues_and_counts(
     # GIVEN a deployed stack, and an operator's shell still pointed at the local stack
     for key, value in stack.env.items():  # DATABASE_URL, REDIS_URL, QUEUE_URL... of the local stack
         monkeypatch.setenv(key, value)
+    # This stack's functions live in moto's Lambda, not in the local stack's Lambda API.
+    monkeypatch.delenv("AWS_ENDPOINT_URL_LAMBDA")
     monkeypatch.setenv("DRUGSYNC_TABLE", "drugs_stray")
     monkeypatch.setenv("DRUGSYNC_KEY_PREFIX", "stray:")
     tag = f"s{uuid.uuid4().hex[:8]}"

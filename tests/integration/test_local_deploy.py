@@ -68,9 +68,11 @@ def test_invoking_the_producer_starts_a_run_through_the_secrets(stack: StackStat
         assert "FunctionError" not in answer, summary
         assert summary["eligible_drugs"] == eligible
         assert summary["ranges"] == -(-eligible // 10)
-        ledger = PostgresLedger(Database(stack.env["DATABASE_URL"]))
-        assert ledger.latest_run_id() is not None
-        assert str(ledger.latest_run_id()) == summary["run_id"]
+        database = Database(stack.env["DATABASE_URL"])
+        try:
+            assert str(PostgresLedger(database).latest_run_id()) == summary["run_id"]
+        finally:
+            database.close()
     finally:
         sqs = _client(stack, "sqs")
         sqs.purge_queue(QueueUrl=stack.env["QUEUE_URL"])
