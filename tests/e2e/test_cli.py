@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -322,6 +323,34 @@ def test_status_watch_follows_a_run_while_consumers_work_and_ends_when_it_comple
     assert "queue 0 visible, 0 in flight, 0 delayed  |  DLQ 0" in last
     assert "-> consistent" in last
     assert all("consistent" not in frame for frame in frames[:-1])  # the counts only at the end
+
+
+def test_ctrl_c_ends_the_watch_with_130_and_no_traceback(user_env: dict[str, str]) -> None:
+    # GIVEN a run nobody consumes
+    env = {**user_env, "DRUGSYNC_TABLE": "drugs_watch", "DRUGSYNC_KEY_PREFIX": "watch:",
+           "DRUGSYNC_INDEX_NAME": "idx:watch"}  # fmt: skip
+    assert drugsync(env, "local", "up").returncode == 0
+    assert drugsync(env, "seed", "--drugs", "200").returncode == 0
+    assert drugsync(env, "sync", "--range-size", "100").returncode == 0
+
+    # WHEN the operator presses Ctrl-C while it is being watched
+    with subprocess.Popen(
+        [*DRUGSYNC, "status", "--watch", "--interval", "0.5"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as watcher:  # fmt: skip
+        reader = LineReader(watcher)
+        try:
+            assert reader.wait_for("\n", seconds=60), "the watch drew no two frames apart"
+            watcher.send_signal(signal.SIGINT)
+            watcher.wait(timeout=30)
+        finally:
+            watcher.kill()
+        errors = watcher.stderr.read() if watcher.stderr else ""
+
+    # THEN it exits 130 quietly (and the run is drained for the tests after this one)
+    assert watcher.returncode == 130, errors
+    assert "Traceback" not in errors
+    assert drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
 
 
 class LineReader:
