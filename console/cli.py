@@ -21,6 +21,7 @@ from console.seed import seed_drugs, synthetic_sample
 from console.services import Services
 from console.status import gather_runs, gather_status, render_runs, render_status
 from console.verify import render_report, repair, verify
+from console.watch import DEFAULT_INTERVAL, interval_seconds, watch_run
 from producer.plan import range_size_that_fits, resume_run
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError
@@ -132,15 +133,17 @@ def cmd_work(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch and args.json:
+        raise ConfigError("--watch redraws a view for a person, --json prints one report: choose one")
+    if args.interval is not None and not args.watch:
+        raise ConfigError("--interval is the refresh period of --watch: add --watch")
     found = services()
-    report = gather_status(
-        found.ledger,
-        found.catalog,
-        found.store,
-        found.queue if found.settings.queue_url else None,
-        found.dead_letter,
-        UUID(args.run) if args.run else None,
-    )
+    queue = found.queue if found.settings.queue_url else None
+    run_id = UUID(args.run) if args.run else None
+    if args.watch:
+        interval = args.interval or DEFAULT_INTERVAL
+        return watch_run(found.ledger, found.catalog, found.store, queue, found.dead_letter, run_id, interval)
+    report = gather_status(found.ledger, found.catalog, found.store, queue, found.dead_letter, run_id)
     print(json.dumps(report.to_json(), indent=2) if args.json else render_status(report))
     return 0
 
@@ -315,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--run", type=_run_id, help="run id (default: the latest)")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true", help="redraw queues, rate and ETA until the run ends")
+    status.add_argument(
+        "--interval",
+        type=interval_seconds,
+        help=f"seconds between --watch refreshes (default {DEFAULT_INTERVAL:g})",
+    )
     status.set_defaults(handler=cmd_status)
 
     runs = commands.add_parser("runs", help="recent runs and their states", parents=[on_stack])

@@ -1,6 +1,6 @@
 """`drugsync status`: a run's progress, queue depths and the three counts that must agree."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -37,14 +37,14 @@ class StatusReport:
     run: dict[str, Any] | None
     queue: QueueDepth | None
     dead_letter: QueueDepth | None
-    counts: Counts
+    counts: Counts | None  # None while `status --watch` refreshes the run and queues only
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run": self.run,
             "queue": asdict(self.queue) if self.queue else None,
             "dead_letter": asdict(self.dead_letter) if self.dead_letter else None,
-            "counts": {**asdict(self.counts), "consistent": self.counts.consistent},
+            "counts": {**asdict(self.counts), "consistent": self.counts.consistent} if self.counts else None,
         }
 
 
@@ -114,17 +114,29 @@ def gather_status(
 ) -> StatusReport:
     ledger.ensure_schema()
     chosen = run_id or ledger.latest_run_id()
-    progress = ledger.progress(chosen) if chosen else None
+    report = gather_progress(ledger, queue, dead_letter, chosen, datetime.now(UTC))
+    run = report.run
+    if run is not None and run["failed_drugs"]:
+        failures = ledger.open_failures(UUID(run["run_id"]))[:MAX_LISTED_FAILURES]
+        run = {**run, "failures": [asdict(failure) for failure in failures]}
+    return replace(report, run=run, counts=gather_counts(catalog, store))
+
+
+def gather_progress(
+    ledger: PostgresLedger,
+    queue: SqsQueue | None,
+    dead_letter: SqsQueue | None,
+    run_id: UUID | None,
+    now: datetime,
+) -> StatusReport:
+    """The run and the queue depths without the counts: cheap enough to read every few seconds."""
+    progress = ledger.progress(run_id) if run_id else None
     depth = queue.depth() if queue else None
-    run = describe_run(progress, datetime.now(UTC), depth) if progress else None
-    if progress is not None and progress.open_failures:
-        failures = ledger.open_failures(progress.run_id)[:MAX_LISTED_FAILURES]
-        run = {**(run or {}), "failures": [asdict(failure) for failure in failures]}
     return StatusReport(
-        run=run,
+        run=describe_run(progress, now, depth) if progress else None,
         queue=depth,
         dead_letter=dead_letter.depth() if dead_letter else None,
-        counts=gather_counts(catalog, store),
+        counts=None,
     )
 
 
@@ -167,13 +179,17 @@ def render_status(report: StatusReport) -> str:
             f" {report.queue.delayed} delayed"
             + (f"; dead-letter: {report.dead_letter.visible}" if report.dead_letter else "")
         )
-    counts = report.counts
-    lines.append(
+    if report.counts is not None:
+        lines.append(render_counts(report.counts))
+    return "\n".join(lines)
+
+
+def render_counts(counts: Counts) -> str:
+    return (
         f"postgres eligible {counts.postgres_eligible:,} | redis documents {counts.redis_documents:,}"
         f" | index documents {counts.index_documents:,} (failures {counts.index_failures})"
         f" -> {'consistent' if counts.consistent else 'NOT consistent'}"
     )
-    return "\n".join(lines)
 
 
 def gather_runs(ledger: PostgresLedger, queue: SqsQueue | None, limit: int) -> list[dict[str, Any]]:

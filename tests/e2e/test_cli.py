@@ -4,8 +4,11 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,6 +280,110 @@ def sync_and_verify(env: dict[str, str]) -> dict[str, int]:
     assert verified.returncode == 0, report
     assert json.loads(drugsync(env, "status", "--json").stdout)["run"]["state"] == "complete"
     return dict(report)
+
+
+def test_status_watch_follows_a_run_while_consumers_work_and_ends_when_it_completes(
+    user_env: dict[str, str],
+) -> None:
+    # GIVEN a run of 10 ranges enqueued on its own table, nobody consuming yet
+    env = {**user_env, "DRUGSYNC_TABLE": "drugs_watch", "DRUGSYNC_KEY_PREFIX": "watch:",
+           "DRUGSYNC_INDEX_NAME": "idx:watch"}  # fmt: skip
+    assert drugsync(env, "local", "up").returncode == 0
+    assert drugsync(env, "seed", "--drugs", "1000").returncode == 0
+    sync = drugsync(env, "sync", "--range-size", "100", "--json")
+    assert sync.returncode == 0, sync.stderr
+    run_id = json.loads(sync.stdout)["run_id"]
+
+    # WHEN the watch runs, and consumers start once it has drawn two frames
+    with subprocess.Popen(
+        [*DRUGSYNC, "status", "--watch", "--interval", "0.5", "--run", run_id],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as watcher:  # fmt: skip
+        reader = LineReader(watcher)
+        try:
+            assert reader.wait_for("\n", seconds=60), "the watch drew no two frames apart"
+            work = drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull)
+            watcher.wait(timeout=120)
+        finally:
+            watcher.kill()  # nothing to do when it ended by itself
+        output, errors = reader.text(), watcher.stderr.read() if watcher.stderr else ""
+
+    # THEN it ends by itself with exit 0, having drawn frames from a full queue to a complete run
+    assert work.returncode == 0, work.stderr
+    assert watcher.returncode == 0, output + errors
+    frames = output.strip().split("\n\n")
+    assert len(frames) >= 3
+    assert "\x1b[" not in output  # no terminal escapes in a pipe
+    assert f"run {run_id}  running" in frames[0]
+    assert re.search(r"queue [1-9]\d* visible", frames[0]), frames[0]
+    assert "ETA —" in frames[0]
+    last = frames[-1]
+    assert f"run {run_id}  complete " in last
+    assert "100.0%" in last
+    assert "queue 0 visible, 0 in flight, 0 delayed  |  DLQ 0" in last
+    assert "-> consistent" in last
+    assert all("consistent" not in frame for frame in frames[:-1])  # the counts only at the end
+
+
+def test_ctrl_c_ends_the_watch_with_130_and_no_traceback(user_env: dict[str, str]) -> None:
+    # GIVEN a run nobody consumes
+    env = {**user_env, "DRUGSYNC_TABLE": "drugs_watch", "DRUGSYNC_KEY_PREFIX": "watch:",
+           "DRUGSYNC_INDEX_NAME": "idx:watch"}  # fmt: skip
+    assert drugsync(env, "local", "up").returncode == 0
+    assert drugsync(env, "seed", "--drugs", "200").returncode == 0
+    assert drugsync(env, "sync", "--range-size", "100").returncode == 0
+
+    # WHEN the operator presses Ctrl-C while it is being watched
+    with subprocess.Popen(
+        [*DRUGSYNC, "status", "--watch", "--interval", "0.5"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as watcher:  # fmt: skip
+        reader = LineReader(watcher)
+        try:
+            assert reader.wait_for("\n", seconds=60), "the watch drew no two frames apart"
+            watcher.send_signal(signal.SIGINT)
+            watcher.wait(timeout=30)
+        finally:
+            watcher.kill()
+        errors = watcher.stderr.read() if watcher.stderr else ""
+
+    # THEN it exits 130 quietly (and the run is drained for the tests after this one)
+    assert watcher.returncode == 130, errors
+    assert "Traceback" not in errors
+    assert drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
+
+
+class LineReader:
+    """A process's stdout lines, collected by a thread as they come, so a test can wait with a deadline."""
+
+    def __init__(self, process: "subprocess.Popen[str]") -> None:
+        assert process.stdout is not None
+        self._stream = process.stdout
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            with self._lock:
+                self._lines.append(line)
+
+    def wait_for(self, line: str, seconds: float) -> bool:
+        """True once `line` has come, False if it has not within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                if line in self._lines:
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def text(self) -> str:
+        """Everything read, once the stream has ended."""
+        self._thread.join(timeout=30)
+        with self._lock:
+            return "".join(self._lines)
 
 
 def test_a_run_id_that_is_not_one_is_refused_without_a_traceback(user_env: dict[str, str]) -> None:
