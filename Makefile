@@ -12,7 +12,7 @@ ARTEFACT := dist/drugsync-lambda.zip
 STAGE ?= dev
 PARAMS ?=
 
-.PHONY: demo test lint typecheck infra-check package deploy unit integration e2e faults bench down clean
+.PHONY: demo test lint typecheck infra-check package deploy remove unit integration e2e faults bench down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ package: $(STAMP) $(NODE_BIN)/osls  # node_modules holds the RDS CA bundle the z
 deploy: package $(NODE_BIN)/osls
 	$(BIN)/python -m infra.package --check
 	$(NODE_BIN)/osls deploy --stage $(STAGE) $(PARAMS)
+
+## remove: tear the stage's stack down (the secrets, which it does not own, stay)
+remove: $(NODE_BIN)/osls
+	$(NODE_BIN)/osls remove --stage $(STAGE) $(PARAMS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
