@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 DRUGSYNC = [sys.executable, "-m", "console.cli"]
-OUTSIDE = ("DATABASE_URL", "REDIS_URL", "QUEUE_URL", "DLQ_URL", "AWS_ENDPOINT_URL")
+OUTSIDE = ("DATABASE_URL", "REDIS_URL", "QUEUE_URL", "DLQ_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_LAMBDA")
 
 
 @pytest.fixture(scope="module")

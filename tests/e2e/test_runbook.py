@@ -45,7 +45,8 @@ def operator_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DRUGSYNC_", "AWS_")) and key not in ("DATABASE_URL", "REDIS_URL", "QUEUE_URL", "DLQ_URL")
+        if not key.startswith(("DRUGSYNC_", "AWS_"))
+        and key not in ("DATABASE_URL", "REDIS_URL", "QUEUE_URL", "DLQ_URL")
     }
     env["DRUGSYNC_STATE_DIR"] = str(tmp_path_factory.mktemp("runbook-state"))
     env["PYTHONPATH"] = str(ROOT)
@@ -107,7 +108,7 @@ def check_deploy_params(stage: str, params: str) -> None:
     template = json.loads(template_path.read_text())
     assert check_template(template) == []
     linted = subprocess.run(
-        [sys.executable, "-m", "cfnlint", "--ignore-checks", "W3005", "--", str(template_path)],
+        [str(Path(sys.executable).with_name("cfn-lint")), "--ignore-checks", "W3005", "--", str(template_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
     assert linted.returncode == 0, linted.stdout
@@ -134,11 +135,15 @@ def test_every_runbook_line_runs_against_the_local_stack_or_is_checked(operator_
             result = shell(line, env)
             assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
             outputs.append((line, result.stdout))
+            print(f"$ {line}\n{result.stdout}{result.stderr}")
         else:
             pytest.fail(f"runbook line neither runs here nor is checked: {line!r}")
 
     printed = dict(outputs)  # a line run twice (status --watch) keeps its last output
     assert [line for line, _ in outputs].count("drugsync status --watch") == 2
     assert "Amoxicillin 500 mg capsule" in printed['drugsync search "amoxicillin 500 mg capsule"']
-    assert re.search(rf"missing 0  extra 0  stale 0  \(postgres eligible [\d,]+, redis documents", printed["drugsync verify"])
+    assert re.search(
+        r"missing 0  extra 0  stale 0  \(postgres eligible [\d,]+, redis documents",
+        printed["drugsync verify"],
+    )
     assert printed["drugsync verify"].rstrip().endswith("no drift")
