@@ -1,6 +1,7 @@
 """The Lambda artefact: Linux wheels for the target, within Lambda's limits, importable as deployed."""
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -70,3 +71,29 @@ def test_cold_import_times_from_the_artefact(
     assert set(times) == {"producer.handler", "consumer.handler"}
     with capsys.disabled():
         print("\n" + ", ".join(f"{handler} {seconds * 1000:.0f} ms" for handler, seconds in times.items()))
+
+
+def _osls_package(artefact: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """`osls package` as an operator would run it by hand, with package.artifact resolved to `artefact`."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [str(root / "node_modules" / ".bin" / "osls"), "package", "--package", str(out)],
+        cwd=root, capture_output=True, text=True, timeout=180, check=False,
+        env={**os.environ, "DRUGSYNC_ARTEFACT": str(artefact), "DRUGSYNC_PYTHON": sys.executable},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["missing", "stale"])
+def test_packaging_refuses_a_missing_or_stale_artefact_and_says_what_to_run(
+    which: str, this_machine_artefact: BuiltArtefact, tmp_path: Path
+) -> None:
+    # This machine's build targets another Python and architecture than serverless.yml: stale there.
+    artefact = this_machine_artefact.zip_path if which == "stale" else tmp_path / "drugsync-lambda.zip"
+    packaged = _osls_package(artefact, tmp_path / "out")
+    assert packaged.returncode != 0
+    said = packaged.stdout + packaged.stderr
+    assert "the Lambda artefact cannot be deployed" in said
+    assert "run `make package`" in said
+    expected = "does not exist" if which == "missing" else "the target is python3.12 arm64"
+    assert expected in said, said
+    assert not (tmp_path / "out" / "cloudformation-template-update-stack.json").exists()
