@@ -34,6 +34,15 @@ def drugsync(env: dict[str, str], *args: str, timeout: float = 600) -> subproces
     )
 
 
+def own_catalog(user_env: dict[str, str], name: str, drugs: int) -> dict[str, str]:
+    """The local stack up and a seeded table, key prefix and index no other test uses."""
+    env = {**user_env, "DRUGSYNC_TABLE": f"drugs_{name}", "DRUGSYNC_KEY_PREFIX": f"{name}:",
+           "DRUGSYNC_INDEX_NAME": f"idx:{name}"}  # fmt: skip
+    assert drugsync(env, "local", "up").returncode == 0
+    assert drugsync(env, "seed", "--drugs", str(drugs)).returncode == 0
+    return env
+
+
 def _summary_counts(output: str) -> tuple[int, int, int]:
     numbers = [
         int(re.search(rf"{label}\s+([\d,]+)", output).group(1).replace(",", ""))  # type: ignore[union-attr]
@@ -237,10 +246,7 @@ def test_any_bigint_ids_then_deletions_and_ineligible_rows_sync_to_complete_with
     import psycopg
 
     # GIVEN its own table: the seeded catalog plus ids far apart, negative, zero and the largest bigint
-    env = {**user_env, "DRUGSYNC_TABLE": "drugs_wide", "DRUGSYNC_KEY_PREFIX": "wide:",
-           "DRUGSYNC_INDEX_NAME": "idx:wide"}  # fmt: skip
-    assert drugsync(env, "local", "up").returncode == 0
-    assert drugsync(env, "seed", "--drugs", "400").returncode == 0
+    env = own_catalog(user_env, "wide", 400)
     with psycopg.connect(_stack_database_url(user_env), autocommit=True) as conn:
         for drug_id in EXTREME_IDS:
             conn.execute(
@@ -286,10 +292,7 @@ def test_status_watch_follows_a_run_while_consumers_work_and_ends_when_it_comple
     user_env: dict[str, str],
 ) -> None:
     # GIVEN a run of 10 ranges enqueued on its own table, nobody consuming yet
-    env = {**user_env, "DRUGSYNC_TABLE": "drugs_watch", "DRUGSYNC_KEY_PREFIX": "watch:",
-           "DRUGSYNC_INDEX_NAME": "idx:watch"}  # fmt: skip
-    assert drugsync(env, "local", "up").returncode == 0
-    assert drugsync(env, "seed", "--drugs", "1000").returncode == 0
+    env = own_catalog(user_env, "watch", 1000)
     sync = drugsync(env, "sync", "--range-size", "100", "--json")
     assert sync.returncode == 0, sync.stderr
     run_id = json.loads(sync.stdout)["run_id"]
@@ -327,10 +330,7 @@ def test_status_watch_follows_a_run_while_consumers_work_and_ends_when_it_comple
 
 def test_ctrl_c_ends_the_watch_with_130_and_no_traceback(user_env: dict[str, str]) -> None:
     # GIVEN a run nobody consumes
-    env = {**user_env, "DRUGSYNC_TABLE": "drugs_watch", "DRUGSYNC_KEY_PREFIX": "watch:",
-           "DRUGSYNC_INDEX_NAME": "idx:watch"}  # fmt: skip
-    assert drugsync(env, "local", "up").returncode == 0
-    assert drugsync(env, "seed", "--drugs", "200").returncode == 0
+    env = own_catalog(user_env, "watch", 200)
     assert drugsync(env, "sync", "--range-size", "100").returncode == 0
 
     # WHEN the operator presses Ctrl-C while it is being watched

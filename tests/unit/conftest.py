@@ -6,6 +6,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
+from moto import mock_aws
+
+from shared import redact
 
 
 @pytest.fixture
@@ -16,3 +19,16 @@ def bedrock() -> Iterator[tuple[Any, Stubber]]:
     )
     with Stubber(client) as stubber:
         yield client, stubber
+
+
+@pytest.fixture
+def no_known_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test starts in a process that has used no connection string or secret yet."""
+    monkeypatch.setattr(redact, "_known_secrets", set())
+
+
+@pytest.fixture
+def secrets() -> Iterator[Any]:
+    """Secrets Manager in moto."""
+    with mock_aws():
+        yield boto3.client("secretsmanager", region_name="us-east-1")

@@ -6,28 +6,17 @@ import traceback
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
-from shared import redact
 from shared.errors import ConfigError, UnavailableError
 from shared.redact import redact_known
 from shared.secrets import redis_url_from_secret
 from shared.settings import Settings
 from shared.wiring import redis_url
 
+pytestmark = pytest.mark.usefixtures("no_known_secrets")
+
 TOKEN = "t0k/en@with#odd:chars%"
 ENCODED = "t0k%2Fen%40with%23odd%3Achars%25"
-
-
-@pytest.fixture(autouse=True)
-def _no_known_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redact, "_known_secrets", set())
-
-
-@pytest.fixture
-def secrets():
-    with mock_aws():
-        yield boto3.client("secretsmanager", region_name="us-east-1")
 
 
 def _secret(client, value: str) -> str:

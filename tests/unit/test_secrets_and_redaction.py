@@ -2,13 +2,10 @@ import json
 import traceback
 from urllib.parse import quote, quote_plus
 
-import boto3
 import psycopg
 import pytest
-from moto import mock_aws
 from psycopg.conninfo import conninfo_to_dict
 
-from shared import redact
 from shared.errors import ConfigError, UnavailableError
 from shared.postgres import Database, connect, translate_errors
 from shared.redact import redact_url
@@ -16,6 +13,8 @@ from shared.redis_store import RedisDocumentStore, connect_redis
 from shared.secrets import database_url_from_secret
 from shared.settings import Settings
 from shared.wiring import database_url
+
+pytestmark = pytest.mark.usefixtures("no_known_secrets")
 
 # Every character a URL or libpq treats specially: '@' ':' '/' '?' '=' '&' '#' '%' ' ' quotes.
 PASSWORD = "p@ss:w/rd?x=1&y#z%20 'q\""
@@ -29,18 +28,6 @@ def _assert_no_password(error: BaseException) -> None:
     pieces = [PASSWORD, quote(PASSWORD, safe=""), quote_plus(PASSWORD), LIBPQ_QUOTED, *PASSWORD.split(" ")]
     leaked = [piece for piece in pieces if piece in text]
     assert not leaked, text
-
-
-@pytest.fixture(autouse=True)
-def _no_known_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts in a process that has used no connection string yet."""
-    monkeypatch.setattr(redact, "_known_secrets", set())
-
-
-@pytest.fixture
-def secrets():
-    with mock_aws():
-        yield boto3.client("secretsmanager", region_name="us-east-1")
 
 
 def test_rds_secret_becomes_a_tls_url(secrets) -> None:
