@@ -17,6 +17,7 @@ from typing import TextIO
 from uuid import UUID
 
 from console.status import (
+    STALL_SECONDS,
     Counts,
     StatusReport,
     advice,
@@ -25,7 +26,8 @@ from console.status import (
     progress_bar,
     render_counts,
 )
-from shared.errors import ConfigError
+from shared.describe import describe_error
+from shared.errors import ConfigError, UnavailableError
 from shared.ledger import PostgresLedger
 from shared.ports import Catalog
 from shared.queue import SqsQueue
@@ -35,6 +37,7 @@ DEFAULT_INTERVAL = 2.0
 MIN_INTERVAL = 0.1  # each refresh is a ledger query and two GetQueueAttributes calls
 RATE_WINDOW = timedelta(seconds=60)  # the dashboard's period: ranges land in bursts, a minute smooths them
 UNKNOWN = "—"
+MAX_REFRESH_FAILURES = 5  # in a row: a passing outage is shown and waited out, a lasting one ends the watch
 
 # https://invisible-island.net/xterm/ctlseqs/ctlseqs.html: CUU (cursor up n rows), ED 0 (erase below)
 CURSOR_UP = "\x1b[{rows}A"
@@ -158,6 +161,37 @@ class Screen:
         self._rows = rows_taken(frame, self._columns())
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What moved last, as the watch saw it: a run whose queue waits with nothing taken is worth a word."""
+
+    marker: tuple[int, int, int]  # ranges done, drugs done, messages in flight
+    since: datetime
+
+    def seen(self, report: StatusReport, now: datetime) -> "Progress":
+        run, queue = report.run, report.queue
+        assert run is not None
+        marker = (run["ranges_done"], run["drugs_done"], queue.in_flight if queue else 0)
+        return self if marker == self.marker else Progress(marker, now)
+
+
+def waiting_hint(report: StatusReport, progress: Progress, now: datetime) -> str | None:
+    """Messages visible, none taken and nothing done for STALL_SECONDS: nobody is consuming."""
+    queue = report.queue
+    if (
+        queue is None
+        or not queue.visible
+        or queue.in_flight
+        or (now - progress.since).total_seconds() < STALL_SECONDS
+    ):
+        return None
+    return (
+        f"WAITING: {queue.visible:,} messages visible and none taken for {STALL_SECONDS // 60} min:"
+        " is the consumer's event source enabled, its concurrency above 0?"
+        " (locally: is `drugsync work` running?)"
+    )
+
+
 def watch(
     read: Callable[[datetime], StatusReport],
     count: Callable[[], Counts],
@@ -166,18 +200,37 @@ def watch(
     clock: Callable[[], datetime],
     sleep: Callable[[float], None],
 ) -> int:
-    """Show a frame every `interval` seconds until the run ends; returns the exit code."""
+    """Show a frame every `interval` seconds until the run ends; returns the exit code.
+
+    A refresh that fails for a passing reason (the database or SQS briefly unreachable) is said on
+    the screen and tried again, MAX_REFRESH_FAILURES times in a row before the watch gives up.
+    """
     samples: tuple[Sample, ...] = ()
+    progress: Progress | None = None
+    failures = 0
     while True:
         now = clock()
-        report = read(now)
+        try:
+            report = read(now)
+        except UnavailableError as error:
+            failures += 1
+            if failures >= MAX_REFRESH_FAILURES:
+                raise
+            screen.show(f"{now:%H:%M:%S} UTC  refresh failed ({failures}/{MAX_REFRESH_FAILURES}),"
+                        f" trying again in {interval:g}s: {describe_error(error)}")  # fmt: skip
+            sleep(interval)
+            continue
+        failures = 0
         if report.run is None:
             raise ConfigError("the run is not in the ledger: see `drugsync runs` for the run ids")
         samples = record_sample(samples, Sample(now, report.run["drugs_done"]))
+        progress = (progress or Progress((-1, -1, -1), now)).seen(report, now)
         outcome = watch_outcome(report)
         if outcome is not None:
             report = replace(report, counts=count())
-        screen.show(render_frame(report, samples, now, interval))
+        frame = render_frame(report, samples, now, interval)
+        hint = waiting_hint(report, progress, now) if outcome is None else None
+        screen.show(f"{frame}\n{hint}" if hint else frame)
         if outcome is not None:
             return outcome
         sleep(interval)

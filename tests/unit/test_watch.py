@@ -25,7 +25,7 @@ from console.watch import (
     watch,
     watch_outcome,
 )
-from shared.errors import ConfigError
+from shared.errors import ConfigError, UnavailableError
 from shared.ports import RunProgress
 from shared.queue import QueueDepth
 
@@ -286,3 +286,56 @@ def test_options_that_do_not_go_together_are_refused_in_one_line(
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_messages_nobody_takes_for_ten_minutes_get_a_hint_and_the_watch_goes_on() -> None:
+    clock = FakeClock()
+    waiting = QueueDepth(8, 0, 0)  # visible, none in flight: no consumer takes them
+    quiet = int(STALL_SECONDS / 5.0)
+    script = [(2, waiting, False)] * (quiet + 2) + [(10, DRAINED, True)]
+
+    code, output, _ = run_watch(script, clock)
+
+    frames = output.split("\n\n")
+    hinted = [index for index, frame in enumerate(frames) if "WAITING: 8 messages visible" in frame]
+    assert code == 0
+    assert hinted == [quiet, quiet + 1]  # from the first refresh STALL_SECONDS after the last change
+    assert "event source enabled" in frames[quiet]
+
+
+def test_messages_in_flight_are_being_worked_on_so_no_hint() -> None:
+    clock = FakeClock()
+    quiet = int(STALL_SECONDS / 5.0)
+    script = [(2, QueueDepth(8, 2, 0), False)] * (quiet + 2) + [(10, DRAINED, True)]
+
+    _, output, _ = run_watch(script, clock)
+
+    assert "WAITING" not in output
+
+
+def test_a_passing_outage_is_shown_and_waited_out_a_lasting_one_ends_the_watch() -> None:
+    clock = FakeClock()
+    answers: list[StatusReport | Exception] = [
+        UnavailableError("postgres: connection refused"),
+        UnavailableError("postgres: connection refused"),
+        report(at(10), 10, DRAINED, finished=True, announced=True),
+    ]
+
+    def read(now: datetime) -> StatusReport:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    out = io.StringIO()
+    code = watch(read, lambda: AGREEING, Screen(out, in_place=False), 5.0, clock, clock.sleep)
+
+    assert code == 0
+    assert out.getvalue().count("refresh failed") == 2
+    assert "trying again in 5s: postgres: connection refused" in out.getvalue()
+
+    def never(now: datetime) -> StatusReport:
+        raise UnavailableError("sqs: endpoint unreachable")
+
+    with pytest.raises(UnavailableError):
+        watch(never, lambda: AGREEING, Screen(io.StringIO(), in_place=False), 5.0, clock, clock.sleep)
