@@ -27,6 +27,8 @@ from botocore.exceptions import (
 )
 from pydantic import AliasChoices, ValidationError
 
+from console.paths import cache_dir
+from infra.ca_bundle import BUNDLE_IN_ARTEFACT, LAMBDA_TASK_ROOT, rds_ca_bundle
 from shared.errors import ConfigError, DrugSyncError, UnavailableError
 from shared.models import SyncRequest, SyncSummary
 from shared.settings import Settings, describe_settings_error
@@ -39,7 +41,8 @@ OUTPUT_VARIABLES = {
     "RedisSecretArn": "DRUGSYNC_REDIS_SECRET_ARN",
 }
 # The CA bundle verifies the database from where the command runs; the function's is a /var/task path.
-OPERATOR_VARIABLES = frozenset({"DRUGSYNC_DATABASE_CA_BUNDLE"})
+CA_BUNDLE_VARIABLE = "DRUGSYNC_DATABASE_CA_BUNDLE"
+OPERATOR_VARIABLES = frozenset({CA_BUNDLE_VARIABLE})
 # Beyond the producer's own timeout: the time to send the request and read the answer.
 INVOKE_MARGIN_SECONDS = 60
 _CONFIG_CODES = (  # a wrong name or missing permission: retrying will not help
@@ -95,7 +98,35 @@ def deployed_environment(deployment: Deployment, current: Mapping[str, str]) -> 
     kept = {name: value for name, value in current.items() if not is_deployed(name)}
     function = {name: value for name, value in deployment.consumer_environment.items() if is_deployed(name)}
     outputs = {variable: deployment.output(name) for name, variable in OUTPUT_VARIABLES.items()}
+    bundle = deployment.consumer_environment.get(CA_BUNDLE_VARIABLE)
+    if bundle and CA_BUNDLE_VARIABLE not in {name.upper() for name in current}:
+        kept[CA_BUNDLE_VARIABLE] = local_ca_bundle(bundle)
     return {**kept, **function, **outputs}
+
+
+def local_ca_bundle(deployed_path: str) -> str:
+    """Where this machine finds the CA bundle the functions verify the database with.
+
+    The functions read theirs from the zip (/var/task/...); the operator's commands need the same
+    authorities, or verify-full against the system store fails on Aurora. The RDS bundle is the one
+    infra/ca_bundle.py puts in the zip; any other /var/task file must be named by the operator.
+    """
+    if not deployed_path.startswith(LAMBDA_TASK_ROOT + "/"):
+        return deployed_path  # "system" or a path the operator's machine may share
+    if deployed_path != f"{LAMBDA_TASK_ROOT}/{BUNDLE_IN_ARTEFACT}":
+        raise ConfigError(
+            f"the deployed functions verify the database with {deployed_path} from their zip:"
+            f" set {CA_BUNDLE_VARIABLE} to a copy of that file"
+        )
+    copy = cache_dir() / "rds-ca-bundle.pem"
+    if not copy.is_file():
+        try:
+            text = rds_ca_bundle()
+        except SystemExit as error:
+            raise ConfigError(f"{error}; or set {CA_BUNDLE_VARIABLE} to the Amazon RDS CA bundle") from None
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(text)
+    return str(copy)
 
 
 def deployed_settings(deployment: Deployment, current: Mapping[str, str]) -> Settings:
@@ -237,7 +268,11 @@ def _aws_errors(what: str) -> Iterator[None]:
 def _where() -> str:
     """Which region and endpoint answered, when it may not be the one meant (AWS_ENDPOINT_URL set)."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    parts = [f"region {region}" if region else "", f"endpoint {endpoint}" if endpoint else ""]
+    endpoints = sorted(
+        f"{name.removeprefix('AWS_ENDPOINT_URL').lstrip('_').lower() or 'endpoint'} {value}"
+        for name, value in os.environ.items()
+        if name.startswith("AWS_ENDPOINT_URL") and value
+    )  # AWS_ENDPOINT_URL, and per service AWS_ENDPOINT_URL_LAMBDA...: "endpoint URL", "lambda URL"
+    parts = [f"region {region}" if region else "", *endpoints]
     where = ", ".join(part for part in parts if part)
     return f" ({where})" if where else ""

@@ -126,8 +126,11 @@ def test_every_runbook_line_runs_against_the_local_stack_or_is_checked(operator_
     env = dict(operator_env)
     outputs: list[tuple[str, str]] = []
     for line in lines:
-        if line.startswith("export DRUGSYNC_STACK="):
-            env["DRUGSYNC_STACK"] = LOCAL_STACK_NAME  # the production name, here the local stack's
+        if line.startswith("export "):
+            # The production stack and region; here the local stack's, which the shell already has.
+            exported = dict(word.split("=", 1) for word in shlex.split(line)[1:])
+            assert set(exported) == {"DRUGSYNC_STACK", "AWS_DEFAULT_REGION"}, line
+            env["DRUGSYNC_STACK"] = LOCAL_STACK_NAME
         elif line.startswith("make "):
             check_make_line(line)
         elif line.startswith("drugsync "):

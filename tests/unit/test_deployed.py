@@ -4,11 +4,13 @@ import contextlib
 import io
 import json
 import os
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -21,6 +23,7 @@ from console import cli, deployed, local_stack
 from console.deployed import (
     Deployment,
     FunctionFailed,
+    _where,
     deployed_environment,
     deployed_settings,
     describe_deployment,
@@ -351,3 +354,42 @@ def test_sync_with_a_stack_prints_a_function_error_on_one_line_and_fails(aws, mo
         "drugsync: FunctionFailed: drugsync-prod-producer failed:"
         " Runtime.ImportModuleError: Unable to import module 'producer'\n"
     )
+
+
+def _with_bundle(path: str) -> Deployment:
+    return Deployment(
+        "drugsync-prod",
+        "UPDATE_COMPLETE",
+        dict(OUTPUTS),
+        {**CONSUMER_ENV, "DRUGSYNC_DATABASE_CA_BUNDLE": path},
+    )
+
+
+def test_without_a_bundle_of_its_own_the_operator_verifies_aurora_with_the_rds_authorities_the_zip_ships(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRUGSYNC_CACHE_DIR", str(tmp_path))
+    shell = {key: value for key, value in STRAY.items() if key != "DRUGSYNC_DATABASE_CA_BUNDLE"}
+
+    env = deployed_environment(_with_bundle("/var/task/certs/rds-ca-bundle.pem"), shell)
+
+    bundle = Path(env["DRUGSYNC_DATABASE_CA_BUNDLE"])
+    assert bundle.parent == tmp_path
+    context = ssl.create_default_context(cafile=str(bundle))
+    assert len(context.get_ca_certs()) >= 100  # the Amazon RDS roots, not an empty or system store
+    assert deployed_environment(_with_bundle("system"), shell)["DRUGSYNC_DATABASE_CA_BUNDLE"] == "system"
+    with pytest.raises(ConfigError, match="set DRUGSYNC_DATABASE_CA_BUNDLE to a copy"):
+        deployed_environment(_with_bundle("/var/task/certs/other.pem"), shell)
+
+
+def test_a_not_found_names_the_region_and_every_endpoint_that_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", "http://127.0.0.1:5001")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+
+    where = _where()
+
+    assert where == " (region eu-west-1, endpoint http://127.0.0.1:5000, lambda http://127.0.0.1:5001)"
