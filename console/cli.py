@@ -92,6 +92,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print(f"producer handler from {args.code}: init {init_ms:.0f} ms (cold start)", file=sys.stderr)
         summary = SyncSummary.model_validate(result.response)
     print_summary(summary, args.json)
+    if not args.json:
+        # Naming the run: a watch started later follows this run, not whichever is latest by then.
+        stack = f" --stack {args.stack}" if args.stack else ""
+        print(f"follow it: drugsync status --watch --run {summary.run_id}{stack}")
     return 0
 
 

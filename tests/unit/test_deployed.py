@@ -329,6 +329,11 @@ def test_sync_with_a_stack_invokes_its_producer_with_the_long_read_timeout(aws, 
     assert client.meta.config.retries["total_max_attempts"] == 1
     assert json.loads(capsys.readouterr().out)["run_id"] == str(summary.run_id)
 
+    # ... and, for a person, how to follow that run (not whichever is latest when they look)
+    assert cli.main(["sync", "--stack", "drugsync-prod"]) == 0
+    printed = capsys.readouterr().out
+    assert f"follow it: drugsync status --watch --run {summary.run_id} --stack drugsync-prod" in printed
+
 
 def test_sync_with_a_stack_prints_a_function_error_on_one_line_and_fails(aws, monkeypatch, capsys) -> None:
     # GIVEN a deployed producer that answers with an unhandled error
