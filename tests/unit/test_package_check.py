@@ -62,7 +62,7 @@ def _rewritten(path: Path, drop: str = "", replace: dict[str, bytes] | None = No
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(copy, "w") as target:
         for info in source.infolist():
             if not (drop and info.filename.startswith(drop)):
-                target.writestr(info, (replace or {}).get(info.filename, source.read(info)))
+                target.writestr(info.filename, (replace or {}).get(info.filename, source.read(info)))
     return copy
 
 
