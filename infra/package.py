@@ -341,13 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     artefact = build(args.out, args.python_version, args.arch, args.target_python)
     bytecode = read_manifest(artefact.path)["bytecode"]
     print(f"{artefact.path}: python{args.python_version} {args.arch}, {artefact.sizes()}")
-    print(
-        f"bytecode compiled by python{bytecode['python']}"
-        if bytecode["included"]
-        else f"no bytecode: no python{args.python_version} found (on PATH, in ~/.pyenv or --target-python);"
-        " every cold start will compile"
-    )
+    print(bytecode_note(bytecode, args.python_version))
     return _fail([f"FAIL {problem}" for problem in artefact.problems()], stream=sys.stdout)
+
+
+def bytecode_note(bytecode: dict[str, Any], python_version: str) -> str:
+    if bytecode["included"]:
+        return f"bytecode compiled by python{bytecode['python']}"
+    return (
+        f"no bytecode: no python{python_version} found (on PATH, in ~/.pyenv or --target-python);"
+        " every cold start will compile what it imports"
+    )
 
 
 def _fail(problems: list[str], stream: Any = sys.stderr) -> int:

@@ -14,6 +14,7 @@ import pytest
 
 from infra.bytecode import find_interpreter, import_once
 from infra.package import (
+    bytecode_note,
     copy_sources,
     main,
     record_tested,
@@ -257,3 +258,15 @@ def test_an_interpreter_of_another_version_is_refused_for_bytecode() -> None:
     assert found[1].startswith(f"{here}.")
     with pytest.raises(SystemExit, match=r"is not a python2\.7 interpreter"):
         find_interpreter("2.7", Path(sys.executable))
+
+
+def test_without_an_interpreter_of_the_target_the_build_says_it_ships_no_bytecode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("infra.bytecode._candidates", lambda version: [Path("/nonexistent/python3.12")])
+    assert find_interpreter("3.12") is None
+    note = bytecode_note({"included": False, "python": None}, "3.12")
+    assert note.startswith("no bytecode: no python3.12 found")
+    assert (
+        bytecode_note({"included": True, "python": "3.12.1"}, "3.12") == "bytecode compiled by python3.12.1"
+    )
