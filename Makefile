@@ -9,6 +9,7 @@ NODE_BIN := node_modules/.bin
 CHECKOV := .drugsync/checkov-venv/bin/checkov
 TEMPLATE := .serverless/cloudformation-template-update-stack.json
 ARTEFACT := dist/drugsync-lambda.zip
+DEPLOY_PACKAGE := .drugsync/deploy-package
 STAGE ?= dev
 PARAMS ?=
 
@@ -25,9 +26,12 @@ demo: $(STAMP)
 	$(BIN)/drugsync demo --drugs $(DRUGS)
 
 ## test: lint, type-check, check the infrastructure, then unit, integration (real servers),
-## fault-injection and end-to-end tests
+## fault-injection and end-to-end tests; once they pass, .drugsync/tested.json records what they ran
+## (sources' digests, dependency versions), which `make deploy` requires the artefact to match
 test: lint typecheck infra-check
+	$(BIN)/python -m infra.package --record-tested begin
 	$(BIN)/pytest tests
+	$(BIN)/python -m infra.package --record-tested end
 
 $(NODE_BIN)/osls: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -49,14 +53,21 @@ infra-check: package $(NODE_BIN)/osls $(CHECKOV)
 	$(BIN)/pytest -q tests/unit/test_template_check.py
 
 ## package: the Lambda zip with Linux wheels for serverless.yml's runtime and architecture, pinned to
-## this venv's versions; rebuilt only when --check finds it stale (sources, venv, runtime or arch)
+## this venv's versions, with bytecode when a python of the runtime's X.Y is found; rebuilt only when
+## --check finds it stale or damaged (sources, venv, runtime or arch, any file's bytes)
 package: $(STAMP) $(NODE_BIN)/osls  # node_modules holds the RDS CA bundle the zip ships
 	$(BIN)/python -m infra.package --check || $(BIN)/python -m infra.package
 
-## deploy: the checked artefact, exactly; e.g. make deploy STAGE=prod PARAMS='--param="redisSecretArn=arn:..."'
+## deploy: the checked artefact, exactly, and only what `make test` passed on; the stage's own template
+## is compiled offline and checked (cfn-lint, infra.check_template), then deployed as checked (--package).
+## e.g. make deploy STAGE=prod PARAMS='--param="redisSecretArn=arn:..."'
 deploy: package $(NODE_BIN)/osls
-	$(BIN)/python -m infra.package --check
-	$(NODE_BIN)/osls deploy --stage $(STAGE) $(PARAMS)
+	$(BIN)/python -m infra.package --check --require-tested
+	rm -rf $(DEPLOY_PACKAGE)
+	$(NODE_BIN)/osls package --stage $(STAGE) $(PARAMS) --package $(DEPLOY_PACKAGE)
+	$(BIN)/cfn-lint --ignore-checks W3005 -- $(DEPLOY_PACKAGE)/cloudformation-template-update-stack.json
+	$(BIN)/python -m infra.check_template $(DEPLOY_PACKAGE)/cloudformation-template-update-stack.json $(ARTEFACT)
+	$(NODE_BIN)/osls deploy --stage $(STAGE) $(PARAMS) --package $(DEPLOY_PACKAGE)
 
 ## remove: tear the stage's stack down (the secrets, which it does not own, stay)
 remove: $(NODE_BIN)/osls

@@ -1,7 +1,8 @@
 // serverless.yml's package.artifact, resolved when osls packages or deploys: the path of the zip
 // `make package` built, and only if `python -m infra.package --check` finds it current (sources,
-// tested versions, target). A missing or stale zip stops packaging with what to run, so no
-// command (make deploy, or osls called by hand) can ship code the tests did not run.
+// tested versions, target) and intact (every file's sha256 as its manifest and its wheel's RECORD
+// say). A missing, stale or damaged zip stops packaging with what to run, so no command (make
+// deploy, or osls called by hand) can ship code the tests did not run.
 // https://github.com/oss-serverless/serverless/blob/main/docs/guides/variables.md (file(...).js exports)
 const { execFileSync } = require("node:child_process");
 const path = require("node:path");

@@ -2,8 +2,10 @@
 
     python -m infra.check_template TEMPLATE [ZIP]   # ZIP: dist/drugsync-lambda.zip
 
-The template alone is checked by CHECKS; against the artefact, every function must deploy that
-zip and find its handler in it.
+The template alone is checked by CHECKS; against the artefact, the zip must hold exactly what its
+manifest recorded, and every function must deploy that zip, on the runtime and architecture it was
+built for, and find its handler in it; serverless.yml must resolve package.artifact through the
+check of infra/artefact.cjs.
 
 Each check returns the problems it finds, in words an operator can act on; the command exits 1
 when there is any.
@@ -18,7 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from infra.package import DEFAULT_OUT, Artefact
+import yaml
+
+from infra.integrity import MANIFEST, content_problems
+from infra.package import DEFAULT_OUT, ROOT, Artefact
 
 Template = dict[str, Any]
 VISIBILITY_FACTOR = 6  # https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html
@@ -262,29 +267,61 @@ def check_template(template: Template) -> list[str]:
 
 
 TASK_ROOT = "/var/task/"  # where Lambda unpacks the zip (LAMBDA_TASK_ROOT)
+ARTIFACT_REFERENCE = "${file(./infra/artefact.cjs):artifact}"
 
 
 def check_artefact(template: Template, artefact: Path) -> list[str]:
-    """Every function deploys this zip (a copy beside the template must be the same bytes) and
-    finds its `path/module.function` handler in it."""
+    """The zip is what its manifest recorded; every function deploys it, on the runtime and
+    architecture it was built for, and finds its `path/module.function` handler in it."""
     if not artefact.is_file():
         return [f"{artefact} does not exist: run `make package`"]
-    problems = []
     with zipfile.ZipFile(artefact) as archive:
+        try:
+            manifest = json.loads(archive.read(MANIFEST))
+        except (KeyError, json.JSONDecodeError):
+            return [f"{artefact} has no readable {MANIFEST}: run `make package`"]
+        problems = [f"{artefact.name}: {problem}" for problem in content_problems(archive, manifest)]
         names = set(archive.namelist())
         for name, function in resources(template, "AWS::Lambda::Function"):
             problems += _check_code(name, function.get("Code", {}), artefact.name)
+            problems += _check_target(name, function, manifest)
             problems += _check_handler(name, str(function.get("Handler", "")), archive, names)
             problems += _check_task_files(name, function, names)
     return problems
 
 
-def check_artefact_copy(template_path: Path, artefact: Path) -> list[str]:
-    """osls 4 deploys package.artifact from where it is; were a copy left in .serverless/, it must match."""
-    copy = template_path.parent / artefact.name
-    if copy.is_file() and artefact.is_file() and copy.read_bytes() != artefact.read_bytes():
-        return [f"{copy} differs from {artefact}: the deployed code would not be what was checked"]
+def _check_target(name: str, function: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """Wheels and bytecode are built for one Python and one CPU: the function must run on those."""
+    runtime, architectures = function.get("Runtime"), function.get("Architectures", ["x86_64"])
+    built = (f"python{manifest.get('python')}", [manifest.get("arch")])
+    if (runtime, architectures) != built:
+        return [
+            f"{name}: runs {runtime} on {'/'.join(map(str, architectures))}, the artefact is built for"
+            f" {built[0]} on {built[1][0]}"
+        ]
     return []
+
+
+class _AnyTagLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped here
+    """serverless.yml's CloudFormation short forms (!Ref, !Split...) read as plain values."""
+
+
+_AnyTagLoader.add_multi_constructor("!", lambda loader, _, node: None)
+
+
+def check_artifact_reference(serverless_yml: Path = ROOT / "serverless.yml") -> list[str]:
+    """package.artifact goes through infra/artefact.cjs, whose --check refuses a stale or damaged zip;
+    a literal path, top level or per function, would deploy a zip nobody checked."""
+    config = yaml.load(serverless_yml.read_text(), Loader=_AnyTagLoader)  # noqa: S506 (a SafeLoader)
+    problems = []
+    if (config.get("package") or {}).get("artifact") != ARTIFACT_REFERENCE:
+        problems.append(f"{serverless_yml.name}: package.artifact must be {ARTIFACT_REFERENCE}")
+    for name, function in (config.get("functions") or {}).items():
+        artifact = (function.get("package") or {}).get("artifact")
+        if artifact not in (None, ARTIFACT_REFERENCE):
+            problems.append(f"{serverless_yml.name}: functions.{name}.package.artifact {artifact!r} bypasses"
+                            f" {ARTIFACT_REFERENCE}")  # fmt: skip
+    return problems
 
 
 def _check_code(name: str, code: dict[str, Any], artefact_name: str) -> list[str]:
@@ -333,16 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args[0])
     artefact = Path(args[1]) if len(args) > 1 else DEFAULT_OUT
     template = json.loads(path.read_text())
-    problems = (
-        check_template(template) + check_artefact(template, artefact) + check_artefact_copy(path, artefact)
-    )
+    problems = check_template(template) + check_artefact(template, artefact) + check_artifact_reference()
     if artefact.is_file():
         measured = Artefact.measure(artefact)
         problems += measured.problems()
         print(f"{artefact.name}: {measured.sizes()}")
     for problem in problems:
         print(f"FAIL {problem}")
-    print(f"{len(CHECKS) + 3} checks, {len(problems)} problem(s) in {path} and {artefact.name}")
+    print(f"{len(CHECKS)} template checks, the artefact's: {len(problems)} problem(s) in {path}, {artefact}")
     return 1 if problems else 0
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from infra.package import MANIFEST, Artefact, configured_target, import_times, source_digests
+from infra.bytecode import import_times
+from infra.integrity import MANIFEST
+from infra.package import Artefact, configured_target, source_digests, staleness
 from tests.conftest import BuiltArtefact
 
 pytestmark = pytest.mark.integration
@@ -50,6 +52,51 @@ def test_the_manifest_pins_the_tested_versions_and_each_source(this_machine_arte
     assert "aws-xray-sdk" not in manifest["dependencies"]  # installed in the venv, but no extra asks for it
     assert manifest["sources"] == source_digests()
     assert _installed(this_machine_artefact.zip_path) == manifest["dependencies"]
+
+
+def test_the_artefact_ships_bytecode_its_python_uses_without_checking_timestamps(
+    this_machine_artefact: BuiltArtefact,
+) -> None:
+    archive = zipfile.ZipFile(this_machine_artefact.zip_path)
+    manifest = json.loads(archive.read(MANIFEST))
+    assert manifest["bytecode"]["included"] is True
+    assert manifest["bytecode"]["python"].startswith(f"{this_machine_artefact.python_version}.")
+    tag = f"cpython-{this_machine_artefact.python_version.replace('.', '')}"
+    pyc = archive.read(f"consumer/__pycache__/handler.{tag}.pyc")
+    # PEP 552: flags word 0b01 = hash-based and unchecked, so /var/task's timestamps do not matter
+    assert int.from_bytes(pyc[4:8], "little") == 0b01
+    assert f"redis/__pycache__/client.{tag}.pyc" in archive.namelist()
+
+
+def test_a_copy_without_redis_and_pydantic_core_or_with_another_handler_is_refused(
+    this_machine_artefact: BuiltArtefact, tmp_path: Path
+) -> None:
+    # GIVEN copies of the built zip, its manifest untouched: one without redis/ and pydantic_core/,
+    # one whose consumer handler was replaced
+    target = (this_machine_artefact.python_version, this_machine_artefact.arch)
+    built = zipfile.ZipFile(this_machine_artefact.zip_path)
+    assert staleness(this_machine_artefact.zip_path, *target) == []
+    for which, drop, replace in (
+        ("without", ("redis/", "pydantic_core/"), {}),
+        ("replaced", (), {"consumer/handler.py": b"def lambda_handler(e, c):\n    pass\n"}),
+    ):
+        copy = tmp_path / which / "drugsync-lambda.zip"
+        copy.parent.mkdir()
+        with zipfile.ZipFile(copy, "w", zipfile.ZIP_DEFLATED) as archive:
+            for info in built.infolist():
+                if not info.filename.startswith(drop):
+                    archive.writestr(info.filename, replace.get(info.filename, built.read(info)))
+
+        # WHEN each is checked THEN what is missing or changed is named
+        problems = staleness(copy, *target)
+        if which == "without":
+            assert "redis/client.py is in the manifest but not in the zip" in problems
+            assert "pydantic_core/__init__.py is in the manifest but not in the zip" in problems
+            assert any(
+                p.startswith("redis-") and "RECORD lists redis/client.py, missing" in p for p in problems
+            )
+        else:
+            assert problems == ["consumer/handler.py in the zip differs from its digest in the manifest"]
 
 
 def _installed(zip_path: Path) -> dict[str, str]:

@@ -6,7 +6,6 @@ checks the template compiled from the current serverless.yml with the same code.
 
 import copy
 import json
-import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from infra.check_template import REQUIRED_OUTPUTS, check_artefact, check_artefact_copy, check_template
+from infra.check_template import (
+    ARTIFACT_REFERENCE,
+    REQUIRED_OUTPUTS,
+    check_artefact,
+    check_artifact_reference,
+    check_template,
+)
+from infra.package import ROOT, write_zip
 
 GOOD = json.loads((Path(__file__).parents[1] / "data" / "compiled-template.json").read_text())
 
@@ -162,16 +168,20 @@ HANDLER_SOURCE = (
 
 @pytest.fixture
 def artefact(tmp_path: Path) -> Path:
-    """A zip of the deployed artefact's name holding both handlers (not importable: parsed only)."""
+    """A zip of the deployed artefact's name for python3.12 arm64 holding both handlers (parsed only),
+    with a manifest recording each entry's digest, as `make package` writes it."""
+    staging = tmp_path / "staging"
+    files = {
+        "producer/handler.py": HANDLER_SOURCE,
+        "certs/rds-ca-bundle.pem": "-----BEGIN CERTIFICATE-----\n",
+        "consumer/handler.py": HANDLER_SOURCE.replace("def lambda_handler", "def other")
+        + "lambda_handler = other\n",
+    }
+    for name, text in files.items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_text(text)
     path = tmp_path / "dist" / "drugsync-lambda.zip"
-    path.parent.mkdir()
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("producer/handler.py", HANDLER_SOURCE)
-        archive.writestr("certs/rds-ca-bundle.pem", "-----BEGIN CERTIFICATE-----\n")
-        archive.writestr(
-            "consumer/handler.py",
-            HANDLER_SOURCE.replace("def lambda_handler", "def other") + "lambda_handler = other\n",
-        )
+    write_zip(path, staging, {"python": "3.12", "arch": "arm64", "dependencies": {}, "sources": {}})
     return path
 
 
@@ -210,6 +220,16 @@ def test_the_compiled_template_deploys_the_artefact_and_finds_both_handlers(arte
             "holds no certs/global-bundle.pem",
         ),
         (
+            "a function on another runtime",
+            lambda t: _function(t).update(Runtime="python3.13"),
+            "runs python3.13 on arm64, the artefact is built for python3.12 on arm64",
+        ),
+        (
+            "a function on another architecture",
+            lambda t: _function(t).update(Architectures=["x86_64"]),
+            "runs python3.12 on x86_64, the artefact is built for python3.12 on arm64",
+        ),
+        (
             "code inline",
             lambda t: _function(t).update(Code={"ZipFile": "def lambda_handler(e, c): pass"}),
             "does not deploy",
@@ -233,14 +253,52 @@ def test_a_missing_artefact_is_named(tmp_path: Path) -> None:
     ]
 
 
-def test_a_copy_beside_the_template_must_be_the_same_bytes(artefact: Path, tmp_path: Path) -> None:
-    template_path = tmp_path / ".serverless" / "cloudformation-template-update-stack.json"
-    template_path.parent.mkdir()
-    assert check_artefact_copy(template_path, artefact) == []  # osls 4 makes no copy
-    shutil.copy(artefact, template_path.parent / artefact.name)
-    assert check_artefact_copy(template_path, artefact) == []
-    (template_path.parent / artefact.name).write_bytes(b"older build")
-    assert "differs from" in check_artefact_copy(template_path, artefact)[0]
+def test_a_zip_other_than_its_manifest_says_is_refused(artefact: Path) -> None:
+    # GIVEN the artefact with its consumer handler replaced after the build, manifest untouched
+    built = zipfile.ZipFile(artefact)
+    entries = {info.filename: built.read(info) for info in built.infolist()}
+    with zipfile.ZipFile(artefact, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, HANDLER_SOURCE if name == "consumer/handler.py" else data)
+
+    # WHEN the template is checked against it, THEN the replaced file is named
+    problems = check_artefact(GOOD, artefact)
+    assert problems == [
+        "drugsync-lambda.zip: consumer/handler.py in the zip differs from its digest in the manifest"
+    ]
+
+
+def test_serverless_yml_resolves_the_artefact_through_the_check() -> None:
+    assert check_artifact_reference(ROOT / "serverless.yml") == []
+
+
+@pytest.mark.parametrize(
+    ("mistake", "edit", "expected"),
+    [
+        (
+            "a literal path",
+            lambda text: text.replace(ARTIFACT_REFERENCE, "dist/drugsync-lambda.zip"),
+            f"package.artifact must be {ARTIFACT_REFERENCE}",
+        ),
+        (
+            "a literal path for one function",
+            lambda text: text.replace(
+                "  consumer:\n", "  consumer:\n    package:\n      artifact: dist/old.zip\n", 1
+            ),
+            "functions.consumer.package.artifact 'dist/old.zip' bypasses",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_an_artefact_path_that_bypasses_the_check_is_refused(
+    tmp_path: Path, mistake: str, edit: Callable[[str], str], expected: str
+) -> None:
+    edited = edit((ROOT / "serverless.yml").read_text())
+    assert edited != (ROOT / "serverless.yml").read_text(), "the mistake was not planted"
+    (tmp_path / "serverless.yml").write_text(edited)
+    problems = check_artifact_reference(tmp_path / "serverless.yml")
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
 
 
 def test_a_redis_url_with_a_token_in_the_environment_fails_and_the_token_is_not_shown() -> None:

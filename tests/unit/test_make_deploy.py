@@ -1,0 +1,49 @@
+"""`make deploy` deploys only what `make test` passed on, and checks the stage's own template first."""
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE, PARAMS = "prod", '--param="subnetIds=subnet-a,subnet-b"'
+
+
+def _dry_run(*args: str) -> list[str]:
+    """The commands make would run, in order (make -n runs none of them)."""
+    done = subprocess.run(
+        ["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout.splitlines()
+
+
+def _position(lines: list[str], *words: str) -> int:
+    matching = [index for index, line in enumerate(lines) if all(word in line for word in words)]
+    assert len(matching) == 1, (words, lines)
+    return matching[0]
+
+
+def test_deploy_checks_the_tested_artefact_and_the_stages_template_before_deploying() -> None:
+    # WHEN make deploy is dry-run for a stage with params
+    lines = _dry_run("deploy", f"STAGE={STAGE}", f"PARAMS={PARAMS}")
+    package = ".drugsync/deploy-package"
+    template = f"{package}/cloudformation-template-update-stack.json"
+
+    # THEN the artefact is checked as tested, the stage's template compiled offline, linted and checked
+    # against the artefact, and only then deployed, from that compiled package
+    order = [
+        _position(lines, "infra.package --check --require-tested"),
+        _position(lines, f"node_modules/.bin/osls package --stage {STAGE} {PARAMS} --package {package}"),
+        _position(lines, "cfn-lint", template),
+        _position(lines, "infra.check_template", template, "dist/drugsync-lambda.zip"),
+        _position(lines, f"node_modules/.bin/osls deploy --stage {STAGE} {PARAMS} --package {package}"),
+    ]
+    assert order == sorted(order)
+
+
+def test_make_test_records_what_it_tested_only_after_the_tests_pass() -> None:
+    lines = _dry_run("test")
+    order = [
+        _position(lines, "infra.package --record-tested begin"),
+        _position(lines, "pytest tests"),
+        _position(lines, "infra.package --record-tested end"),
+    ]
+    assert order == sorted(order)
