@@ -19,11 +19,21 @@ from console.lambda_api import LocalFunction
 from console.paths import PROJECT_ROOT, state_dir
 
 LOCAL_STACK_NAME = "drugsync-local"
+# As serverless.yml declares them: timeouts, memory, and reservedConcurrency (the consumer's is the
+# default maxConcurrency param).
 PRODUCER = LocalFunction(
-    name=f"{LOCAL_STACK_NAME}-producer", handler="producer/handler.lambda_handler", timeout_seconds=300
+    name=f"{LOCAL_STACK_NAME}-producer",
+    handler="producer/handler.lambda_handler",
+    timeout_seconds=300,
+    reserved_concurrency=1,
+    memory_mb=512,
 )
 CONSUMER = LocalFunction(
-    name=f"{LOCAL_STACK_NAME}-consumer", handler="consumer/handler.lambda_handler", timeout_seconds=120
+    name=f"{LOCAL_STACK_NAME}-consumer",
+    handler="consumer/handler.lambda_handler",
+    timeout_seconds=120,
+    reserved_concurrency=10,
+    memory_mb=1024,
 )
 # What serverless.yml's provider.environment sets beside the URLs and ARNs (its default params).
 FUNCTION_SETTINGS = {

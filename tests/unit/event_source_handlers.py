@@ -38,3 +38,10 @@ def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "function": context.function_name,
         "remaining_ms": context.get_remaining_time_in_millis(),
     }
+
+
+def environment(event: dict[str, Any], context: Any) -> dict[str, str]:
+    """Answers with the environment its process was given."""
+    import os
+
+    return dict(os.environ)
