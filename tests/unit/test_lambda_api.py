@@ -157,15 +157,26 @@ def test_a_second_concurrent_invoke_over_the_reserved_concurrency_is_throttled(l
     assert "FunctionError" not in lambda_client.invoke(FunctionName=SINGLE.name, Payload=json.dumps({}))
 
 
-def test_an_asynchronous_event_waits_for_the_reserved_concurrency(lambda_client) -> None:
-    # Lambda queues an Event invocation and retries it while throttled: it is accepted, not refused.
+def test_an_asynchronous_event_waits_for_the_reserved_concurrency(lambda_client, tmp_path: Path) -> None:
+    # GIVEN the single-concurrency function busy
     slow = threading.Thread(
         target=lambda_client.invoke, kwargs={"FunctionName": SINGLE.name, "Payload": json.dumps({"sleep": 2})}
     )
     slow.start()
     time.sleep(0.5)
-    assert lambda_client.invoke(FunctionName=SINGLE.name, InvocationType="Event")["StatusCode"] == 202
+
+    # WHEN an Event invocation arrives
+    trace = tmp_path / "ran"
+    event = json.dumps({"touch": str(trace)})
+    answer = lambda_client.invoke(FunctionName=SINGLE.name, InvocationType="Event", Payload=event)
+
+    # THEN it is accepted and runs once the first is done (Lambda queues it and retries while throttled)
+    assert answer["StatusCode"] == 202
     slow.join()
+    deadline = time.monotonic() + 10
+    while not trace.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert trace.read_text() == SINGLE.name
 
 
 def test_a_missing_module_is_reported_as_lambda_reports_it(lambda_client) -> None:
