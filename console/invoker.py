@@ -186,7 +186,7 @@ class InvocationWorker:
         self.kill()
 
 
-PRODUCER_HANDLER = "producer.handler:lambda_handler"
+PRODUCER_HANDLER = "producer/handler.lambda_handler"  # as serverless.yml names it
 PRODUCER_TIMEOUT_SECONDS = 300.0  # serverless.yml's producer timeout
 
 
