@@ -321,7 +321,7 @@ def start_functions(state: StackState) -> None:
     with _environment(state.env):
         environment = local_deploy.register_stack(state.env)
     port = free_port()
-    process = local_deploy.start_lambda_api(local_deploy.write_functions(environment), port)
+    process = local_deploy.start_lambda_api(local_deploy.write_functions(environment), port, state.env)
     _CHILDREN[process.pid] = process
     wait_for_port(port, 30, "the local Lambda API")
     state.pids["lambda"] = process.pid
