@@ -2,8 +2,10 @@
 
 `drugsync sync --stack NAME` invokes the deployed producer through boto3's Lambda client. On the
 local stack that client is pointed here (AWS_ENDPOINT_URL_LAMBDA), so the same code path runs: the
-request is the Lambda REST API's, the handler runs in a warm worker process with a real deadline,
-and a failure comes back the way Lambda reports it (200 with X-Amz-Function-Error).
+request is the Lambda REST API's, the handler runs in a warm worker process with a real deadline
+and only its function's environment plus what Lambda itself sets (nothing else of this process's),
+at most reserved-concurrency invocations run at once (a synchronous one beyond gets 429), and a
+failure comes back the way Lambda reports it (200 with X-Amz-Function-Error, Lambda's errorType).
 https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html
 
     python -m console.lambda_api --port P --functions FILE [--log FILE]
