@@ -1,6 +1,6 @@
 """A local Lambda runtime: import one handler once (the cold start), then run events one at a time.
 
-    python [-S] -P console/bootstrap.py MODULE:FUNCTION FD
+    python [-S] -P console/bootstrap.py MODULE:FUNCTION|PATH/MODULE.FUNCTION FD
 
 Run as a fresh interpreter with the code folder on PYTHONPATH: the project tree, or an unpacked
 artefact with -S (nothing but the artefact, as in Lambda's /var/task). Standard library only, so
@@ -44,9 +44,39 @@ class LocalLambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+class InitFailure(Exception):
+    """The function's init failed the way Lambda's Python runtime reports it (errorType, errorMessage).
+    https://github.com/aws/aws-lambda-python-runtime-interface-client (bootstrap.py, _get_handler)"""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error = {"errorType": error_type, "errorMessage": message}
+
+
 def load_handler(handler: str) -> Any:
-    module_name, function_name = handler.split(":")
-    return getattr(importlib.import_module(module_name), function_name)
+    """`module:function`, or Lambda's `path/module.function`; errors named as Lambda names them."""
+    module_name, separator, function_name = handler.rpartition(":" if ":" in handler else ".")
+    if not separator or not module_name:
+        raise InitFailure(
+            "Runtime.MalformedHandlerName", f"Bad handler '{handler}': not enough values to unpack"
+        )
+    try:
+        module = importlib.import_module(module_name.replace("/", "."))
+    except ImportError as error:
+        raise InitFailure(
+            "Runtime.ImportModuleError", f"Unable to import module '{module_name}': {error}"
+        ) from error
+    except SyntaxError as error:
+        raise InitFailure(
+            "Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {error}"
+        ) from error
+    except Exception as error:  # the module's own code raised: Lambda reports the exception itself
+        raise InitFailure(type(error).__name__, str(error)) from error
+    if not hasattr(module, function_name):
+        raise InitFailure(
+            "Runtime.HandlerNotFound", f"Handler '{function_name}' missing on module '{module_name}'"
+        )
+    return getattr(module, function_name)
 
 
 def invoke(function: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -54,10 +84,18 @@ def invoke(function: Any, request: dict[str, Any]) -> dict[str, Any]:
     context = LocalLambdaContext(function_name=request["function_name"], timeout_seconds=request["timeout"])
     try:
         response = function(request["event"], context)
-        json.dumps(response)  # Lambda refuses a response it cannot serialise (Runtime.MarshalError)
     except Exception as error:
         traceback.print_exc()
-        return {"error": f"{type(error).__name__}: {error}"}
+        return {"error": {"errorType": type(error).__name__, "errorMessage": str(error)}}
+    try:
+        json.dumps(response)
+    except (TypeError, ValueError) as error:  # Lambda refuses a response it cannot serialise
+        return {
+            "error": {
+                "errorType": "Runtime.MarshalError",
+                "errorMessage": f"Unable to marshal response: {error}",
+            }
+        }
     return {"response": response}
 
 
@@ -66,9 +104,9 @@ def serve(handler: str, channel: socket.socket) -> int:
     started = time.perf_counter()
     try:
         function = load_handler(handler)
-    except Exception as error:
+    except InitFailure as failure:
         traceback.print_exc()
-        _send(channel, {"init_error": f"Unable to import {handler}: {type(error).__name__}: {error}"})
+        _send(channel, {"init_error": failure.error})
         return 1
     init_ms = (time.perf_counter() - started) * 1000
     print(json.dumps(_init_report(handler, init_ms)), file=sys.stderr, flush=True)

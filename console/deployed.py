@@ -25,13 +25,13 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
-from pydantic import AliasChoices, ValidationError
+from pydantic import ValidationError
 
 from console.paths import cache_dir
 from infra.ca_bundle import BUNDLE_IN_ARTEFACT, LAMBDA_TASK_ROOT, rds_ca_bundle
 from shared.errors import ConfigError, DrugSyncError, UnavailableError
 from shared.models import SyncRequest, SyncSummary
-from shared.settings import Settings, describe_settings_error
+from shared.settings import Settings, describe_settings_error, settings_variables
 
 STACK_VARIABLE = "DRUGSYNC_STACK"
 OUTPUT_VARIABLES = {
@@ -74,18 +74,6 @@ class Deployment:
                 f"stack {self.stack} ({self.status}) has no output {name}: deploy the current serverless.yml"
             )
         return value
-
-
-def settings_variables() -> frozenset[str]:
-    """Every environment variable Settings reads, upper-case (pydantic-settings ignores case)."""
-    names: set[str] = set()
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(str(choice).upper() for choice in alias.choices)
-        else:
-            names.add(f"DRUGSYNC_{field_name.upper()}")
-    return frozenset(names)
 
 
 def deployed_environment(deployment: Deployment, current: Mapping[str, str]) -> dict[str, str]:

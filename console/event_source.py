@@ -28,7 +28,7 @@ class EventSourceConfig:
     """The event source mapping's settings, as serverless.yml gives them to Lambda."""
 
     queue_url: str
-    handler: str = "consumer.handler:lambda_handler"
+    handler: str = "consumer/handler.lambda_handler"  # as serverless.yml names it
     function_name: str = "drugsync-consumer"
     batch_size: int = 1
     max_concurrency: int = 2

@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,10 +25,14 @@ INIT_TIMEOUT_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class CodeSource:
-    """Where handlers are imported from: the project tree with the venv, or an artefact folder alone."""
+    """Where handlers are imported from (the project tree with the venv, or an artefact folder alone),
+    and the environment their process gets."""
 
     folder: Path = PROJECT_ROOT
     isolated: bool = False  # python -S: no site-packages, only what the folder holds (Lambda's /var/task)
+    # None: this process's environment (`drugsync work` and `sync --code` run with the operator's
+    # settings, as documented); otherwise exactly these variables, as a deployed function gets.
+    env: Mapping[str, str] | None = field(default=None, compare=False)
 
     @classmethod
     def artefact(cls, folder: str | Path) -> "CodeSource":
@@ -39,16 +44,21 @@ class CodeSource:
         return [sys.executable, *flags, str(BOOTSTRAP), handler, str(fd)]
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(self.folder)}
+        return {**(os.environ if self.env is None else self.env), "PYTHONPATH": str(self.folder)}
 
 
 @dataclass(frozen=True)
 class InvocationResult:
-    """What one invocation returned, or how it ended without returning."""
+    """What one invocation returned, or how it ended without returning (Lambda's errorType/errorMessage)."""
 
     response: dict[str, Any] | None = None
-    error: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
     timed_out: bool = False
+
+    @property
+    def error(self) -> str | None:
+        return None if self.error_type is None else f"{self.error_type}: {self.error_message}"
 
 
 class _Channel:
@@ -120,13 +130,13 @@ class InvocationWorker:
         try:
             ready = self._channel.receive(INIT_TIMEOUT_SECONDS)
         except TimeoutError:
-            raise HandlerInitError(
-                f"{self._handler} did not initialise within {INIT_TIMEOUT_SECONDS}s"
-            ) from None
+            message = f"{self._handler} did not initialise within {INIT_TIMEOUT_SECONDS}s"
+            raise HandlerInitError("Sandbox.Timedout", message) from None
         except (EOFError, OSError):
-            raise HandlerInitError(f"{self._handler} exited during its init (see its log)") from None
+            message = f"{self._handler} exited during its init (see its log)"
+            raise HandlerInitError("Runtime.ExitError", message) from None
         if "init_error" in ready:
-            raise HandlerInitError(ready["init_error"])
+            raise HandlerInitError(ready["init_error"]["errorType"], ready["init_error"]["errorMessage"])
         self.cold_starts += 1
         self.init_ms.append(float(ready["init_ms"]))
         return self._channel
@@ -141,22 +151,26 @@ class InvocationWorker:
             channel = self._ensure_started()
         except HandlerInitError as error:
             self.kill()
-            return InvocationResult(error=str(error))
+            return InvocationResult(error_type=error.error_type, error_message=error.message)
         self.busy = True
         try:
             channel.send({"event": event, "function_name": self._function_name, "timeout": timeout_seconds})
             reply = channel.receive(timeout_seconds)
         except TimeoutError:
             self.kill()
-            return InvocationResult(timed_out=True, error=f"timed out after {timeout_seconds:.1f}s")
+            message = f"Task timed out after {timeout_seconds:.2f} seconds"
+            return InvocationResult(timed_out=True, error_type="Sandbox.Timedout", error_message=message)
         except (EOFError, OSError):
             self.kill()
-            return InvocationResult(error="the invocation's process exited without a response")
+            message = "the invocation's process exited without a response"
+            return InvocationResult(error_type="Runtime.ExitError", error_message=message)
         finally:
             self.busy = False
         if "response" in reply:
             return InvocationResult(response=reply["response"])
-        return InvocationResult(error=reply["error"])
+        return InvocationResult(
+            error_type=reply["error"]["errorType"], error_message=reply["error"]["errorMessage"]
+        )
 
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -172,7 +186,7 @@ class InvocationWorker:
         self.kill()
 
 
-PRODUCER_HANDLER = "producer.handler:lambda_handler"
+PRODUCER_HANDLER = "producer/handler.lambda_handler"  # as serverless.yml names it
 PRODUCER_TIMEOUT_SECONDS = 300.0  # serverless.yml's producer timeout
 
 
@@ -188,4 +202,10 @@ def invoke_producer(code: str | Path, request: SyncRequest) -> tuple[InvocationR
 
 
 class HandlerInitError(RuntimeError):
-    """The handler's module failed to import (Lambda's Runtime.ImportModuleError)."""
+    """The function's init failed: its module did not import (Runtime.ImportModuleError), raised,
+    lacked the handler, or the process went away; with Lambda's errorType."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message

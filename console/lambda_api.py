@@ -2,8 +2,10 @@
 
 `drugsync sync --stack NAME` invokes the deployed producer through boto3's Lambda client. On the
 local stack that client is pointed here (AWS_ENDPOINT_URL_LAMBDA), so the same code path runs: the
-request is the Lambda REST API's, the handler runs in a warm worker process with a real deadline,
-and a failure comes back the way Lambda reports it (200 with X-Amz-Function-Error).
+request is the Lambda REST API's, the handler runs in a warm worker process with a real deadline
+and only its function's environment plus what Lambda itself sets (nothing else of this process's),
+at most reserved-concurrency invocations run at once (a synchronous one beyond gets 429), and a
+failure comes back the way Lambda reports it (200 with X-Amz-Function-Error, Lambda's errorType).
 https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html
 
     python -m console.lambda_api --port P --functions FILE [--log FILE]
@@ -16,14 +18,15 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from console.invoker import InvocationResult, InvocationWorker
+from console.invoker import CodeSource, InvocationResult, InvocationWorker
+from console.paths import PROJECT_ROOT
 
 API_PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/(?P<action>invocations|configuration)/?$")
 Response = tuple[int, dict[str, str], dict[str, Any] | None]
@@ -38,12 +41,9 @@ class LocalFunction:
     timeout_seconds: float
     environment: dict[str, str] = field(default_factory=dict)
     runtime: str = "python3.12"
-
-    @property
-    def entry_point(self) -> str:
-        """The handler as the local worker names it: `package.module:function`."""
-        module, _, function = self.handler.rpartition(".")
-        return f"{module.replace('/', '.')}:{function}"
+    # At most this many invocations at once, as reservedConcurrency caps it; None: unreserved.
+    reserved_concurrency: int | None = None
+    memory_mb: int = 1024
 
     def configuration(self) -> dict[str, Any]:
         return {
@@ -52,21 +52,46 @@ class LocalFunction:
             "Handler": self.handler,
             "Runtime": self.runtime,
             "Timeout": int(self.timeout_seconds),
+            "MemorySize": self.memory_mb,
             "Environment": {"Variables": dict(self.environment)},
         }
+
+    def process_environment(self, parent: Mapping[str, str], task_root: Path) -> dict[str, str]:
+        """What the function's process sees: its own variables and what Lambda itself sets, nothing
+        else of `parent` (a stray REDIS_URL in the operator's shell must not reach a function).
+        https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime"""
+        provided = {name: value for name, value in parent.items() if _lambda_provides(name)}
+        region = parent.get("AWS_REGION") or parent.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return {
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
+            **provided,
+            **self.environment,
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{self.runtime}",
+            "AWS_LAMBDA_FUNCTION_NAME": self.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
+            "LAMBDA_TASK_ROOT": str(task_root),
+        }
+
+
+# From the API's own environment, what Lambda gives every function: the path, the locale, and the
+# credentials, region and endpoint of the (local) account the function runs in.
+_PROVIDED = frozenset(
+    {"PATH", "LANG", "TZ", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+     "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"}
+)  # fmt: skip
+
+
+def _lambda_provides(name: str) -> bool:
+    return name in _PROVIDED or name.startswith("AWS_ENDPOINT_URL_")
 
 
 def load_functions(path: Path) -> dict[str, LocalFunction]:
     return {entry["name"]: LocalFunction(**entry) for entry in json.loads(path.read_text())}
-
-
-def shared_environment(functions: Iterable[LocalFunction]) -> dict[str, str]:
-    merged: dict[str, str] = {}
-    for function in functions:
-        for key, value in function.environment.items():
-            if merged.setdefault(key, value) != value:
-                raise ValueError(f"functions disagree on {key}: one environment serves them all here")
-    return merged
 
 
 def function_name(name_or_arn: str) -> str:
@@ -75,16 +100,59 @@ def function_name(name_or_arn: str) -> str:
     return parts[6] if name_or_arn.startswith("arn:") and len(parts) > 6 else parts[0]
 
 
-class LambdaApi:
-    """The functions and a warm worker for each; one invocation of a function at a time."""
+class _Workers:
+    """A function's warm workers: at most its reserved concurrency run at once, each one event at a time."""
 
-    def __init__(self, functions: dict[str, LocalFunction], log_path: str | None = None) -> None:
+    def __init__(self, function: LocalFunction, code: CodeSource, log_path: str | None) -> None:
+        self._function = function
+        self._code = code
+        self._log_path = log_path
+        self._idle: list[InvocationWorker] = []
+        self._all: list[InvocationWorker] = []
+        self._freed = threading.Condition()
+
+    def acquire(self, wait: bool) -> InvocationWorker | None:
+        """An idle worker, a new one under the limit; else None, or wait for one if `wait`."""
+        limit = self._function.reserved_concurrency
+        with self._freed:
+            while not self._idle and limit is not None and len(self._all) >= limit:
+                if not wait:
+                    return None
+                self._freed.wait()
+            if self._idle:
+                return self._idle.pop()
+            worker = InvocationWorker(self._function.handler, self._function.name, self._log_path, self._code)
+            self._all.append(worker)
+            return worker
+
+    def release(self, worker: InvocationWorker) -> None:
+        with self._freed:
+            self._idle.append(worker)
+            self._freed.notify()
+
+    def close(self) -> None:
+        for worker in self._all:
+            worker.close()
+
+
+class LambdaApi:
+    """The functions, each with its warm workers, code folder and own environment."""
+
+    def __init__(
+        self,
+        functions: dict[str, LocalFunction],
+        log_path: str | None = None,
+        folder: Path = PROJECT_ROOT,
+        parent: Mapping[str, str] | None = None,  # where Lambda's own variables come from
+    ) -> None:
         self._functions = functions
+        given = os.environ if parent is None else parent
         self._workers = {
-            name: InvocationWorker(function.entry_point, name, log_path)
+            name: _Workers(
+                function, CodeSource(folder, env=function.process_environment(given, folder)), log_path
+            )
             for name, function in functions.items()
         }
-        self._locks = {name: threading.Lock() for name in functions}
 
     def configuration(self, name: str) -> Response:
         function = self._functions.get(function_name(name))
@@ -103,30 +171,40 @@ class LambdaApi:
         if invocation_type == "DryRun":
             return 204, {}, None
         if invocation_type == "Event":
-            threading.Thread(target=self._run, args=(function, event), daemon=True).start()
+            # Lambda queues an asynchronous event and retries it while the function is throttled.
+            threading.Thread(target=self._run, args=(function, event, True), daemon=True).start()
             return 202, {}, None
-        return self._respond(function, self._run(function, event))
+        result = self._run(function, event, wait=False)
+        return _throttled() if result is None else self._respond(result)
 
-    def _run(self, function: LocalFunction, event: Any) -> InvocationResult:
-        with self._locks[function.name]:
-            return self._workers[function.name].invoke(event, function.timeout_seconds)
+    def _run(self, function: LocalFunction, event: Any, wait: bool) -> InvocationResult | None:
+        workers = self._workers[function.name]
+        worker = workers.acquire(wait)
+        if worker is None:
+            return None
+        try:
+            return worker.invoke(event, function.timeout_seconds)
+        finally:
+            workers.release(worker)
 
     @staticmethod
-    def _respond(function: LocalFunction, result: InvocationResult) -> Response:
+    def _respond(result: InvocationResult) -> Response:
         headers = {"X-Amz-Executed-Version": "$LATEST"}
-        if result.timed_out:
-            message = f"Task timed out after {function.timeout_seconds:.2f} seconds"
-            payload = {"errorType": "Sandbox.Timedout", "errorMessage": message}
-            return 200, {**headers, "X-Amz-Function-Error": "Unhandled"}, payload
-        if result.error is not None:
-            error_type, _, message = result.error.partition(": ")
-            payload = {"errorType": error_type, "errorMessage": message or result.error}
+        if result.error_type is not None:
+            payload = {"errorType": result.error_type, "errorMessage": result.error_message}
             return 200, {**headers, "X-Amz-Function-Error": "Unhandled"}, payload
         return 200, headers, result.response
 
     def close(self) -> None:
-        for worker in self._workers.values():
-            worker.close()
+        for workers in self._workers.values():
+            workers.close()
+
+
+def _throttled() -> Response:
+    """What a synchronous Invoke gets when every unit of reserved concurrency is busy.
+    https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html#API_Invoke_Errors"""
+    status, headers, payload = _error(429, "TooManyRequestsException", "Rate Exceeded.")
+    return status, headers, {**(payload or {}), "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded"}
 
 
 def _error(status: int, error_type: str, message: str) -> Response:
@@ -182,11 +260,7 @@ def main() -> None:
     parser.add_argument("--functions", type=Path, required=True, help="JSON list of functions")
     parser.add_argument("--log", help="append the functions' logs here")
     args = parser.parse_args()
-    functions = load_functions(args.functions)
-    # Workers inherit this process's environment, so the functions must share one (as they do in
-    # serverless.yml, where it is the provider's).
-    os.environ.update(shared_environment(functions.values()))
-    api = LambdaApi(functions, args.log)
+    api = LambdaApi(load_functions(args.functions), args.log)
     server = serve(api, args.port)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -8,6 +8,7 @@ local Lambda API (console/lambda_api.py), so every `--stack` command runs here a
 """
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -19,11 +20,21 @@ from console.lambda_api import LocalFunction
 from console.paths import PROJECT_ROOT, state_dir
 
 LOCAL_STACK_NAME = "drugsync-local"
+# As serverless.yml declares them: timeouts, memory, and reservedConcurrency (the consumer's is the
+# default maxConcurrency param).
 PRODUCER = LocalFunction(
-    name=f"{LOCAL_STACK_NAME}-producer", handler="producer/handler.lambda_handler", timeout_seconds=300
+    name=f"{LOCAL_STACK_NAME}-producer",
+    handler="producer/handler.lambda_handler",
+    timeout_seconds=300,
+    reserved_concurrency=1,
+    memory_mb=512,
 )
 CONSUMER = LocalFunction(
-    name=f"{LOCAL_STACK_NAME}-consumer", handler="consumer/handler.lambda_handler", timeout_seconds=120
+    name=f"{LOCAL_STACK_NAME}-consumer",
+    handler="consumer/handler.lambda_handler",
+    timeout_seconds=120,
+    reserved_concurrency=10,
+    memory_mb=1024,
 )
 # What serverless.yml's provider.environment sets beside the URLs and ARNs (its default params).
 FUNCTION_SETTINGS = {
@@ -34,7 +45,8 @@ FUNCTION_SETTINGS = {
     "DRUGSYNC_RANGE_SIZE": "1000",
     "DRUGSYNC_CONSUMER_TIMEOUT_SECONDS": str(int(CONSUMER.timeout_seconds)),
 }
-# Lambda gives its functions credentials and a region; here they are the local stack's.
+# Lambda gives its functions credentials, a region (and here an endpoint): the local stack's, given
+# to the Lambda API process, which passes them on as Lambda does; not part of the configuration.
 AWS_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
@@ -75,7 +87,6 @@ def function_environment(env: dict[str, str], secret_arns: dict[str, str]) -> di
         "DLQ_URL": env["DLQ_URL"],
         "DRUGSYNC_DATABASE_SECRET_ARN": secret_arns["DatabaseSecretArn"],
         "DRUGSYNC_REDIS_SECRET_ARN": secret_arns["RedisSecretArn"],
-        **{name: env[name] for name in AWS_VARIABLES if name in env},
     }
 
 
@@ -111,11 +122,14 @@ def write_functions(environment: dict[str, str]) -> str:
     return str(path)
 
 
-def start_lambda_api(functions_file: str, port: int) -> subprocess.Popen[bytes]:
+def start_lambda_api(functions_file: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The local Lambda API, with the local stack's AWS variables (`env`) to give its functions."""
     folder = state_dir() / "lambda"
+    aws = {name: env[name] for name in AWS_VARIABLES if name in env}
     command = [sys.executable, "-m", "console.lambda_api", "--port", str(port), "--functions", functions_file,
                "--log", str(folder / "functions.log")]  # fmt: skip
     with open(folder / "lambda-api.log", "ab") as log:
         return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT
-        )
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT,
+            env={**os.environ, **aws},
+        )  # fmt: skip

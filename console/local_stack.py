@@ -98,13 +98,23 @@ _SQS_VARIABLES = frozenset(
 )
 
 
+# A connection the environment names another way: a URL is not filled in beside a secret ARN, which
+# it would override (settings prefer the URL), so the secrets path a deployed function takes runs.
+_OTHER_NAMES = {
+    "DATABASE_URL": ("DRUGSYNC_DATABASE_URL", "DRUGSYNC_DATABASE_SECRET_ARN"),
+    "REDIS_URL": ("DRUGSYNC_REDIS_URL", "DRUGSYNC_REDIS_SECRET_ARN"),
+}
+
+
 def stack_env_to_apply(stack_env: dict[str, str], current: dict[str, str]) -> dict[str, str]:
     """The stack's variables this environment lacks, all SQS ones or none of them."""
     own_sqs = any(current.get(name) for name in ("QUEUE_URL", "AWS_ENDPOINT_URL"))
     return {
         key: value
         for key, value in stack_env.items()
-        if key not in current and not (own_sqs and key in _SQS_VARIABLES)
+        if key not in current
+        and not any(current.get(name) for name in _OTHER_NAMES.get(key, ()))
+        and not (own_sqs and key in _SQS_VARIABLES)
     }
 
 
@@ -311,7 +321,7 @@ def start_functions(state: StackState) -> None:
     with _environment(state.env):
         environment = local_deploy.register_stack(state.env)
     port = free_port()
-    process = local_deploy.start_lambda_api(local_deploy.write_functions(environment), port)
+    process = local_deploy.start_lambda_api(local_deploy.write_functions(environment), port, state.env)
     _CHILDREN[process.pid] = process
     wait_for_port(port, 30, "the local Lambda API")
     state.pids["lambda"] = process.pid

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from infra.credentials import check_no_credentials
 from infra.integrity import MANIFEST, content_problems
 from infra.package import DEFAULT_OUT, ROOT, Artefact
 
@@ -47,14 +48,6 @@ REQUIRED_OUTPUTS = (
     "WorkQueueUrl", "DeadLetterQueueUrl", "ProducerFunctionName", "ConsumerFunctionName",
     "DatabaseSecretArn", "RedisSecretArn", "DashboardName", "DashboardUrl", "AlarmTopicArn",
 )  # fmt: skip
-# Anyone allowed lambda:GetFunctionConfiguration or cloudformation:GetTemplate reads these in clear.
-# A connection URL names its credentials in the userinfo part; variables that hold one are refused
-# whatever their value, because the value is only filled in at deploy time (a parameter, a reference).
-_URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#\s@]+@")
-_CREDENTIAL_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|PRIVATE_KEY|API_KEY", re.IGNORECASE)
-_URL_VARIABLES = frozenset({"DATABASE_URL", "REDIS_URL", "DRUGSYNC_DATABASE_URL", "DRUGSYNC_REDIS_URL"})
-# A dynamic reference to a secret is resolved at deploy time into the function's plain environment.
-_SECRET_REFERENCE = re.compile(r"\{\{resolve:(secretsmanager|ssm-secure):", re.IGNORECASE)
 
 
 def resources(template: Template, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -198,40 +191,6 @@ def check_environment(template: Template) -> list[str]:
         missing = [variable for variable in required if variable not in present]
         if missing:
             problems.append(f"{name}: missing environment variables {', '.join(missing)}")
-    return problems
-
-
-def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(where, text) of every string inside a template value, intrinsic functions included."""
-    if isinstance(value, str):
-        yield path, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _strings(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _strings(item, f"{path}[{index}]")
-
-
-def check_no_credentials(template: Template) -> list[str]:
-    """No password, token or credential-bearing URL in the template or a function's environment.
-
-    The problems name where, never what: the check's own output must not leak what it found.
-    """
-    problems = [
-        f"{where}: a URL with credentials (user:password@): keep them in Secrets Manager"
-        for where, text in _strings(template, "template")
-        if _URL_USERINFO.search(text)
-    ]
-    for name, function in resources(template, "AWS::Lambda::Function"):
-        for variable, value in function.get("Environment", {}).get("Variables", {}).items():
-            upper = variable.upper()
-            if upper in _URL_VARIABLES:
-                problems.append(f"{name}: {variable} in the environment: give DRUGSYNC_*_SECRET_ARN instead")
-            elif _CREDENTIAL_NAME.search(upper) and not upper.endswith("_ARN"):
-                problems.append(f"{name}: {variable} looks like a credential in the environment")
-            if any(_SECRET_REFERENCE.search(text) for _, text in _strings(value, variable)):
-                problems.append(f"{name}: {variable} resolves a secret into the plain environment")
     return problems
 
 

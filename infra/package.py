@@ -262,9 +262,10 @@ def tested_record(python_version: str, arch: str) -> dict[str, Any]:
     return {"sources": source_digests(), "dependencies": runtime_closure(python_version, arch)}
 
 
-def record_tested(step: str, python_version: str, arch: str, path: Path = TESTED) -> list[str]:
+def record_tested(step: str, python_version: str, arch: str, path: Path | None = None) -> list[str]:
     """`begin`: note what is about to be tested; `end` (after the tests passed): keep it as tested,
     unless the sources or the venv changed while the tests ran."""
+    path = path or TESTED  # read when called: tests point TESTED elsewhere
     pending = path.with_suffix(".pending.json")
     now = tested_record(python_version, arch)
     if step == "begin":
@@ -280,8 +281,9 @@ def record_tested(step: str, python_version: str, arch: str, path: Path = TESTED
     return []
 
 
-def untested(path: Path, record: Path = TESTED) -> list[str]:
+def untested(path: Path, record: Path | None = None) -> list[str]:
     """How the zip's sources and versions differ from what `make test` last passed on."""
+    record = record or TESTED
     if not record.is_file():
         return [f"no record of a passing test run ({record})"]
     return _compare_tested(json.loads(record.read_text()), read_manifest(path))

@@ -103,6 +103,18 @@ class Settings(BaseSettings):
         return tuple(self.table.split("."))
 
 
+def settings_variables() -> frozenset[str]:
+    """Every environment variable Settings reads, upper-case (pydantic-settings ignores case)."""
+    names: set[str] = set()
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        else:
+            names.add(f"DRUGSYNC_{field_name.upper()}")
+    return frozenset(names)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings of this process, read once; tests call get_settings.cache_clear() after changing env."""

@@ -53,6 +53,7 @@ def test_the_functions_environment_names_secrets_not_credentials(stack: StackSta
     variables = configuration["Environment"]["Variables"]
     assert "REDIS_URL" not in variables
     assert "DATABASE_URL" not in variables
+    assert not [name for name in variables if name.startswith("AWS_")]  # Lambda's own, never configured
     assert variables["DRUGSYNC_REDIS_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
     assert configuration["Handler"] == "consumer/handler.lambda_handler"
 

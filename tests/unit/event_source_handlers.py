@@ -33,8 +33,18 @@ def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
         import time
 
         time.sleep(event["sleep"])
+    if event.get("touch"):  # leaves a trace of an invocation nobody waits for
+        with open(event["touch"], "w") as trace:
+            trace.write(context.function_name)
     return {
         "event": event,
         "function": context.function_name,
         "remaining_ms": context.get_remaining_time_in_millis(),
     }
+
+
+def environment(event: dict[str, Any], context: Any) -> dict[str, str]:
+    """Answers with the environment its process was given."""
+    import os
+
+    return dict(os.environ)

@@ -40,16 +40,18 @@ def test_a_handler_that_cannot_be_imported_fails_the_invocation_naming_why(worke
     worker = worker_of("tests.unit.no_such_module:lambda_handler")
     result = worker.invoke({}, timeout_seconds=30)
     assert result.response is None
-    assert result.error is not None
-    assert "ModuleNotFoundError: No module named 'tests.unit.no_such_module'" in result.error
+    assert result.error_type == "Runtime.ImportModuleError"
+    assert result.error_message == (
+        "Unable to import module 'tests.unit.no_such_module': No module named 'tests.unit.no_such_module'"
+    )
     assert worker.cold_starts == 0
 
 
 def test_a_response_that_is_not_json_is_an_error(worker_of) -> None:
     result = worker_of(f"{HANDLERS}:unserialisable").invoke({}, timeout_seconds=30)
     assert result.response is None
-    assert result.error is not None
-    assert result.error.startswith("TypeError")
+    assert result.error_type == "Runtime.MarshalError"
+    assert (result.error_message or "").startswith("Unable to marshal response: Object of type set")
 
 
 @pytest.mark.parametrize("command", ["sync", "work"])

@@ -1,14 +1,21 @@
 """The local Lambda API answers boto3's Lambda client the way Lambda does."""
 
+import contextlib
 import json
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
 
-from console.lambda_api import LambdaApi, LocalFunction, function_name, serve, shared_environment
+from console import local_deploy
+from console.lambda_api import LambdaApi, LocalFunction, function_name, serve
 from console.local_stack import free_port
+from console.paths import PROJECT_ROOT
 
 ECHO = LocalFunction(
     name="drugsync-local-producer",
@@ -16,11 +23,17 @@ ECHO = LocalFunction(
     timeout_seconds=3,
     environment={"DRUGSYNC_RANGE_SIZE": "500"},
 )
+# One at a time, as the producer's reservedConcurrency 1 allows.
+SINGLE = LocalFunction(
+    "drugsync-local-single", "tests/unit/event_source_handlers.echo", 10, reserved_concurrency=1
+)
+BROKEN = LocalFunction("drugsync-local-broken", "tests/unit/import_failure_handler.lambda_handler", 3)
 
 
-@pytest.fixture(scope="module")
-def lambda_client() -> Iterator[object]:
-    api = LambdaApi({ECHO.name: ECHO})
+@contextlib.contextmanager
+def _served(*functions: LocalFunction) -> Iterator[Any]:
+    """A boto3 Lambda client of a LambdaApi serving `functions` (no retries: each answer as it came)."""
+    api = LambdaApi({function.name: function for function in functions})
     port = free_port()
     server = serve(api, port)
     try:
@@ -36,6 +49,12 @@ def lambda_client() -> Iterator[object]:
         server.shutdown()
         server.server_close()
         api.close()
+
+
+@pytest.fixture(scope="module")
+def lambda_client() -> Iterator[Any]:
+    with _served(ECHO, SINGLE, BROKEN) as client:
+        yield client
 
 
 def test_invoke_runs_the_handler_with_the_event_and_a_deadline(lambda_client) -> None:
@@ -72,6 +91,7 @@ def test_configuration_names_the_handler_and_environment(lambda_client) -> None:
     assert configuration["Handler"] == ECHO.handler
     assert configuration["Environment"]["Variables"] == {"DRUGSYNC_RANGE_SIZE": "500"}
     assert configuration["Timeout"] == 3
+    assert configuration["MemorySize"] == 1024
 
 
 def test_an_unknown_function_is_resource_not_found(lambda_client) -> None:
@@ -92,7 +112,90 @@ def test_function_names_and_arns_reduce_to_the_name() -> None:
     assert function_name("arn:aws:lambda:us-east-1:1:function:f:live") == "f"
 
 
-def test_functions_must_share_one_environment() -> None:
-    other = LocalFunction("c", "consumer/handler.lambda_handler", 60, {"DRUGSYNC_RANGE_SIZE": "1000"})
-    with pytest.raises(ValueError, match="DRUGSYNC_RANGE_SIZE"):
-        shared_environment([ECHO, other])
+def test_a_function_sees_its_own_environment_and_lambdas_not_the_parents(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN an API process whose environment holds a Redis URL with a token and a stray setting
+    monkeypatch.setenv("REDIS_URL", "redis://:tok9secret@parent:6379/0")
+    monkeypatch.setenv("DRUGSYNC_KEY_PREFIX", "stray:")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    function = LocalFunction(
+        "drugsync-local-env", "tests/unit/event_source_handlers.environment", 10, {"DRUGSYNC_RANGE_SIZE": "7"}
+    )
+
+    # WHEN a handler served by the local Lambda API reads its environment
+    with _served(function) as client:
+        seen = json.loads(client.invoke(FunctionName=function.name)["Payload"].read())
+
+    # THEN it has its function's variables and what Lambda provides, and nothing else of the parent's
+    assert "REDIS_URL" not in seen
+    assert "DRUGSYNC_KEY_PREFIX" not in seen
+    assert seen["DRUGSYNC_RANGE_SIZE"] == "7"
+    assert seen["AWS_LAMBDA_FUNCTION_NAME"] == function.name
+    assert seen["LAMBDA_TASK_ROOT"] == str(PROJECT_ROOT)
+    assert seen["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
+    assert not {name for name in seen if name.startswith("PYTEST") or name.startswith("DRUGSYNC_CACHE")}
+
+
+def test_a_second_concurrent_invoke_over_the_reserved_concurrency_is_throttled(lambda_client) -> None:
+    # GIVEN a function with reserved concurrency 1, busy with a slow invocation
+    slow = threading.Thread(
+        target=lambda_client.invoke, kwargs={"FunctionName": SINGLE.name, "Payload": json.dumps({"sleep": 3})}
+    )
+    slow.start()
+    time.sleep(1.0)
+
+    # WHEN a second synchronous invoke arrives
+    with pytest.raises(lambda_client.exceptions.TooManyRequestsException) as throttled:
+        lambda_client.invoke(FunctionName=SINGLE.name, Payload=json.dumps({}))
+
+    # THEN it is refused as Lambda refuses it, not queued behind the first; once free, it runs
+    error = throttled.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert error["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+    slow.join()
+    assert "FunctionError" not in lambda_client.invoke(FunctionName=SINGLE.name, Payload=json.dumps({}))
+
+
+def test_an_asynchronous_event_waits_for_the_reserved_concurrency(lambda_client, tmp_path: Path) -> None:
+    # GIVEN the single-concurrency function busy
+    slow = threading.Thread(
+        target=lambda_client.invoke, kwargs={"FunctionName": SINGLE.name, "Payload": json.dumps({"sleep": 2})}
+    )
+    slow.start()
+    time.sleep(0.5)
+
+    # WHEN an Event invocation arrives
+    trace = tmp_path / "ran"
+    event = json.dumps({"touch": str(trace)})
+    answer = lambda_client.invoke(FunctionName=SINGLE.name, InvocationType="Event", Payload=event)
+
+    # THEN it is accepted and runs once the first is done (Lambda queues it and retries while throttled)
+    assert answer["StatusCode"] == 202
+    slow.join()
+    deadline = time.monotonic() + 10
+    while not trace.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert trace.read_text() == SINGLE.name
+
+
+def test_a_missing_module_is_reported_as_lambda_reports_it(lambda_client) -> None:
+    answer = lambda_client.invoke(FunctionName=BROKEN.name)
+    assert answer["FunctionError"] == "Unhandled"
+    assert json.loads(answer["Payload"].read()) == {
+        "errorType": "Runtime.ImportModuleError",
+        "errorMessage": "Unable to import module 'tests/unit/import_failure_handler':"
+        " No module named 'no_such_dependency'",
+    }
+
+
+def test_the_local_functions_reserve_the_concurrency_serverless_yml_reserves() -> None:
+    template = json.loads((Path(__file__).parents[1] / "data" / "compiled-template.json").read_text())
+    reserved = {
+        resource["Properties"]["Handler"]: resource["Properties"]["ReservedConcurrentExecutions"]
+        for resource in template["Resources"].values()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
+    assert {
+        f.handler: f.reserved_concurrency for f in (local_deploy.PRODUCER, local_deploy.CONSUMER)
+    } == reserved

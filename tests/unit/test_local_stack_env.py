@@ -24,6 +24,14 @@ def test_a_queue_of_your_own_keeps_the_local_sqs_endpoint_and_credentials_out() 
     assert set(applied) == {"DATABASE_URL", "REDIS_URL"}
 
 
+def test_a_connection_named_by_its_secret_is_not_given_the_stacks_url() -> None:
+    # The URL would win over the ARN, and the secrets path (as deployed) would never run.
+    applied = stack_env_to_apply(STACK, {"DRUGSYNC_REDIS_SECRET_ARN": "arn:r", "DRUGSYNC_DATABASE_URL": "x"})
+    assert "REDIS_URL" not in applied
+    assert "DATABASE_URL" not in applied
+    assert applied["QUEUE_URL"] == "http://127.0.0.1:5000/q"
+
+
 def test_exports_quote_values_and_prepend_the_stack_tools_to_path() -> None:
     state = StackState(env={"DATABASE_URL": "postgresql://postgres:@/postgres?host=/a b"}, bin_dir="/x/bin")
     assert state.exports().splitlines() == [

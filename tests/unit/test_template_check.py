@@ -20,7 +20,9 @@ from infra.check_template import (
     check_artifact_reference,
     check_template,
 )
+from infra.credentials import URL_VARIABLES
 from infra.package import ROOT, write_zip
+from shared.settings import settings_variables
 
 GOOD = json.loads((Path(__file__).parents[1] / "data" / "compiled-template.json").read_text())
 
@@ -104,14 +106,14 @@ MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     (
         "a password variable",
         lambda t: _env(t).update(DRUGSYNC_REDIS_PASSWORD="tok"),
-        "DRUGSYNC_REDIS_PASSWORD looks like a credential",
+        "DRUGSYNC_REDIS_PASSWORD is not a variable drugsync reads",
     ),
     (
         "a secret resolved into the environment",
         lambda t: _env(t).update(
             DRUGSYNC_RANGE_SIZE="{{resolve:secretsmanager:drugsync-redis:SecretString}}"
         ),
-        "DRUGSYNC_RANGE_SIZE resolves a secret into the plain environment",
+        "DRUGSYNC_RANGE_SIZE: a dynamic reference CloudFormation resolves into plain text",
     ),
     (
         "a Redis URL without credentials",
@@ -332,3 +334,80 @@ def test_the_secret_permissions_name_exactly_the_two_secrets_the_functions_read(
             if statement.get("Action") == "secretsmanager:GetSecretValue"
         ]
         assert [set(resources) for resources in granted] == [read], role
+
+
+def _join(*parts: Any) -> dict[str, Any]:
+    return {"Fn::Join": ["", list(parts)]}
+
+
+# The reviewer's bypasses of the deny-list of before, each planted in the consumer's environment.
+BYPASSES: list[tuple[str, str, Any]] = [
+    ("an AUTH token under a name drugsync does not read", "DRUGSYNC_REDIS_AUTH", "tok9secret"),
+    ("an abbreviated password", "DB_PWD", "tok9secret"),
+    ("a pass the deny-list did not spell", "DRUGSYNC_REDIS_PASS", "tok9secret"),
+    ("a token under an ARN's name", "REDIS_TOKEN_ARN", "tok9secret"),
+    ("a secret ARN that is not an ARN", "DRUGSYNC_REDIS_SECRET_ARN", "tok9secret"),
+    (
+        "a secret ARN without its suffix",
+        "DRUGSYNC_REDIS_SECRET_ARN",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:drugsync-redis",
+    ),
+    (
+        "a secret ARN that is another service's",
+        "DRUGSYNC_REDIS_SECRET_ARN",
+        "arn:aws:ssm:us-east-1:123456789012:parameter/tok9secret-AbCdEf",
+    ),
+    ("a secret ARN from a parameter", "DRUGSYNC_REDIS_SECRET_ARN", {"Ref": "AlarmEmail"}),
+    (
+        "credentials joined into a URL",
+        "DRUGSYNC_QUEUE_URL",
+        _join("rediss://:", {"Ref": "AlarmEmail"}, "@cache.example:6379"),
+    ),
+    ("credentials substituted into a URL", "DLQ_URL", {"Fn::Sub": "rediss://:${AlarmEmail}@cache.example"}),
+    ("a plain SSM parameter resolved", "DRUGSYNC_INDEX_NAME", "{{resolve:ssm:/drugsync/tok9secret}}"),
+    ("a password in a query", "QUEUE_URL", "rediss://cache.example:6379?password=tok9secret"),
+    ("a token in a joined query", "QUEUE_URL", _join("https://q.example/?", "token=", "tok9secret")),
+]
+
+
+@pytest.mark.parametrize(("bypass", "variable", "value"), BYPASSES, ids=[b[0] for b in BYPASSES])
+def test_each_way_round_the_old_deny_list_is_refused(bypass: str, variable: str, value: Any) -> None:
+    # GIVEN the compiled template with a credential smuggled into the consumer's environment
+    template = copy.deepcopy(GOOD)
+    _env(template)[variable] = value
+
+    # WHEN it is checked
+    problems = check_template(template)
+
+    # THEN the variable is named, and no problem quotes what it holds
+    assert any(variable in problem for problem in problems), problems
+    assert not [problem for problem in problems if "tok9secret" in problem]
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        {"Ref": "RedisSecret"},
+        {"Fn::GetAtt": ["RedisSecret", "Id"]},
+        {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:r-AbCdEf"},
+        _join("arn:aws:secretsmanager:", {"Ref": "AWS::Region"}, ":123456789012:secret:drugsync/r-AbCdEf"),
+    ],
+    ids=["Ref", "GetAtt", "Sub", "Join"],
+)
+def test_a_secret_arn_may_be_produced_by_the_template(arn: Any) -> None:
+    template = copy.deepcopy(GOOD)
+    template["Resources"]["RedisSecret"] = {"Type": "AWS::SecretsManager::Secret", "Properties": {}}
+    _env(template)["DRUGSYNC_REDIS_SECRET_ARN"] = arn
+    assert check_template(template) == []
+
+
+def test_every_setting_drugsync_reads_may_be_set_but_the_urls() -> None:
+    # GIVEN every variable shared/settings.py reads, each with a harmless value
+    template = copy.deepcopy(GOOD)
+    for variable in settings_variables() - URL_VARIABLES:
+        if not variable.endswith("_ARN"):
+            _env(template).setdefault(variable, "1")
+    _env(template)["DRUGSYNC_COMPLETION_TOPIC_ARN"] = "arn:aws:sns:us-east-1:123456789012:drugsync-done"
+
+    # THEN none of them is refused: the allow-list follows the settings
+    assert check_template(template) == []
