@@ -30,8 +30,7 @@ demo: $(STAMP)
 ## (sources' digests, dependency versions), which `make deploy` requires the artefact to match
 test: lint typecheck infra-check
 	$(BIN)/python -m infra.package --record-tested begin
-	$(BIN)/pytest tests
-	$(BIN)/python -m infra.package --record-tested end
+	DRUGSYNC_RECORD_TESTED=1 PYTEST_ADDOPTS= $(BIN)/pytest tests
 
 $(NODE_BIN)/osls: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -64,10 +63,10 @@ package: $(STAMP) $(NODE_BIN)/osls  # node_modules holds the RDS CA bundle the z
 deploy: package $(NODE_BIN)/osls
 	$(BIN)/python -m infra.package --check --require-tested
 	rm -rf $(DEPLOY_PACKAGE)
-	$(NODE_BIN)/osls package --stage $(STAGE) $(PARAMS) --package $(DEPLOY_PACKAGE)
+	DRUGSYNC_ARTEFACT=$(ARTEFACT) $(NODE_BIN)/osls package --stage $(STAGE) $(PARAMS) --package $(DEPLOY_PACKAGE)
 	$(BIN)/cfn-lint --ignore-checks W3005 -- $(DEPLOY_PACKAGE)/cloudformation-template-update-stack.json
 	$(BIN)/python -m infra.check_template $(DEPLOY_PACKAGE)/cloudformation-template-update-stack.json $(ARTEFACT)
-	$(NODE_BIN)/osls deploy --stage $(STAGE) $(PARAMS) --package $(DEPLOY_PACKAGE)
+	DRUGSYNC_ARTEFACT=$(ARTEFACT) $(NODE_BIN)/osls deploy --stage $(STAGE) $(PARAMS) --package $(DEPLOY_PACKAGE)
 
 ## remove: tear the stage's stack down (the secrets, which it does not own, stay)
 remove: $(NODE_BIN)/osls

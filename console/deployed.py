@@ -9,6 +9,7 @@ describes the operator's machine is kept (OPERATOR_VARIABLES), and AWS_* (creden
 """
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -106,14 +107,18 @@ def local_ca_bundle(deployed_path: str) -> str:
             f"the deployed functions verify the database with {deployed_path} from their zip:"
             f" set {CA_BUNDLE_VARIABLE} to a copy of that file"
         )
-    copy = cache_dir() / "rds-ca-bundle.pem"
+    try:
+        text = rds_ca_bundle()
+    except SystemExit as error:
+        raise ConfigError(f"{error}; or set {CA_BUNDLE_VARIABLE} to the Amazon RDS CA bundle") from None
+    # Named by its content: a newer bundle (a reviewed lock-file change) is a new file, never a
+    # stale copy; written whole or not at all, so a cut-off write is never read.
+    copy = cache_dir() / f"rds-ca-bundle-{hashlib.sha256(text.encode()).hexdigest()[:16]}.pem"
     if not copy.is_file():
-        try:
-            text = rds_ca_bundle()
-        except SystemExit as error:
-            raise ConfigError(f"{error}; or set {CA_BUNDLE_VARIABLE} to the Amazon RDS CA bundle") from None
         copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.write_text(text)
+        partial = copy.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text)
+        partial.replace(copy)
     return str(copy)
 
 

@@ -41,7 +41,14 @@ PSEUDO_PARAMETERS = {"AWS::Region": "us-east-1", "AWS::AccountId": "123456789012
 UNKNOWN = "\x00"  # a value only known at deploy time (a parameter, a resource): never a valid ARN
 CARRIERS = (
     (re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#\s@]+@"), "a URL with credentials (user:password@)"),
-    (re.compile(r"(password|passwd|pwd|token|secret|api_?key)=", re.IGNORECASE), "a password= or token="),
+    (
+        re.compile(r"\b(password|passwd|pwd|token|secret|api_?key|auth_?token)=", re.IGNORECASE),
+        "a password= or token=",
+    ),
+    (  # the same as JSON or YAML ("password": "...", password: ...); not `:secret:` inside an ARN
+        re.compile(r"\b(password|passwd|pwd|api_?key|auth_?token)[\"']?\s*:\s*[^\s,}]", re.IGNORECASE),
+        "a password: or auth_token: field",
+    ),
     (
         re.compile(r"\{\{resolve:(ssm|ssm-secure|secretsmanager):", re.IGNORECASE),
         "a dynamic reference CloudFormation resolves into plain text",
@@ -81,7 +88,12 @@ def _check_environment(name: str, variables: Any, allowed: frozenset[str], templ
                 f"{name}: {variable} is not a variable drugsync reads (shared/settings.py, Powertools):"
                 " nothing but those may be in a function's environment"
             )
-        if upper.endswith("_ARN") and not _is_arn(value, template, secret=upper.endswith("_SECRET_ARN")):
+        unset = value == ""  # an optional ARN left empty, as an unset param leaves it
+        if (
+            upper.endswith("_ARN")
+            and not unset
+            and not _is_arn(value, template, secret=upper.endswith("_SECRET_ARN"))
+        ):
             kind = (
                 "Secrets Manager secret (arn:...:secret:NAME-XXXXXX)" if upper.endswith("_SECRET_ARN") else ""
             )

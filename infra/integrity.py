@@ -49,7 +49,7 @@ def content_problems(archive: zipfile.ZipFile, manifest: dict[str, Any]) -> list
     problems += [
         f"source {name}: the manifest's two digests disagree"
         for name, digest in sorted(manifest.get("sources", {}).items())
-        if recorded.get(name, digest) != digest
+        if recorded.get(name) != digest
     ]
     return problems + record_problems(archive) + distribution_problems(archive, manifest)
 

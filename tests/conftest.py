@@ -1,6 +1,7 @@
 """The real embedded servers, started once per test session; each test gets its own names."""
 
 import json
+import os
 import platform
 import sys
 import uuid
@@ -16,8 +17,33 @@ import pytest
 
 from console import local_stack
 from console.local_stack import QueueOptions, StackState
-from infra.package import ARCHES, build
+from infra.package import ARCHES, build, configured_target, incomplete_run, record_tested
 from shared.settings import Settings, get_settings
+
+_deselected: list[pytest.Item] = []
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _deselected.extend(items)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under `make test` (DRUGSYNC_RECORD_TESTED=1), record what was tested, and only after every
+    test of tests/ ran and passed: `make deploy` ships nothing else."""
+    if os.environ.get("DRUGSYNC_RECORD_TESTED") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+    paths = [Path(arg.split("::")[0]) for arg in session.config.args]
+    reasons = incomplete_run(int(exitstatus), paths, len(_deselected), skipped)
+    reasons = reasons or record_tested("end", *configured_target())
+    if reporter is not None:
+        reporter.write_line(
+            f"not recorded as tested: {'; '.join(reasons)}" if reasons else "recorded as tested"
+        )
+    if reasons and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 OUTSIDE_URLS = (
     "DATABASE_URL",

@@ -3,6 +3,10 @@
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from infra.package import incomplete_run
+
 ROOT = Path(__file__).resolve().parents[2]
 STAGE, PARAMS = "prod", '--param="subnetIds=subnet-a,subnet-b"'
 
@@ -39,11 +43,30 @@ def test_deploy_checks_the_tested_artefact_and_the_stages_template_before_deploy
     assert order == sorted(order)
 
 
-def test_make_test_records_what_it_tested_only_after_the_tests_pass() -> None:
+def test_make_test_records_what_it_tested_only_from_a_whole_passing_run() -> None:
     lines = _dry_run("test")
     order = [
         _position(lines, "infra.package --record-tested begin"),
-        _position(lines, "pytest tests"),
-        _position(lines, "infra.package --record-tested end"),
+        # the session's end records it (tests/conftest.py), with no PYTEST_ADDOPTS to narrow the run
+        _position(lines, "DRUGSYNC_RECORD_TESTED=1 PYTEST_ADDOPTS= ", "pytest tests"),
     ]
     assert order == sorted(order)
+    assert not any("--record-tested end" in line for line in lines)  # never after a failed run (make -i)
+
+
+@pytest.mark.parametrize(
+    ("status", "paths", "deselected", "skipped", "reason"),
+    [
+        (1, ["tests"], 0, 0, "pytest exited 1"),
+        (0, ["tests/unit"], 0, 0, "not tests/"),
+        (0, ["tests", "tests"], 0, 0, "not tests/"),
+        (0, ["tests"], 3, 0, "3 test(s) deselected"),
+        (0, ["tests"], 0, 2, "2 test(s) skipped"),
+    ],
+)
+def test_only_every_test_passing_counts_as_tested(
+    status: int, paths: list[str], deselected: int, skipped: int, reason: str
+) -> None:
+    reasons = incomplete_run(status, [ROOT / path for path in paths], deselected, skipped)
+    assert any(reason in text for text in reasons), reasons
+    assert incomplete_run(0, [ROOT / "tests"], 0, 0) == []

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from infra.bytecode import find_interpreter, import_once
+from infra.integrity import MANIFEST
 from infra.package import (
     bytecode_note,
     copy_sources,
     main,
+    read_manifest,
     record_tested,
     runtime_closure,
     source_digests,
@@ -86,9 +88,10 @@ def test_a_new_source_is_named(tmp_path: Path) -> None:
 
 def test_a_source_no_longer_in_the_project_is_named(tmp_path: Path) -> None:
     sources = {**source_digests(), "shared/retired.py": "0" * 64}
-    assert staleness(_zip_with(tmp_path, sources=sources), *TARGET) == [
-        "source shared/retired.py no longer in the project"
-    ]
+    # (a manifest written by hand: its files do not list the retired source, which is named too)
+    assert "source shared/retired.py no longer in the project" in staleness(
+        _zip_with(tmp_path, sources=sources), *TARGET
+    )
 
 
 def test_a_dependency_version_other_than_the_venvs_is_named(tmp_path: Path) -> None:
@@ -270,3 +273,31 @@ def test_without_an_interpreter_of_the_target_the_build_says_it_ships_no_bytecod
     assert (
         bytecode_note({"included": True, "python": "3.12.1"}, "3.12") == "bytecode compiled by python3.12.1"
     )
+
+
+def test_a_distribution_the_manifest_does_not_pin_is_refused_though_every_file_is_recorded(
+    tmp_path: Path,
+) -> None:
+    # GIVEN a build whose staging holds one more installed distribution than the manifest pins
+    staging = _staging(tmp_path)
+    extra = staging / "leftpad-1.0.dist-info"
+    extra.mkdir()
+    (extra / "METADATA").write_text("Metadata-Version: 2.1\nName: leftpad\nVersion: 1.0\n")
+    (extra / "RECORD").write_text(f"{extra.name}/RECORD,,\n")
+    manifest = {"python": TARGET[0], "arch": TARGET[1], "dependencies": runtime_closure(*TARGET),
+                "sources": source_digests()}  # fmt: skip
+    write_zip(tmp_path / "drugsync-lambda.zip", staging, manifest)
+
+    # THEN it is named, though the manifest's file digests cover it
+    assert staleness(tmp_path / "drugsync-lambda.zip", *TARGET) == [
+        "leftpad installed in the zip but not in the manifest"
+    ]
+
+
+def test_a_source_whose_two_manifest_digests_disagree_is_refused(tmp_path: Path) -> None:
+    path = _zip_with(tmp_path)
+    manifest = read_manifest(path)
+    manifest["files"].pop("shared/settings.py")  # the sources say it ships; the files do not list it
+    copy = _rewritten(path, replace={MANIFEST: json.dumps(manifest).encode()})
+    problems = staleness(copy, *TARGET)
+    assert "source shared/settings.py: the manifest's two digests disagree" in problems

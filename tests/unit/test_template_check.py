@@ -116,6 +116,21 @@ MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "DRUGSYNC_RANGE_SIZE: a dynamic reference CloudFormation resolves into plain text",
     ),
     (
+        "a password as a JSON field",
+        lambda t: _env(t).update(DRUGSYNC_TABLE='{"password": "hunter2"}'),
+        "a password: or auth_token: field",
+    ),
+    (
+        "an auth token as a YAML field",
+        lambda t: t["Resources"]["WorkQueue"].update(Metadata={"note": "auth_token: hunter2"}),
+        "a password: or auth_token: field",
+    ),
+    (
+        "a secret ARN that names a queue",
+        lambda t: _env(t).update(DRUGSYNC_REDIS_SECRET_ARN={"Ref": "WorkQueue"}),
+        "DRUGSYNC_REDIS_SECRET_ARN is not the complete ARN of a Secrets Manager secret",
+    ),
+    (
         "a Redis URL without credentials",
         lambda t: _env(t).update(REDIS_URL="rediss://cache.example:6379/0"),
         "REDIS_URL in the environment",
@@ -146,6 +161,13 @@ MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "no maximumConcurrency",
     ),
 ]
+
+
+def test_words_that_only_look_like_credentials_and_an_unset_optional_arn_pass() -> None:
+    template = copy.deepcopy(GOOD)
+    template["Resources"]["WorkQueue"]["Metadata"] = {"paging": "NextToken=abc; see arn:aws:secretsmanager:x"}
+    _env(template).update(DRUGSYNC_COMPLETION_TOPIC_ARN="")
+    assert check_template(template) == []
 
 
 def test_the_compiled_template_passes() -> None:
