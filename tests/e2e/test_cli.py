@@ -410,3 +410,15 @@ def test_local_down_stops_every_process_it_started(user_env: dict[str, str]) -> 
     assert down.returncode == 0, down.stderr
     for name, pid in state["pids"].items():
         assert not Path(f"/proc/{pid}").exists(), f"{name} (pid {pid}) still running"
+
+
+def test_the_installed_drugsync_command_runs_from_any_folder(tmp_path: Path) -> None:
+    # `make demo` and an operator run the console script, not `python -m` from the project root.
+    installed = Path(sys.executable).with_name("drugsync")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(installed), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "status" in result.stdout
