@@ -48,6 +48,7 @@ class Outcome:
     range_done: bool = False
     documents_removed: int = 0
     announced: str | None = None  # the run's final state, set only on the message that announced it
+    drugs_skipped: int = 0  # already current in Redis (same fingerprint): neither embedded nor written
 
 
 def retried(env: SyncEnv, deadline: Deadline, action: Callable[[], T]) -> T:

@@ -205,6 +205,7 @@ def _message_keys(message: AnyMessage) -> dict[str, Any]:
 def _outcome_keys(outcome: Outcome) -> dict[str, Any]:
     return {
         "drugs": outcome.drugs_written,
+        "drugs_skipped": outcome.drugs_skipped,
         "failed_ids": list(outcome.failed_ids),
         "continued_at": outcome.continued_at,
         "deferred": outcome.deferred,

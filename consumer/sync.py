@@ -8,14 +8,14 @@ every good row is written.
 """
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from uuid import UUID
 
 from consumer.env import Outcome, SyncEnv, retried
 from consumer.pacing import Deadline, Pacer
 from consumer.run_end import advance_run
-from shared.documents import build_document, build_embedding_text
+from shared.documents import build_document, build_embedding_text, fingerprint
 from shared.errors import EmbeddingError, InvalidMessage, ProviderError, RejectedTexts, UnavailableError
 from shared.models import (
     MAX_DEFERRALS,
@@ -59,28 +59,29 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
     broken = sorted(fetched.broken, key=lambda row: row.drug_id)
     failed: list[int] = []
     pacer = Pacer(deadline, env.margin_seconds, env.seconds_per_drug, env.clock)
-    drugs, position, written = fetched.drugs, 0, 0
+    drugs, position, written, skipped = fetched.drugs, 0, 0, 0
     while position < len(drugs):
         passed = [row for row in broken if row.drug_id < drugs[position].id]
         broken = broken[len(passed) :]
         failed += isolate(env, deadline, message.run_id, passed)
         size = pacer.next_chunk_size(env.chunk_size, made_progress=position > 0)
         if size == 0:
-            return _continue(message, drugs[position:], env, written, failed, deferred=False)
+            return _continue(message, drugs[position:], env, written, failed, deferred=False, skipped=skipped)
         chunk = drugs[position : position + size]
         try:
-            failures = pacer.timed(len(chunk), partial(write_chunk, chunk, env, deadline))
+            result = pacer.timed(len(chunk), partial(write_chunk, chunk, env, deadline))
         except (UnavailableError, ProviderError):
             if message.deferrals >= MAX_DEFERRALS:
                 raise
-            return _continue(message, drugs[position:], env, written, failed, deferred=True)
-        failed += isolate(env, deadline, message.run_id, failures)
-        written += len(chunk) - len(failures)
-        env.telemetry.count("DrugsSynced", len(chunk) - len(failures))
+            return _continue(message, drugs[position:], env, written, failed, deferred=True, skipped=skipped)
+        failed += isolate(env, deadline, message.run_id, result.failures)
+        written += len(chunk) - len(result.failures) - result.skipped
+        skipped += result.skipped
+        env.telemetry.count("DrugsSynced", len(chunk) - len(result.failures))
         position += size
     failed += isolate(env, deadline, message.run_id, broken)  # those after the last good row
     newly_done = _complete_range(message, env, deadline)
-    return Outcome(written, tuple(failed), range_done=newly_done)
+    return Outcome(written, tuple(failed), range_done=newly_done, drugs_skipped=skipped)
 
 
 def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> bool:
@@ -98,7 +99,13 @@ def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> 
 
 
 def _continue(
-    message: RangeMessage, rest: Sequence[Drug], env: SyncEnv, written: int, failed: list[int], deferred: bool
+    message: RangeMessage,
+    rest: Sequence[Drug],
+    env: SyncEnv,
+    written: int,
+    failed: list[int],
+    deferred: bool,
+    skipped: int = 0,
 ) -> Outcome:
     """Enqueue the unfinished rest of the range as a new message of the same run and range."""
     continuation = RangeMessage(
@@ -113,7 +120,7 @@ def _continue(
     # A deferral waits before it is seen again, doubling each time: the API needs the pause.
     delay = min(900, 2 ** (continuation.deferrals + 2)) if deferred else 0
     env.work_queue.send_messages([continuation.model_dump_json()], delay_seconds=delay)
-    return Outcome(written, tuple(failed), continued_at=rest[0].id, deferred=deferred)
+    return Outcome(written, tuple(failed), continued_at=rest[0].id, deferred=deferred, drugs_skipped=skipped)
 
 
 def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
@@ -122,17 +129,20 @@ def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome
         raise InvalidMessage(f"unknown run {message.run_id}")
     fetched = retried(env, deadline, lambda: env.catalog.fetch_ids(message.ids))
     failed = isolate(env, deadline, message.run_id, fetched.broken)
+    skipped = 0
     for start in range(0, len(fetched.drugs), env.chunk_size):
         chunk = fetched.drugs[start : start + env.chunk_size]
-        failed += isolate(env, deadline, message.run_id, write_chunk(chunk, env, deadline))
+        result = write_chunk(chunk, env, deadline)
+        failed += isolate(env, deadline, message.run_id, result.failures)
+        skipped += result.skipped
     found = {drug.id for drug in fetched.drugs} | {row.drug_id for row in fetched.broken}
     gone = [drug_id for drug_id in message.ids if drug_id not in found]
     removed, still_failing = remove_unqualified(message.run_id, gone, env, deadline)
     failed += still_failing
     resolved = sorted(set(message.ids) - set(failed))
     retried(env, deadline, lambda: env.ledger.resolve_failures(message.run_id, resolved))
-    written = len(fetched.drugs) - (len(failed) - len(fetched.broken))
-    return Outcome(written, tuple(failed), documents_removed=removed)
+    written = len(fetched.drugs) - (len(failed) - len(fetched.broken)) - skipped
+    return Outcome(written, tuple(failed), documents_removed=removed, drugs_skipped=skipped)
 
 
 def sweep(message: SweepMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
@@ -213,7 +223,7 @@ def _write_back(run_id: UUID, drugs: Sequence[Drug], env: SyncEnv, deadline: Dea
     message, which writes them when it can and resolves them. Returns the ids still failing.
     """
     try:
-        return isolate(env, deadline, run_id, write_chunk(drugs, env, deadline))
+        return isolate(env, deadline, run_id, write_chunk(drugs, env, deadline).failures)
     except (UnavailableError, ProviderError) as error:
         ids = [drug.id for drug in drugs]
         reason = f"written back after a sweep, later: {error}"
@@ -224,16 +234,42 @@ def _write_back(run_id: UUID, drugs: Sequence[Drug], env: SyncEnv, deadline: Dea
         return ids
 
 
-def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list[RowFailure]:
-    """Embed the chunk (isolating rejected texts) and write its documents; returns the rows that failed."""
-    embedded, failures = embed_isolating(drugs, env, deadline)
+@dataclass(frozen=True)
+class Written:
+    """What writing a chunk did: the rows that failed, and how many were already current."""
+
+    failures: list[RowFailure]
+    skipped: int = 0
+
+
+def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> Written:
+    """Embed the chunk's changed drugs (isolating rejected texts) and write their documents.
+
+    A drug whose stored document carries its fingerprint (the same fields, text template, embedder
+    and dimension) is current: it is neither embedded nor written again.
+    """
+    changed = _changed(drugs, env, deadline)
+    skipped = len(drugs) - len(changed)
+    if skipped:
+        env.telemetry.count("DrugsSkipped", skipped)
+    if not changed:
+        return Written([], skipped)
+    embedded, failures = embed_isolating(changed, env, deadline)
     documents = [(drug.id, build_document(drug, vector, env.embedder.name)) for drug, vector in embedded]
     if documents:
         result = retried(env, deadline, lambda: env.store.write_documents(documents))
         failures += result.failures
         if result.stale_skipped:  # a newer version was already stored: not a failure, but worth seeing
             env.telemetry.count("StaleWritesSkipped", result.stale_skipped)
-    return failures
+    return Written(failures, skipped)
+
+
+def _changed(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list[Drug]:
+    """The drugs whose stored document is missing or carries another fingerprint (one round trip)."""
+    if not drugs:
+        return []
+    stored = retried(env, deadline, lambda: env.store.stored_fingerprints([drug.id for drug in drugs]))
+    return [drug for drug in drugs if stored.get(drug.id) != fingerprint(drug, env.embedder.name)]
 
 
 def embed_isolating(

@@ -20,8 +20,14 @@ def build_embedding_text(drug: Drug) -> str:
     return ". ".join(part for part in parts if part)
 
 
+# The version of build_embedding_text: bump it when the text a drug is embedded as changes, so every
+# fingerprint changes and the next run embeds every drug again (nothing is skipped as current).
+TEXT_TEMPLATE_VERSION = 1
+
+
 def fingerprint(drug: Drug, embedder_name: str) -> str:
-    """Content fingerprint: changes when any stored field or the embedder changes."""
+    """Content fingerprint: changes when any stored field, the text template or the embedder (model
+    and dimension, in its name) changes; a document carrying it needs neither embedding nor writing."""
     return row_fingerprint(drug.id, [getattr(drug, field) for field in TEXT_FIELDS], embedder_name)
 
 
@@ -30,7 +36,12 @@ def row_fingerprint(drug_id: int, texts: Sequence[str | None], embedder_name: st
 
     Each part is length-prefixed, so no two different rows share an encoding; None is '-'.
     """
-    parts = [str(drug_id), embedder_name, *("-" if text is None else f"{len(text)}:{text}" for text in texts)]
+    parts = [
+        str(drug_id),
+        embedder_name,
+        f"template-{TEXT_TEMPLATE_VERSION}",
+        *("-" if text is None else f"{len(text)}:{text}" for text in texts),
+    ]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
 

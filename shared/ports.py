@@ -147,6 +147,10 @@ class DocumentStore(Protocol):
         """
         ...
 
+    def stored_fingerprints(self, drug_ids: Sequence[int]) -> dict[int, str]:
+        """The content fingerprint each stored document carries, for those of `drug_ids` stored."""
+        ...
+
     def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
         """One SCAN step over the key prefix: the next cursor (0 at the end) and the drug ids seen."""
         ...

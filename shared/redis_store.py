@@ -278,6 +278,14 @@ class RedisDocumentStore:
             found.update(self._fingerprint_page(keys))
         return found
 
+    def stored_fingerprints(self, drug_ids: Sequence[int]) -> dict[int, str]:
+        """One JSON.MGET: the fingerprints of those documents that exist (a missing key is absent)."""
+        if not drug_ids:
+            return {}
+        with translate_errors("reading fingerprints", self._client):
+            page = self._fingerprint_page([self.key(drug_id).encode() for drug_id in drug_ids])
+        return {drug_id: found for drug_id, found in page.items() if found}
+
     def _fingerprint_page(self, keys: list[bytes]) -> dict[int, str]:
         ours = [(key, drug_id) for key in keys if (drug_id := self.drug_id(key)) is not None]
         if not ours:

@@ -234,6 +234,7 @@ class FakeStore:
         self.documents: dict[int, dict[str, Any]] = {}
         self.index_dimension: int | None = None
         self.write_calls = 0
+        self.fingerprint_reads = 0
         self._rejects = rejects
         self._cursors: dict[int, int] = {}
         self.server = "server-1"
@@ -255,6 +256,10 @@ class FakeStore:
             else:
                 self.documents[drug_id] = document
         return WriteResult(failures, stale)
+
+    def stored_fingerprints(self, drug_ids: Sequence[int]) -> dict[int, str]:
+        self.fingerprint_reads += 1
+        return {i: self.documents[i]["fingerprint"] for i in drug_ids if i in self.documents}
 
     def scan_ids(self, cursor: int, count: int) -> tuple[int, list[int]]:
         """A SCAN walk in id order behind opaque cursors; 0 starts a walk and ends one."""

@@ -422,3 +422,34 @@ def test_the_installed_drugsync_command_runs_from_any_folder(tmp_path: Path) -> 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "status" in result.stdout
+
+
+def _synced_with_log(env: dict[str, str], log: Path) -> tuple[float, dict[str, int]]:
+    """`sync` then `work --until-empty`: seconds taken, and the consumers' summed drugs and skips."""
+    started = time.monotonic()
+    assert drugsync(env, "sync", "--range-size", "250").returncode == 0
+    assert drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", str(log)).returncode == 0
+    seconds = time.monotonic() - started
+    totals = {"drugs": 0, "drugs_skipped": 0}
+    for line in log.read_text().splitlines():
+        if '"message synced"' in line:
+            entry = json.loads(line)
+            totals = {key: totals[key] + entry.get(key, 0) for key in totals}
+    log.unlink()
+    return seconds, totals
+
+
+def test_a_second_full_run_over_an_unchanged_catalog_embeds_nothing(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = own_catalog(user_env, "again", 3000)
+    first_seconds, first = _synced_with_log(env, tmp_path / "first.log")
+    second_seconds, second = _synced_with_log(env, tmp_path / "second.log")
+
+    eligible = json.loads(drugsync(env, "verify", "--json").stdout)["postgres_eligible"]
+    assert first == {"drugs": eligible, "drugs_skipped": 0}
+    assert second == {"drugs": 0, "drugs_skipped": eligible}  # nothing embedded or written again
+    assert json.loads(drugsync(env, "status", "--json").stdout)["run"]["state"] == "complete"
+    print(
+        f"full run over {eligible:,} drugs: first {first_seconds:.1f}s, unchanged again {second_seconds:.1f}s"
+    )

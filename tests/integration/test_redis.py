@@ -254,6 +254,17 @@ def test_documents_are_json_under_deterministic_keys(test_env: Isolated) -> None
     assert store.count_documents() == 3
 
 
+def test_stored_fingerprints_name_only_the_documents_that_exist(test_env: Isolated) -> None:
+    store = build_store(test_env.settings)
+    drugs = [make_drug(i, read_at=datetime(2026, 1, 1, tzinfo=UTC)) for i in (5, 6, 2**63 - 1)]
+    store.write_documents([(d.id, build_document(d, unit_vector(8), "e1")) for d in drugs])
+
+    found = store.stored_fingerprints([5, 6, 7, 2**63 - 1])
+
+    assert found == {d.id: fingerprint(d, "e1") for d in drugs}  # 7 is not stored: absent, not ""
+    assert store.stored_fingerprints([]) == {}
+
+
 def test_the_newest_version_wins_on_the_server_whatever_order_writes_arrive_in(test_env: Isolated) -> None:
     client = _server(test_env)
     store = build_store(test_env.settings)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from consumer.sync import SyncEnv, sync_message
-from shared.documents import build_document
+from shared.documents import build_document, build_embedding_text
 from shared.embedders.bedrock import TitanEmbedder
 from shared.errors import InvalidMessage, ProviderError, UnavailableError
 from shared.models import MAX_DEFERRALS, PlannedRange, RangeMessage, RowsMessage, parse_message
@@ -326,3 +326,59 @@ def test_a_newer_version_already_in_redis_is_kept_and_the_skip_is_counted() -> N
     assert outcome.failed_ids == ()
     assert outcome.range_done is True
     assert world.dead_letters.bodies == []
+
+
+def _next_full_run(world: World, count: int) -> RangeMessage:
+    """Another full run over the same catalog: a new run id, its one range planned."""
+    run = uuid.uuid4()
+    world.ledger.start_run(run, count, None, [PlannedRange(1, count, count)])
+    return RangeMessage(run_id=run, first_id=1, last_id=count, expected_count=count)
+
+
+def test_a_full_run_over_an_unchanged_catalog_embeds_and_writes_nothing() -> None:
+    world = World(count=25)
+    telemetry = RecordingTelemetry()
+    world.env.telemetry = telemetry
+    world.run()
+    calls, writes, stored = world.embedder.calls, world.store.write_calls, dict(world.store.documents)
+
+    outcome = world.run(_next_full_run(world, 25))
+
+    assert world.embedder.calls == calls  # not one text embedded again
+    assert world.store.write_calls == writes  # nor one document rewritten
+    assert world.store.documents == stored
+    assert (outcome.drugs_written, outcome.drugs_skipped, outcome.range_done) == (0, 25, True)
+    assert telemetry.counts["DrugsSkipped"] == 25
+    assert telemetry.counts["DrugsSynced"] == 50  # current in Redis after each run, skipped or not
+
+
+def test_only_the_edited_drugs_are_embedded_again_and_a_missing_document_is_written() -> None:
+    world = World(count=25)
+    world.run()
+    world.catalog.drugs[7] = world.catalog.drugs[7].model_copy(update={"description": "now film-coated"})
+    del world.store.documents[20]  # gone from Redis (an eviction, a hand-made delete)
+    texts = world.embedder.texts
+
+    outcome = world.run(_next_full_run(world, 25))
+
+    assert world.embedder.texts - texts == 2
+    assert world.embedder.embedded[-2:] == [
+        build_embedding_text(world.catalog.drugs[7]),
+        build_embedding_text(world.catalog.drugs[20]),
+    ]
+    assert world.store.documents[7]["description"] == "now film-coated"
+    assert 20 in world.store.documents
+    assert (outcome.drugs_written, outcome.drugs_skipped) == (2, 23)
+
+
+def test_another_embedder_or_dimension_embeds_every_drug_again() -> None:
+    world = World(count=25)
+    world.run()
+    texts = world.embedder.texts
+    world.env.embedder = CountingEmbedder(dimension=64, clock=world.clock)
+
+    outcome = world.run(_next_full_run(world, 25))
+
+    assert world.env.embedder.texts == 25
+    assert world.embedder.texts == texts
+    assert (outcome.drugs_written, outcome.drugs_skipped) == (25, 0)
