@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(None, validation_alias=_alias("DATABASE_URL"))
     database_secret_arn: str | None = None
     # What verifies the database's TLS certificate when connecting through database_secret_arn:
-    # "system" (the OS trust store) or a PEM file; for RDS/Aurora, the Amazon RDS global bundle
-    # https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem shipped with the function.
+    # "system" (the OS trust store) or a PEM file; for RDS/Aurora, the Amazon RDS authorities the
+    # artefact ships, /var/task/certs/rds-ca-bundle.pem (infra/ca_bundle.py; serverless.yml sets it).
     database_ca_bundle: str = Field("system", min_length=1)
     redis_url: SecretStr | None = Field(None, validation_alias=_alias("REDIS_URL"))
     # Where a deployed function reads its Redis URL (and AUTH token): see shared/secrets.py for the shapes.

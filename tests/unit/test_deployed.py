@@ -398,3 +398,17 @@ def test_a_not_found_names_the_region_and_every_endpoint_that_answered(
     where = _where()
 
     assert where == " (region eu-west-1, endpoint http://127.0.0.1:5000, lambda http://127.0.0.1:5001)"
+
+
+def test_an_older_or_cut_off_copy_of_the_bundle_is_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRUGSYNC_CACHE_DIR", str(tmp_path))
+    (tmp_path / "rds-ca-bundle-0123456789abcdef.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIE")
+    shell = {key: value for key, value in STRAY.items() if key != "DRUGSYNC_DATABASE_CA_BUNDLE"}
+
+    bundle = deployed_environment(_with_bundle("/var/task/certs/rds-ca-bundle.pem"), shell)[
+        "DRUGSYNC_DATABASE_CA_BUNDLE"
+    ]
+
+    assert len(ssl.create_default_context(cafile=bundle).get_ca_certs()) >= 100

@@ -1,6 +1,8 @@
 """`make deploy` deploys only what `make test` passed on, and checks the stage's own template first."""
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,21 @@ def test_only_every_test_passing_counts_as_tested(
     reasons = incomplete_run(status, [ROOT / path for path in paths], deselected, skipped)
     assert any(reason in text for text in reasons), reasons
     assert incomplete_run(0, [ROOT / "tests"], 0, 0) == []
+
+
+def test_a_narrowed_session_under_make_test_fails_and_records_nothing(tmp_path: Path) -> None:
+    # GIVEN `make test`'s session flag, and a run of one test instead of tests/
+    record = ROOT / ".drugsync" / "tested.json"
+    before = record.read_bytes() if record.exists() else None
+    one_test = "tests/unit/test_make_deploy.py::test_deploy_checks_the_tested_artefact_and_the_stages_template_before_deploying"
+
+    session = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path}", one_test],
+        cwd=ROOT, env={**os.environ, "DRUGSYNC_RECORD_TESTED": "1"}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+
+    # THEN its passing test does not make it a tested run: it fails and leaves the record as it was
+    assert session.returncode == 1, session.stdout
+    assert "not recorded as tested: it ran tests/unit/test_make_deploy.py, not tests/" in session.stdout
+    assert (record.read_bytes() if record.exists() else None) == before
