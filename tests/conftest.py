@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from console import local_stack
+from console.local_deploy import database_secret
 from console.local_stack import QueueOptions, StackState
 from infra.package import ARCHES, build, configured_target, incomplete_run, record_tested
 from shared.settings import Settings, get_settings
@@ -171,20 +172,10 @@ def aws_client(stack: StackState, service: Any) -> Any:
 
 
 def store_local_secrets(stack: StackState, tag: str) -> tuple[str, str]:
-    """(database, Redis) secret ARNs in the moto server, holding the local servers as RDS would.
-
-    pgserver listens on a unix socket only and trusts local connections: the host is the socket
-    directory and the password is required by the secret's shape but never asked for.
-    """
+    """(database, Redis) secret ARNs in the moto server, holding the local servers as RDS would
+    (the database as the local stack stores it; Redis in the fields shape, not the local stack's URL)."""
     secrets = aws_client(stack, "secretsmanager")
-    socket_dir = stack.env["DATABASE_URL"].split("host=", 1)[1]
-    database = {
-        "host": socket_dir,
-        "port": 5432,
-        "username": "postgres",
-        "password": "unused",
-        "dbname": "postgres",
-    }
+    database = database_secret(stack.env["DATABASE_URL"])
     redis_address = urlsplit(stack.env["REDIS_URL"])
     redis_fields = {"host": redis_address.hostname, "port": redis_address.port, "tls": False}
     return (
