@@ -188,9 +188,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
         )
         return
     if outcome.dropped:
-        logger.info(
-            "message dropped: its run was superseded by another", extra={"message_id": record.message_id}
-        )
+        logger.info("message dropped: its run was superseded", extra={"message_id": record.message_id})
         return
     logger.info("message synced", extra=_outcome_keys(outcome))
 

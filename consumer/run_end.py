@@ -17,8 +17,6 @@ def advance_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
     progress = retried(env, deadline, lambda: env.ledger.progress(run_id))
     if progress is None or not progress.ranges_complete or progress.announced_at is not None:
         return None  # not due yet, or over: a late message costs one read, no claim
-    if progress.superseded_at is not None:
-        return None  # the run that superseded it sweeps and ends; this one never finishes
     if progress.swept_at is None:
         request_sweep(run_id, env, deadline)
         return None
