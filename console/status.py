@@ -166,7 +166,7 @@ def render_status(report: StatusReport) -> str:
         lines.append("no sync run recorded yet")
     else:
         run = report.run
-        lines.append(f"run {run['run_id']}  {run['mode']}  {run['state']}  started {run['started_at']}")
+        lines.append(f"run {run['run_id']}  {run['state']}  {run['mode']}  started {run['started_at']}")
         lines.append(render_run_line(run))
         if run["drugs_skipped"]:
             lines.append(f"{run['drugs_skipped']:,} of them already current: neither embedded nor written")
