@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from console.status import StatusReport, describe_run, render_runs, render_status, run_state
+from console.watch import watch_outcome
 from consumer import handler
+from producer.handler import parse_request
 from producer.plan import resume_run, start_sync
 from shared.errors import ConfigError, RunActive
 from shared.models import RangeMessage, SweepMessage, SyncRequest, SyncSummary
@@ -192,3 +194,15 @@ def test_status_and_runs_show_the_mode_skipped_drugs_and_a_superseded_run() -> N
     assert "superseded" in table
     assert "its messages are dropped" in table
     assert table.splitlines()[1].split()[-2:] == ["97", "0"]
+
+
+def test_the_scheduled_event_is_a_request_of_mode_incremental_and_a_wrong_mode_is_named() -> None:
+    assert parse_request({"mode": "incremental"}) == SyncRequest(mode="incremental")
+    with pytest.raises(ConfigError, match="invalid producer event: mode"):
+        parse_request({"mode": "daily"})
+
+
+def test_watching_a_superseded_run_ends_with_exit_1() -> None:
+    superseded = RunProgress(uuid.uuid4(), NOW, 10, 100, 10, 2, 20, NOW, superseded_at=NOW)
+    report = StatusReport(describe_run(superseded, NOW), QueueDepth(0, 0, 0), None, None)
+    assert watch_outcome(report) == 1
