@@ -75,7 +75,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    request = SyncRequest(range_size=args.range_size, max_drugs=args.max_drugs)
+    request = SyncRequest(range_size=args.range_size, max_drugs=args.max_drugs, supersede=args.supersede)
     if args.stack and args.code:
         raise ConfigError("--code runs a producer from a folder here, --stack the deployed one: choose one")
     if args.stack:
@@ -108,6 +108,8 @@ def print_summary(summary: SyncSummary, as_json: bool) -> None:
             f" {summary.messages_sent:,} messages (plan {summary.plan_seconds}s,"
             f" enqueue {summary.enqueue_seconds}s)"
         )
+        for superseded in summary.superseded:
+            print(f"superseded run {superseded}: its remaining messages are dropped")
 
 
 def cmd_work(args: argparse.Namespace) -> int:
@@ -300,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--range-size", type=_positive)
     sync.add_argument("--max-drugs", type=_positive)
     sync.add_argument("--json", action="store_true")
+    sync.add_argument(
+        "--supersede",
+        action="store_true",
+        help="take over from an active run instead of being refused (its remaining messages are dropped)",
+    )
     sync.add_argument(
         "--code", type=_code_folder, help="invoke the producer handler from this unpacked artefact"
     )

@@ -67,7 +67,11 @@ def run_demo(
     if removed:
         out.write(f"cleared {removed:,} documents of an earlier demo from Redis\n")
 
-    summary = services.producer.start(SyncRequest())
+    # Catalog and Redis copy start anew, so a run an earlier demo left unfinished is over: take over
+    # its claim (its leftover messages are then dropped) instead of refusing the demo.
+    summary = services.producer.start(SyncRequest(supersede=True))
+    for superseded in summary.superseded:
+        out.write(f"superseded run {superseded}, left unfinished by an earlier demo\n")
     out.write(
         f"run {summary.run_id}: {summary.ranges} ranges of <= {summary.range_size} drugs enqueued"
         f" (plan {summary.plan_seconds}s, enqueue {summary.enqueue_seconds}s)\n"

@@ -55,7 +55,7 @@ def run_state(progress: RunProgress, queue: QueueDepth | None, now: datetime) ->
     """The ledger's state, or `stalled` when the run is unfinished, nothing of it is queued,
     delayed or in flight, and nothing moved for STALL_SECONDS: no consumer will ever finish it."""
     state = progress.state
-    if progress.complete or state == "enqueue_failed" or queue is None or not queue.empty:
+    if not progress.active or state == "enqueue_failed" or queue is None or not queue.empty:
         return state
     quiet = (now - progress.last_activity).total_seconds()
     return "stalled" if quiet >= STALL_SECONDS else state
@@ -70,6 +70,8 @@ def advice(run: dict[str, Any]) -> str | None:
             "finished, but its end is not announced yet (a consumer died announcing it, or SNS"
             f" failed): `drugsync resume {run['run_id']}` announces it"
         )
+    if run["state"] == "superseded":
+        return "another run took over its claim: its messages are dropped and it will not finish"
     if run["state"] == "stalled":
         return (
             f"nothing of it is queued or in flight and nothing moved for {STALL_SECONDS // 60} min:"
@@ -85,6 +87,7 @@ def describe_run(progress: RunProgress, now: datetime, queue: QueueDepth | None 
     return {
         "run_id": str(progress.run_id),
         "state": run_state(progress, queue, now),
+        "mode": progress.mode,
         "enqueue_error": progress.enqueue_error,
         "documents_removed": progress.documents_removed,
         "announced": progress.announced_at is not None,
@@ -94,6 +97,7 @@ def describe_run(progress: RunProgress, now: datetime, queue: QueueDepth | None 
         "ranges_total": progress.total_ranges,
         "drugs_done": progress.drugs_done,
         "drugs_total": progress.eligible_drugs,
+        "drugs_skipped": progress.drugs_skipped,
         "elapsed_seconds": round(elapsed, 2),
         "drugs_per_second": round(progress.drugs_done / elapsed, 1) if elapsed > 0 else 0.0,
     }
@@ -162,8 +166,10 @@ def render_status(report: StatusReport) -> str:
         lines.append("no sync run recorded yet")
     else:
         run = report.run
-        lines.append(f"run {run['run_id']}  {run['state']}  started {run['started_at']}")
+        lines.append(f"run {run['run_id']}  {run['state']}  {run['mode']}  started {run['started_at']}")
         lines.append(render_run_line(run))
+        if run["drugs_skipped"]:
+            lines.append(f"{run['drugs_skipped']:,} of them already current: neither embedded nor written")
         lines.append(f"elapsed {run['elapsed_seconds']:.1f}s")
         for failure in run.get("failures", []):
             lines.append(f"  failed: drug {failure['drug_id']} {failure['error_class']}: {failure['error']}")
@@ -204,13 +210,16 @@ def gather_runs(ledger: PostgresLedger, queue: SqsQueue | None, limit: int) -> l
 def render_runs(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "no sync run recorded yet"
-    lines = [f"{'run':<36}  {'state':<22}  {'started':<25}  {'ranges':>13}  {'drugs':>15}  failed"]
+    lines = [
+        f"{'run':<36}  {'mode':<11}  {'state':<22}  {'started':<25}  {'ranges':>13}  {'drugs':>15}"
+        f"  {'skipped':>7}  failed"
+    ]
     for run in runs:
         lines.append(
-            f"{run['run_id']:<36}  {run['state']:<22}  {run['started_at'][:25]:<25}"
+            f"{run['run_id']:<36}  {run['mode']:<11}  {run['state']:<22}  {run['started_at'][:25]:<25}"
             f"  {run['ranges_done']:>6}/{run['ranges_total']:<6}"
             f"  {run['drugs_done']:>7}/{run['drugs_total']:<7}"
-            f"  {run['failed_drugs']}"
+            f"  {run['drugs_skipped']:>7}  {run['failed_drugs']}"
         )
         if todo := advice(run):
             lines.append(f"    {todo}")

@@ -121,7 +121,7 @@ def repair(
     """
     dirty = sorted((set(report.drift.missing) | set(report.drift.stale)) - waiting)
     ranges = covering_ranges(dirty, report.eligible_ids, range_size)
-    run_id = enqueue_run(
+    run_id, _ = enqueue_run(
         ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim
     )
     return {

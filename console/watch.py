@@ -94,8 +94,8 @@ def watch_outcome(report: StatusReport) -> int | None:
     run = report.run
     assert run is not None
     state = run["state"]
-    if state in ("stalled", "enqueue_failed"):
-        return 1
+    if state in ("stalled", "enqueue_failed", "superseded"):
+        return 1  # a superseded run never finishes: watching it longer shows nothing
     if not state.startswith("complete"):
         return None  # running or sweeping
     if not run["announced"] and report.queue is not None and not report.queue.empty:

@@ -49,6 +49,7 @@ class Outcome:
     documents_removed: int = 0
     announced: str | None = None  # the run's final state, set only on the message that announced it
     drugs_skipped: int = 0  # already current in Redis (same fingerprint): neither embedded nor written
+    dropped: bool = False  # its run was superseded: nothing done, not a failure
 
 
 def retried(env: SyncEnv, deadline: Deadline, action: Callable[[], T]) -> T:

@@ -64,6 +64,8 @@ class RunAnnouncer:
             "drugs": progress.drugs_done,
             "failed_drugs": progress.open_failures,
             "documents_removed": progress.documents_removed,
+            "drugs_skipped": progress.drugs_skipped,
+            "mode": progress.mode,
         }
         if self._notifier is not None:
             self._notifier.notify(f"drugsync run {progress.state}", json.dumps(summary))
@@ -184,6 +186,9 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
         logger.warning(
             "message rejected to the DLQ", extra={"message_id": record.message_id, "reason": reason}
         )
+        return
+    if outcome.dropped:
+        logger.info("message dropped: its run was superseded", extra={"message_id": record.message_id})
         return
     logger.info("message synced", extra=_outcome_keys(outcome))
 

@@ -18,6 +18,7 @@ from consumer.run_end import advance_run
 from shared.documents import build_document, build_embedding_text, fingerprint
 from shared.errors import EmbeddingError, InvalidMessage, ProviderError, RejectedTexts, UnavailableError
 from shared.models import (
+    MAX_DEFERRAL_DELAY_SECONDS,
     MAX_DEFERRALS,
     AnyMessage,
     Drug,
@@ -34,7 +35,17 @@ MAX_SWEEP_RESTARTS = 3  # walks begun again in one invocation before the server 
 
 
 def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
-    """Do what the message asks, then take the run's next step if it is due."""
+    """Do what the message asks, then take the run's next step if it is due.
+
+    One ledger round trip first heartbeats the run (its one-writer claim stays alive) and tells
+    whether another run superseded it: then the message is dropped, neither written nor failed.
+    A message already past this point when the supersede lands finishes its own work (at most
+    one invocation), but whatever it hands on (a continuation, a sweep) is dropped in turn.
+    """
+    touched = retried(env, deadline, lambda: env.ledger.touch_run(message.run_id))
+    if touched is not None and touched.superseded:
+        env.telemetry.count("MessagesDropped")
+        return Outcome(0, dropped=True)
     if isinstance(message, RowsMessage):
         outcome = sync_rows(message, env, deadline)
     elif isinstance(message, SweepMessage):
@@ -80,17 +91,18 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
         env.telemetry.count("DrugsSynced", len(chunk) - len(result.failures))
         position += size
     failed += isolate(env, deadline, message.run_id, broken)  # those after the last good row
-    newly_done = _complete_range(message, env, deadline)
+    newly_done = _complete_range(message, env, deadline, message.drugs_skipped + skipped)
     return Outcome(written, tuple(failed), range_done=newly_done, drugs_skipped=skipped)
 
 
-def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> bool:
-    """Mark the range done once; its count is what Postgres holds minus rows still failing."""
+def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline, skipped: int) -> bool:
+    """Mark the range done once; its count is what Postgres holds minus rows still failing, and its
+    skipped drugs those of the whole chain of messages that synced it (recorded by the first only)."""
     run_id, first, last = message.run_id, message.range_key, message.last_id
 
     def count_and_mark() -> bool:
         written = env.catalog.count_range(first, last) - env.ledger.open_failures_between(run_id, first, last)
-        return env.ledger.mark_range_done(run_id, first, written)
+        return env.ledger.mark_range_done(run_id, first, written, skipped)
 
     newly_done = retried(env, deadline, count_and_mark)
     if newly_done:
@@ -116,9 +128,10 @@ def _continue(
         range_first_id=message.range_key,
         continuations=message.continuations + 1,
         deferrals=message.deferrals + int(deferred),
+        drugs_skipped=message.drugs_skipped + skipped,
     )
     # A deferral waits before it is seen again, doubling each time: the API needs the pause.
-    delay = min(900, 2 ** (continuation.deferrals + 2)) if deferred else 0
+    delay = min(MAX_DEFERRAL_DELAY_SECONDS, 2 ** (continuation.deferrals + 2)) if deferred else 0
     env.work_queue.send_messages([continuation.model_dump_json()], delay_seconds=delay)
     return Outcome(written, tuple(failed), continued_at=rest[0].id, deferred=deferred, drugs_skipped=skipped)
 

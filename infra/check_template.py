@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from infra.check_schedule import check_schedule, check_schedule_default
 from infra.credentials import check_no_credentials
 from infra.integrity import MANIFEST, content_problems
 from infra.package import DEFAULT_OUT, ROOT, Artefact
@@ -217,7 +218,7 @@ def check_consumer_event(template: Template) -> list[str]:
 CHECKS: tuple[Callable[[Template], list[str]], ...] = (
     check_visibility_timeout, check_redrive, check_queue_encryption, check_dlq_alarm,
     check_dashboards, check_iam_wildcards, check_environment, check_consumer_event,
-    check_no_credentials, check_outputs,
+    check_no_credentials, check_outputs, check_schedule,
 )  # fmt: skip
 
 
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     artefact = Path(args[1]) if len(args) > 1 else DEFAULT_OUT
     template = json.loads(path.read_text())
     problems = check_template(template) + check_artefact(template, artefact) + check_artifact_reference()
+    problems += check_schedule_default(ROOT / "serverless.yml")
     if artefact.is_file():
         measured = Artefact.measure(artefact)
         problems += measured.problems()

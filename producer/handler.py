@@ -46,6 +46,7 @@ class Producer:
                 self.settings.handoff_margin_seconds,
                 self.settings.seconds_per_drug,
             ),
+            claim_seconds=self.settings.run_claim_seconds,
         )
 
 

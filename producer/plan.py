@@ -29,8 +29,13 @@ def start_sync(
     embedding_dim: int,
     default_range_size: int,
     max_range_size: int | None = None,
+    claim_seconds: float = 3600.0,
 ) -> SyncSummary:
     """Plan, record and enqueue one run; the index exists before any consumer can write."""
+    if request.mode != "full":
+        raise ConfigError(
+            f"mode {request.mode!r} is not available in this version: only full runs ('full') are"
+        )
     range_size = min(request.range_size or default_range_size, max_range_size or 10**9)
     began = time.perf_counter()
     ranges = catalog.plan_ranges(range_size, request.max_drugs)
@@ -38,9 +43,10 @@ def start_sync(
         ranges = cover_id_space(ranges)
     planned = time.perf_counter()
 
-    run_id = enqueue_run(
+    run_id, superseded = enqueue_run(
         ranges, range_size, request.max_drugs,
         ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
+        mode=request.mode, supersede=request.supersede, claim_seconds=claim_seconds,
     )  # fmt: skip
     enqueued = time.perf_counter()
 
@@ -53,6 +59,8 @@ def start_sync(
         max_drugs=request.max_drugs,
         plan_seconds=round(planned - began, 3),
         enqueue_seconds=round(enqueued - planned, 3),
+        mode=request.mode,
+        superseded=superseded,
     )
 
 
@@ -65,20 +73,25 @@ def enqueue_run(
     queue: WorkQueue,
     store: DocumentStore,
     embedding_dim: int,
-) -> uuid.UUID:
-    """Record a new run of these ranges, then send its messages.
+    mode: str = "full",
+    supersede: bool = False,
+    claim_seconds: float = 3600.0,
+) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """Record a new run of these ranges, then send its messages; returns it and the runs it superseded.
 
     Whatever can be checked is checked before the run is recorded (the index, the ledger, every
-    message), so a refused run leaves nothing behind; a run whose enqueue fails part-way is recorded
-    as such, with the reason, and `resume_run` sends again what is not done.
+    message, the one-writer claim), so a refused run leaves nothing behind; a run whose enqueue
+    fails part-way is recorded as such, with the reason, and `resume_run` sends again what is not done.
     """
     store.ensure_index(embedding_dim)
     ledger.ensure_schema()
     run_id = uuid.uuid4()
     bodies = run_messages(run_id, ranges)
-    ledger.start_run(run_id, range_size, max_drugs, ranges)
+    superseded = ledger.start_run(
+        run_id, range_size, max_drugs, ranges, mode=mode, supersede=supersede, claim_seconds=claim_seconds
+    )
     send_run_messages(run_id, bodies, swept_now=not ranges, ledger=ledger, queue=queue)
-    return run_id
+    return run_id, superseded
 
 
 def run_messages(run_id: uuid.UUID, ranges: Sequence[PlannedRange]) -> list[str]:
@@ -116,6 +129,12 @@ def resume_run(run_id: uuid.UUID, *, ledger: Ledger, queue: WorkQueue) -> int:
     progress = ledger.progress(run_id)
     if progress is None:
         raise ConfigError(f"no run {run_id} in the ledger: `drugsync runs` lists the recent ones")
+    touched = ledger.touch_run(run_id)  # a resumed run shows life again: its claim is renewed
+    if touched is not None and touched.superseded and progress.finished_at is None:
+        raise ConfigError(
+            f"run {run_id} was superseded by run {touched.superseded_by} at {touched.superseded_at}"
+            " and cannot be resumed: its messages are dropped; start a new run (`drugsync sync`)"
+        )
     if progress.complete and progress.announced_at is not None:
         return 0
     undone = ledger.undone_ranges(run_id)

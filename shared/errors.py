@@ -17,6 +17,10 @@ class ConfigError(DrugSyncError):
     """A setting is missing or wrong; the message names it."""
 
 
+class RunActive(DrugSyncError):
+    """Another run holds the one-writer claim: the message names it and the way out."""
+
+
 class InvalidMessage(DrugSyncError):
     """A queue message that can never be processed: malformed, unknown version, bad fields."""
 

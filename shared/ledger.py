@@ -1,16 +1,19 @@
 """The run ledger, kept in PostgreSQL beside the catalog: runs, their ranges, and which are done."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
+from shared.errors import RunActive
 from shared.models import PlannedRange, RowFailure
-from shared.ports import RunProgress
+from shared.ports import RunProgress, RunTouch
 from shared.postgres import Database, translate_errors
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Read on every call; the DDL below runs only when the version is behind, so `status` and the
 # producer never take the ACCESS EXCLUSIVE lock that ALTER TABLE needs once the schema is current.
@@ -62,14 +65,57 @@ CREATE TABLE IF NOT EXISTS drugsync_failures (
     resolved_at    timestamptz,
     PRIMARY KEY (run_id, drug_id)
 );
+-- v3: one writer at a time (the run's mode, its heartbeat, who superseded it), skipped drugs per range.
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full';
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS generation integer;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS superseded_at timestamptz;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS superseded_by uuid;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS touched_at timestamptz;
+ALTER TABLE drugsync_ranges ADD COLUMN IF NOT EXISTS drugs_skipped integer;
+CREATE INDEX IF NOT EXISTS drugsync_runs_active ON drugsync_runs (started_at)
+    WHERE finished_at IS NULL AND superseded_at IS NULL;
 """
 
 CLEAR_SCHEMA_VERSION = "DELETE FROM drugsync_schema"
 RECORD_SCHEMA_VERSION = "INSERT INTO drugsync_schema (version) VALUES (%(version)s)"
 
 INSERT_RUN = """
-INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges)
-VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s)
+INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges, mode, generation)
+VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s, %(mode)s,
+        %(generation)s)
+"""
+
+# One writer at a time: whoever records a run holds this lock until its transaction commits, so
+# the next one looks for active runs only after the previous one's insert is visible (READ COMMITTED
+# reads what committed before each statement: https://www.postgresql.org/docs/16/transaction-iso.html).
+LOCK_WRITER = "SELECT pg_advisory_xact_lock(hashtext('drugsync_writer'))"
+
+# Active runs, newest first, with their last sign of life: the heartbeat of their messages, a range
+# done, their enqueue, their sweep (greatest() ignores NULLs), and whether that is older than the claim.
+ACTIVE_RUNS = """
+SELECT run_id, mode, started_at, last_activity,
+       last_activity < now() - make_interval(secs => %(claim)s) AS expired
+FROM (
+    SELECT r.run_id, r.mode, r.started_at,
+           greatest(r.started_at, r.touched_at, r.enqueued_at, r.sweep_requested_at, r.swept_at,
+                    (SELECT max(g.done_at) FROM drugsync_ranges g WHERE g.run_id = r.run_id))
+               AS last_activity
+    FROM drugsync_runs r
+    WHERE r.finished_at IS NULL AND r.superseded_at IS NULL
+) active
+ORDER BY started_at DESC
+"""
+
+SUPERSEDE_RUNS = """
+UPDATE drugsync_runs SET superseded_at = now(), superseded_by = %(by)s
+WHERE run_id = ANY(%(run_ids)s) AND finished_at IS NULL AND superseded_at IS NULL
+"""
+
+# Every message of a run calls this first: the heartbeat keeps the run's claim, the answer says
+# whether the run was superseded (its message is then dropped) and how it writes.
+TOUCH_RUN = """
+UPDATE drugsync_runs SET touched_at = now() WHERE run_id = %(run_id)s
+RETURNING mode, generation, superseded_at, superseded_by
 """
 
 COPY_RANGES = "COPY drugsync_ranges (run_id, first_id, last_id, expected_count) FROM STDIN"
@@ -77,7 +123,8 @@ COPY_RANGES = "COPY drugsync_ranges (run_id, first_id, last_id, expected_count) 
 # Only the first completion of a range counts: a redelivered message finds done_at already set.
 # Concurrent duplicates serialise on the row lock and the second sees done_at set.
 MARK_RANGE_DONE = """
-UPDATE drugsync_ranges SET drugs_written = %(drugs_written)s, done_at = now()
+UPDATE drugsync_ranges
+SET drugs_written = %(drugs_written)s, drugs_skipped = %(drugs_skipped)s, done_at = now()
 WHERE run_id = %(run_id)s AND first_id = %(first_id)s AND done_at IS NULL
 RETURNING 1
 """
@@ -88,7 +135,8 @@ SELECT r.run_id, r.started_at, r.range_size, r.eligible_drugs, r.total_ranges,
        (SELECT count(*) FROM drugsync_failures f
         WHERE f.run_id = r.run_id AND f.resolved_at IS NULL),
        r.enqueued_at, r.enqueue_error, r.sweep_requested_at, r.swept_at, r.documents_removed,
-       r.finished_at, r.announced_at
+       r.finished_at, r.announced_at, r.mode, r.generation, r.superseded_at,
+       coalesce(sum(g.drugs_skipped), 0)
 FROM drugsync_runs r
 LEFT JOIN drugsync_ranges g ON g.run_id = r.run_id AND g.done_at IS NOT NULL
 WHERE r.run_id = %(run_id)s
@@ -124,10 +172,12 @@ WHERE run_id = %(run_id)s AND resolved_at IS NULL AND drug_id BETWEEN %(first_id
 """
 
 # Exactly one caller finishes a run: the first to find every range done and the sweep done,
-# under the row lock; a concurrent caller waits for it and then finds finished_at set.
+# under the row lock; a concurrent caller waits for it and then finds finished_at set. A superseded
+# run never finishes: its last messages may still be in flight, but another run owns the end.
 FINISH_RUN = """
 UPDATE drugsync_runs r SET finished_at = now()
 WHERE r.run_id = %(run_id)s AND r.finished_at IS NULL AND r.swept_at IS NOT NULL
+  AND r.superseded_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
 RETURNING 1
 """
@@ -143,7 +193,7 @@ MARK_SWEEP_REQUESTED = "UPDATE drugsync_runs SET sweep_requested_at = now() WHER
 # timeouts has lapsed by the time SQS redelivers the holder's message (visibility >= 6 timeouts).
 CLAIM_SWEEP = """
 UPDATE drugsync_runs r SET sweep_requested_at = now()
-WHERE r.run_id = %(run_id)s AND r.swept_at IS NULL
+WHERE r.run_id = %(run_id)s AND r.swept_at IS NULL AND r.superseded_at IS NULL
   AND (r.sweep_requested_at IS NULL OR r.sweep_requested_at < now() - make_interval(secs => %(lease)s))
   AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
 RETURNING 1
@@ -211,24 +261,60 @@ class PostgresLedger:
         return _first(conn.execute(READ_SCHEMA_VERSION).fetchone())
 
     def start_run(
-        self, run_id: UUID, range_size: int, max_drugs: int | None, ranges: Sequence[PlannedRange]
-    ) -> None:
+        self,
+        run_id: UUID,
+        range_size: int,
+        max_drugs: int | None,
+        ranges: Sequence[PlannedRange],
+        *,
+        mode: str = "full",
+        generation: int | None = None,
+        supersede: bool = False,
+        claim_seconds: float = 3600.0,
+    ) -> list[UUID]:
+        """Take the one-writer claim and record the run in one transaction; returns the runs superseded.
+
+        An active run is superseded when asked to, or when its claim expired (no sign of life for
+        claim_seconds); otherwise RunActive names it and nothing is recorded.
+        """
         run = {
             "run_id": run_id,
             "range_size": range_size,
             "max_drugs": max_drugs,
             "eligible_drugs": sum(planned.drug_count for planned in ranges),
             "total_ranges": len(ranges),
+            "mode": mode,
+            "generation": generation,
         }
         conn = self._db.connection()
         with translate_errors("recording a run"), conn.transaction():
+            conn.execute(LOCK_WRITER)
+            active = [ActiveRun(*row) for row in conn.execute(ACTIVE_RUNS, {"claim": claim_seconds})]
+            holding = [other for other in active if not other.expired]
+            if holding and not supersede:
+                raise RunActive(describe_active(holding[0], mode, claim_seconds))
+            superseded = [other.run_id for other in active]
+            conn.execute(SUPERSEDE_RUNS, {"by": run_id, "run_ids": superseded})
             conn.execute(INSERT_RUN, run)
             with conn.cursor().copy(COPY_RANGES) as copy:
                 for planned in ranges:
                     copy.write_row((run_id, planned.first_id, planned.last_id, planned.drug_count))
+        return superseded
 
-    def mark_range_done(self, run_id: UUID, first_id: int, drugs_written: int) -> bool:
-        params = {"run_id": run_id, "first_id": first_id, "drugs_written": drugs_written}
+    def touch_run(self, run_id: UUID) -> RunTouch | None:
+        with translate_errors("touching a run"):
+            row = self._db.connection().execute(TOUCH_RUN, {"run_id": run_id}).fetchone()
+        return RunTouch(*row) if row else None
+
+    def mark_range_done(
+        self, run_id: UUID, first_id: int, drugs_written: int, drugs_skipped: int = 0
+    ) -> bool:
+        params = {
+            "run_id": run_id,
+            "first_id": first_id,
+            "drugs_written": drugs_written,
+            "drugs_skipped": drugs_skipped,
+        }
         with translate_errors("marking a range done"):
             return self._db.connection().execute(MARK_RANGE_DONE, params).fetchone() is not None
 
@@ -332,6 +418,29 @@ class PostgresLedger:
         with translate_errors("finding the latest run"):
             row = self._db.connection().execute(LATEST_RUN).fetchone()
         return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class ActiveRun:
+    """A run holding (or having held, if expired) the one-writer claim."""
+
+    run_id: UUID
+    mode: str
+    started_at: datetime
+    last_activity: datetime
+    expired: bool
+
+
+def describe_active(holder: ActiveRun, mode: str, claim_seconds: float) -> str:
+    """Why a run is refused, naming the run in the way and the two ways out."""
+    return (
+        f"a {mode} run cannot start: run {holder.run_id} ({holder.mode}, started"
+        f" {holder.started_at.isoformat(timespec='seconds')}, last activity"
+        f" {holder.last_activity.isoformat(timespec='seconds')}) is still active and only one run"
+        f" writes at a time; wait for it (`drugsync status --run {holder.run_id}`), or take over with"
+        f" --supersede (its remaining messages are dropped); a run with no activity for"
+        f" {claim_seconds:g} s loses its claim by itself (DRUGSYNC_RUN_CLAIM_SECONDS)"
+    )
 
 
 def _first(row: tuple[Any, ...] | None) -> int:

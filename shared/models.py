@@ -89,6 +89,8 @@ class PlannedRange:
 
 MAX_ROWS_PER_MESSAGE = 1000
 MAX_DEFERRALS = 20
+MAX_DEFERRAL_DELAY_SECONDS = 900  # SQS's longest message delay: the most a deferred range waits
+RunMode = Literal["full", "incremental", "rebuild"]
 
 
 class RangeMessage(BaseModel):
@@ -105,6 +107,9 @@ class RangeMessage(BaseModel):
     range_first_id: DrugId | None = None
     continuations: int = Field(0, ge=0, le=1_000_000)
     deferrals: int = Field(0, ge=0, le=MAX_DEFERRALS)
+    # Drugs of the range already current in Redis, counted by the messages before this continuation:
+    # the ledger records the sum once, with the range's first completion.
+    drugs_skipped: int = Field(0, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "RangeMessage":
@@ -237,12 +242,17 @@ def parse_message(body: str) -> AnyMessage:
 
 
 class SyncRequest(BaseModel):
-    """The producer's event: how to cut the work, and an optional cap for proof-of-concept runs."""
+    """The producer's event: which run, how to cut the work, and an optional cap for proof-of-concept runs.
+
+    `supersede` takes the one-writer claim from an active run instead of being refused.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     range_size: int | None = Field(None, ge=1, le=100_000)
     max_drugs: int | None = Field(None, ge=1)
+    mode: RunMode = "full"
+    supersede: bool = False
 
 
 class SyncSummary(BaseModel):
@@ -256,6 +266,9 @@ class SyncSummary(BaseModel):
     max_drugs: int | None
     plan_seconds: float
     enqueue_seconds: float
+    mode: str = "full"
+    generation: int | None = None
+    superseded: list[UUID] = Field(default_factory=list)  # runs this one took the claim from
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,10 @@ class RunProgress:
     documents_removed: int = 0
     finished_at: datetime | None = None
     announced_at: datetime | None = None
+    mode: str = "full"
+    generation: int | None = None
+    superseded_at: datetime | None = None
+    drugs_skipped: int = 0
 
     @property
     def ranges_complete(self) -> bool:
@@ -61,10 +65,17 @@ class RunProgress:
         return self.finished_at is not None
 
     @property
+    def active(self) -> bool:
+        """Holding the one-writer claim: neither finished nor superseded."""
+        return self.finished_at is None and self.superseded_at is None
+
+    @property
     def state(self) -> str:
-        """enqueue_failed, running, sweeping, or (finished) complete / complete_with_failures."""
+        """enqueue_failed, running, sweeping, superseded, or (finished) complete / complete_with_failures."""
         if self.finished_at is not None:
             return "complete_with_failures" if self.open_failures else "complete"
+        if self.superseded_at is not None:
+            return "superseded"
         if self.enqueue_error is not None:
             return "enqueue_failed"
         return "sweeping" if self.ranges_complete else "running"
@@ -76,16 +87,48 @@ class RunProgress:
         return max((moment for moment in moments if moment is not None), default=self.started_at)
 
 
+@dataclass(frozen=True)
+class RunTouch:
+    """What a message of a run learns when it heartbeats the run: whether to go on, and how."""
+
+    mode: str
+    generation: int | None
+    superseded_at: datetime | None
+    superseded_by: UUID | None
+
+    @property
+    def superseded(self) -> bool:
+        return self.superseded_at is not None
+
+
 class Ledger(Protocol):
     """Where runs and the completion of their ranges are recorded."""
 
     def ensure_schema(self) -> None: ...
 
     def start_run(
-        self, run_id: UUID, range_size: int, max_drugs: int | None, ranges: Sequence[PlannedRange]
-    ) -> None: ...
+        self,
+        run_id: UUID,
+        range_size: int,
+        max_drugs: int | None,
+        ranges: Sequence[PlannedRange],
+        *,
+        mode: str = "full",
+        generation: int | None = None,
+        supersede: bool = False,
+        claim_seconds: float = 3600.0,
+    ) -> list[UUID]:
+        """Record the run if it may write now, taking the one-writer claim; returns the runs it
+        superseded, or raises RunActive naming the run that holds the claim."""
+        ...
 
-    def mark_range_done(self, run_id: UUID, first_id: int, drugs_written: int) -> bool: ...
+    def touch_run(self, run_id: UUID) -> RunTouch | None:
+        """Heartbeat a run (its claim stays alive) and say whether it was superseded; None if unknown."""
+        ...
+
+    def mark_range_done(
+        self, run_id: UUID, first_id: int, drugs_written: int, drugs_skipped: int = 0
+    ) -> bool: ...
 
     def progress(self, run_id: UUID) -> RunProgress | None: ...
 

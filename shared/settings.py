@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.describe import validation_problems
 from shared.errors import ConfigError
+from shared.models import MAX_DEFERRAL_DELAY_SECONDS
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 TITAN_V2_DIMENSIONS = (256, 512, 1024)
@@ -70,6 +71,10 @@ class Settings(BaseSettings):
     handoff_margin_seconds: float = Field(10.0, ge=0.0, le=600.0)
     seconds_per_drug: float = Field(0.005, gt=0.0, le=60.0)
     retry_budget_seconds: float = Field(60.0, ge=0.0, le=900.0)
+    # One writer at a time: an unfinished run that showed no sign of life for this long (a crashed
+    # or abandoned run) no longer holds the claim, and the next run supersedes it. Well beyond a
+    # consumer timeout plus the longest deferral delay (MAX_DEFERRAL_DELAY_SECONDS).
+    run_claim_seconds: float = Field(3600.0, gt=0.0, le=7 * 86_400.0)
 
     # Optional: an SNS topic told when a run finishes.
     completion_topic_arn: str | None = None
@@ -95,6 +100,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"embedding_dim {self.embedding_dim} is not one Titan Text Embeddings V2 offers "
                 f"{TITAN_V2_DIMENSIONS}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_run_claim(self) -> "Settings":
+        floor = self.consumer_timeout_seconds + MAX_DEFERRAL_DELAY_SECONDS
+        if self.run_claim_seconds <= floor:
+            raise ValueError(
+                f"run_claim_seconds {self.run_claim_seconds:g} must exceed consumer_timeout_seconds"
+                f" plus the longest deferral delay ({floor:g} s): a live run would lose its claim"
             )
         return self
 

@@ -19,6 +19,8 @@ from console import local_stack
 from console.local_deploy import database_secret
 from console.local_stack import QueueOptions, StackState
 from infra.package import ARCHES, build, configured_target, incomplete_run, record_tested
+from shared.ledger import PostgresLedger
+from shared.postgres import Database
 from shared.settings import Settings, get_settings
 
 _deselected: list[pytest.Item] = []
@@ -123,9 +125,28 @@ def isolate(
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    end_earlier_runs(env["DATABASE_URL"])
     get_settings.cache_clear()
     yield Isolated(settings=get_settings(), env=env)
     get_settings.cache_clear()
+
+
+# Tests share the stack's one ledger; a run an earlier test left unfinished (on purpose: killed,
+# stalled, half consumed) would hold the one-writer claim against every test after it.
+END_EARLIER_RUNS = """
+UPDATE drugsync_runs SET superseded_at = now()
+WHERE finished_at IS NULL AND superseded_at IS NULL
+"""
+
+
+def end_earlier_runs(database_url: str) -> None:
+    """Supersede every run still active in the shared ledger, as a `--supersede` would."""
+    db = Database(database_url)
+    try:
+        PostgresLedger(db).ensure_schema()
+        db.connection().execute(END_EARLIER_RUNS)
+    finally:
+        db.close()
 
 
 @pytest.fixture

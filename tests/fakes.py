@@ -9,7 +9,7 @@ import numpy as np
 
 from shared.documents import is_stale
 from shared.embedders.hashing import HashingEmbedder
-from shared.errors import DrugSyncError, EmbeddingError, UnavailableError
+from shared.errors import DrugSyncError, EmbeddingError, RunActive, UnavailableError
 from shared.models import Drug, Fetched, PlannedRange, RowFailure
 from shared.ports import (
     Catalog,
@@ -17,6 +17,7 @@ from shared.ports import (
     Embedder,
     Ledger,
     RunProgress,
+    RunTouch,
     Vectors,
     WorkQueue,
     WriteResult,
@@ -96,24 +97,76 @@ class FakeLedger:
         self.done: dict[tuple[UUID, int], int] = {}
         self.failures: dict[tuple[UUID, int], RowFailure] = {}
         self.resolved: set[tuple[UUID, int]] = set()
+        self.skipped: dict[tuple[UUID, int], int] = {}
         self.finishes = 0
 
     def ensure_schema(self) -> None:
         pass
 
     def start_run(
-        self, run_id: UUID, range_size: int, max_drugs: int | None, ranges: Sequence[PlannedRange]
-    ) -> None:
-        self.runs[run_id] = {"range_size": range_size, "ranges": list(ranges), "started": datetime.now(UTC)}
+        self,
+        run_id: UUID,
+        range_size: int,
+        max_drugs: int | None,
+        ranges: Sequence[PlannedRange],
+        *,
+        mode: str = "full",
+        generation: int | None = None,
+        supersede: bool = False,
+        claim_seconds: float = 3600.0,
+    ) -> list[UUID]:
+        now = datetime.now(UTC)
+        active = [
+            other for other, run in self.runs.items() if not run.get("finished") and not run.get("superseded")
+        ]
+        expired = {
+            other for other in active if self._last_activity(other) < now - timedelta(seconds=claim_seconds)
+        }
+        holding = [other for other in active if other not in expired]
+        if holding and not supersede:
+            raise RunActive(f"run {holding[-1]} ({self.runs[holding[-1]]['mode']}) is still active")
+        for other in active:
+            self.runs[other].update(superseded=now, superseded_by=run_id)
+        self.runs[run_id] = {
+            "range_size": range_size,
+            "ranges": list(ranges),
+            "started": now,
+            "mode": mode,
+            "generation": generation,
+        }
+        return active
+
+    def _last_activity(self, run_id: UUID) -> datetime:
+        run = self.runs[run_id]
+        keys = ("started", "touched", "last_done", "enqueued", "sweep_requested", "swept")
+        moments: list[datetime] = [run[key] for key in keys if run.get(key) is not None]
+        return max(moments)
+
+    def touch_run(self, run_id: UUID) -> RunTouch | None:
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
+        run["touched"] = datetime.now(UTC)
+        return RunTouch(run["mode"], run["generation"], run.get("superseded"), run.get("superseded_by"))
+
+    def supersede_all(self) -> None:
+        """What another run's start does to every active run (its messages are dropped from now on)."""
+        for run in self.runs.values():
+            if not run.get("finished"):
+                run.setdefault("superseded", datetime.now(UTC))
 
     def _planned(self, run_id: UUID, first_id: int) -> PlannedRange | None:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
         return next((r for r in ranges if r.first_id == first_id), None)
 
-    def mark_range_done(self, run_id: UUID, first_id: int, drugs_written: int) -> bool:
+    def mark_range_done(
+        self, run_id: UUID, first_id: int, drugs_written: int, drugs_skipped: int = 0
+    ) -> bool:
         if (run_id, first_id) in self.done or self._planned(run_id, first_id) is None:
             return False
         self.done[(run_id, first_id)] = drugs_written
+        self.skipped[(run_id, first_id)] = drugs_skipped
+        self.runs[run_id]["last_done"] = datetime.now(UTC)
         return True
 
     def progress(self, run_id: UUID) -> RunProgress | None:
@@ -138,6 +191,10 @@ class FakeLedger:
             documents_removed=run.get("removed", 0),
             finished_at=run.get("finished"),
             announced_at=run.get("announced"),
+            mode=run["mode"],
+            generation=run["generation"],
+            superseded_at=run.get("superseded"),
+            drugs_skipped=sum(value for key, value in self.skipped.items() if key[0] == run_id),
         )
 
     def latest_run_id(self) -> UUID | None:
@@ -146,6 +203,8 @@ class FakeLedger:
     def finish_run(self, run_id: UUID) -> bool:
         progress = self.progress(run_id)
         if progress is None or not progress.ranges_complete or progress.swept_at is None:
+            return False
+        if progress.superseded_at is not None:
             return False
         if progress.finished_at is not None:
             return False
@@ -178,6 +237,8 @@ class FakeLedger:
     def claim_sweep(self, run_id: UUID, lease_seconds: float) -> bool:
         progress = self.progress(run_id)
         if progress is None or not progress.ranges_complete or progress.swept_at is not None:
+            return False
+        if progress.superseded_at is not None:
             return False
         if self.runs[run_id].get("sweep_claimed"):
             return False

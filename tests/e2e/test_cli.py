@@ -400,6 +400,41 @@ def test_a_wrong_setting_is_reported_plainly(user_env: dict[str, str]) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_second_run_is_refused_naming_the_first_and_supersede_takes_over(
+    user_env: dict[str, str], tmp_path: Path
+) -> None:
+    # GIVEN a run enqueued and not consumed yet
+    env = own_catalog(user_env, "writer", 300)
+    first = drugsync(env, "sync", "--range-size", "100", "--json")
+    assert first.returncode == 0, first.stderr
+    first_id = json.loads(first.stdout)["run_id"]
+
+    # WHEN another run is asked for, then asked for with --supersede
+    refused = drugsync(env, "sync", "--range-size", "100")
+    taken = drugsync(env, "sync", "--range-size", "100", "--supersede", "--json")
+
+    # THEN the first ask is refused on one line naming the active run and the way out
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith(f"drugsync: RunActive: a full run cannot start: run {first_id} (full,")
+    assert "--supersede" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # AND the second takes over: the first run's messages are dropped, the new run completes alone
+    assert taken.returncode == 0, taken.stderr
+    summary = json.loads(taken.stdout)
+    assert summary["superseded"] == [first_id]
+    log = tmp_path / "consumers.log"
+    work = drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", str(log))
+    assert work.returncode == 0, work.stderr
+    assert "7 records ok, 0 failed" in work.stdout  # 3 dropped, 3 ranges and the new run's sweep
+    assert log.read_text().count('"message dropped: its run was superseded"') == 3
+    runs = {run["run_id"]: run["state"] for run in json.loads(drugsync(env, "runs", "--json").stdout)}
+    assert (runs[first_id], runs[summary["run_id"]]) == ("superseded", "complete")
+    verified = json.loads(drugsync(env, "verify", "--json").stdout)
+    assert (verified["missing"], verified["extra"], verified["stale"]) == (0, 0, 0)
+    assert "superseded" in drugsync(env, "runs").stdout
+
+
 @pytest.mark.usefixtures("demo")
 def test_local_down_stops_every_process_it_started(user_env: dict[str, str]) -> None:
     state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())
@@ -449,7 +484,11 @@ def test_a_second_full_run_over_an_unchanged_catalog_embeds_nothing(
     eligible = json.loads(drugsync(env, "verify", "--json").stdout)["postgres_eligible"]
     assert first == {"drugs": eligible, "drugs_skipped": 0}
     assert second == {"drugs": 0, "drugs_skipped": eligible}  # nothing embedded or written again
-    assert json.loads(drugsync(env, "status", "--json").stdout)["run"]["state"] == "complete"
+    run = json.loads(drugsync(env, "status", "--json").stdout)["run"]
+    assert (run["state"], run["drugs_done"], run["drugs_skipped"]) == ("complete", eligible, eligible)
+    assert f"{eligible:,} of them already current" in drugsync(env, "status").stdout
+    listed = json.loads(drugsync(env, "runs", "--limit", "2", "--json").stdout)
+    assert [entry["drugs_skipped"] for entry in listed] == [eligible, 0]
     print(
         f"full run over {eligible:,} drugs: first {first_seconds:.1f}s, unchanged again {second_seconds:.1f}s"
     )

@@ -76,8 +76,10 @@ def _die_after_the_last_range() -> None:
     if getattr(mark, "deadly", False):
         return
 
-    def mark_then_die(self: PostgresLedger, run_id: UUID, first_id: int, drugs_written: int) -> bool:
-        newly_done = mark(self, run_id, first_id, drugs_written)
+    def mark_then_die(
+        self: PostgresLedger, run_id: UUID, first_id: int, drugs_written: int, drugs_skipped: int = 0
+    ) -> bool:
+        newly_done = mark(self, run_id, first_id, drugs_written, drugs_skipped)
         progress = self.progress(run_id)
         last = newly_done and progress is not None and progress.ranges_complete
         if last and redis.Redis.from_url(os.environ["REDIS_URL"]).setnx(fault_counter("killed"), 1):

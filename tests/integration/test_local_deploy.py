@@ -15,6 +15,7 @@ from console.seed import seed_drugs
 from shared.ledger import PostgresLedger
 from shared.postgres import Database
 from shared.settings import Settings
+from tests.conftest import end_earlier_runs
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +60,7 @@ def test_the_functions_environment_names_secrets_not_credentials(stack: StackSta
 
 
 def test_invoking_the_producer_starts_a_run_through_the_secrets(stack: StackState) -> None:
+    end_earlier_runs(stack.env["DATABASE_URL"])  # the stack's own names, shared with earlier tests' runs
     with psycopg.connect(stack.env["DATABASE_URL"], autocommit=True) as conn:
         eligible = seed_drugs(conn, Settings(table="drugs"), 40)
     try:

@@ -92,7 +92,7 @@ def test_a_redelivered_range_already_done_finishes_a_run_its_first_consumer_left
 
 
 def test_a_run_over_zero_eligible_rows_finishes_and_removes_every_document() -> None:
-    world, announcer = announcing_world(count=3)
+    world, announcer = announcing_world(count=3, run_started=False)
     world.catalog.eligible.clear()
     summary = start_sync(
         SyncRequest(), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue, store=world.store,

@@ -8,7 +8,7 @@ from consumer.sync import SyncEnv, sync_message
 from shared.documents import build_document, build_embedding_text
 from shared.embedders.bedrock import TitanEmbedder
 from shared.errors import InvalidMessage, ProviderError, UnavailableError
-from shared.models import MAX_DEFERRALS, PlannedRange, RangeMessage, RowsMessage, parse_message
+from shared.models import MAX_DEFERRALS, PlannedRange, RangeMessage, RowsMessage, SweepMessage, parse_message
 from shared.retry import RetryPolicy
 from tests.factories import TOO_LONG, count_requests, refuse, titan_response
 from tests.fakes import (
@@ -30,14 +30,17 @@ RUN = uuid.uuid4()
 class World:
     """A catalog of drugs 1..count, one planned range over all of them, and fakes around it."""
 
-    def __init__(self, count: int = 25, chunk_size: int = 10, **embedder_options) -> None:
+    def __init__(
+        self, count: int = 25, chunk_size: int = 10, run_started: bool = True, **embedder_options
+    ) -> None:
         self.clock = FakeClock()
         drugs = [make_drug(i, name=f"Drug {i} 10 mg tablet") for i in range(1, count + 1)]
         self.catalog = FakeCatalog(drugs, broken=embedder_options.pop("broken", None))
         self.embedder = CountingEmbedder(dimension=32, clock=self.clock, **embedder_options)
         self.store, self.ledger = FakeStore(), FakeLedger()
         self.work_queue, self.dead_letters = FakeQueue(), FakeQueue()
-        self.ledger.start_run(RUN, count, None, [PlannedRange(1, count, count)])
+        if run_started:  # else the test starts its own run (one writer at a time)
+            self.ledger.start_run(RUN, count, None, [PlannedRange(1, count, count)])
         self.env = SyncEnv(
             catalog=self.catalog, embedder=self.embedder, store=self.store, ledger=self.ledger,
             work_queue=self.work_queue, dead_letters=self.dead_letters,
@@ -329,7 +332,10 @@ def test_a_newer_version_already_in_redis_is_kept_and_the_skip_is_counted() -> N
 
 
 def _next_full_run(world: World, count: int) -> RangeMessage:
-    """Another full run over the same catalog: a new run id, its one range planned."""
+    """Another full run over the same catalog: the first one ends (its sweep), as one writer at a time
+    requires, then a new run id, its one range planned."""
+    world.run(SweepMessage(run_id=RUN))
+    assert world.state() == "complete"
     run = uuid.uuid4()
     world.ledger.start_run(run, count, None, [PlannedRange(1, count, count)])
     return RangeMessage(run_id=run, first_id=1, last_id=count, expected_count=count)

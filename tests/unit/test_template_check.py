@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from infra.check_schedule import check_schedule_default
 from infra.check_template import (
     ARTIFACT_REFERENCE,
     REQUIRED_OUTPUTS,
@@ -160,7 +161,78 @@ MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda t: _resource(t, "AWS::Lambda::EventSourceMapping").pop("ScalingConfig"),
         "no maximumConcurrency",
     ),
+    ("no schedule", lambda t: t["Resources"].pop("IncrementalSchedule"), "0 AWS::Scheduler::Schedule"),
+    (
+        "a schedule invoking the consumer",
+        lambda t: _schedule(t)["Target"].update(Arn={"Fn::GetAtt": ["ConsumerLambdaFunction", "Arn"]}),
+        "its target is not the producer function",
+    ),
+    (
+        "a scheduled full run",
+        lambda t: _schedule(t)["Target"].update(Input='{"mode": "full"}'),
+        "is not exactly",
+    ),
+    (
+        "a schedule that supersedes whatever runs",
+        lambda t: _schedule(t)["Target"].update(Input='{"mode": "incremental", "supersede": true}'),
+        "is not exactly",
+    ),
+    (
+        "a flexible time window",
+        lambda t: _schedule(t).update(FlexibleTimeWindow={"Mode": "FLEXIBLE", "MaximumWindowInMinutes": 60}),
+        "flexible time window",
+    ),
+    (
+        "a schedule role that may invoke the consumer too",
+        lambda t: _policy(t, "IncrementalScheduleRole")[0].update(
+            Resource=[
+                {"Fn::GetAtt": [f, "Arn"]} for f in ("ProducerLambdaFunction", "ConsumerLambdaFunction")
+            ]
+        ),
+        "only the producer",
+    ),
+    (
+        "a schedule role that may change the code",
+        lambda t: _policy(t, "IncrementalScheduleRole")[0].update(
+            Action=["lambda:InvokeFunction", "lambda:UpdateFunctionCode"]
+        ),
+        "it may only lambda:InvokeFunction",
+    ),
+    (
+        "a schedule role any Lambda function may assume",
+        lambda t: t["Resources"]["IncrementalScheduleRole"]["Properties"]["AssumeRolePolicyDocument"][
+            "Statement"
+        ][0].update(Principal={"Service": "lambda.amazonaws.com"}),
+        "must be assumed by scheduler.amazonaws.com only",
+    ),
 ]
+
+
+def _schedule(template: dict[str, Any]) -> Any:
+    return template["Resources"]["IncrementalSchedule"]["Properties"]
+
+
+def test_the_incremental_schedule_is_compiled_disabled_with_the_incremental_input() -> None:
+    schedule = _schedule(GOOD)
+    assert schedule["State"] == "DISABLED"
+    assert json.loads(schedule["Target"]["Input"]) == {"mode": "incremental"}
+    assert schedule["ScheduleExpression"] == "rate(1 day)"
+
+
+def test_serverless_yml_leaves_the_schedule_off_by_default_and_an_enabled_default_is_refused(
+    tmp_path: Path,
+) -> None:
+    source = ROOT / "serverless.yml"
+    assert check_schedule_default(source) == []
+    enabled = tmp_path / "serverless.yml"
+    enabled.write_text(
+        source.read_text().replace(
+            "incrementalScheduleEnabled: 'false'", "incrementalScheduleEnabled: 'true'"
+        )
+    )
+    assert check_schedule_default(enabled) == [
+        "serverless.yml: params.default.incrementalScheduleEnabled is 'true'; it must be 'false'"
+    ]
 
 
 def test_words_that_only_look_like_credentials_and_an_unset_optional_arn_pass() -> None:

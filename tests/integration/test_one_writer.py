@@ -1,0 +1,196 @@
+"""One writer at a time, on the real PostgreSQL (the claim) and Redis Stack (what a dropped message writes)."""
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from console.seed import seed_drugs
+from console.services import Services
+from consumer.env import SyncEnv
+from consumer.sync import sync_message
+from shared.errors import RunActive
+from shared.ledger import PostgresLedger
+from shared.models import PlannedRange, RangeMessage, SweepMessage, SyncRequest
+from shared.postgres import Database
+from shared.retry import RetryPolicy
+from tests.conftest import Isolated
+from tests.fakes import FakeClock, FakeDeadline, FakeQueue, RecordingTelemetry
+
+pytestmark = pytest.mark.integration
+RANGES = [PlannedRange(1, 10, 10), PlannedRange(11, 20, 10)]
+
+
+@pytest.fixture
+def services(test_env: Isolated) -> Iterator[Services]:
+    built = Services(test_env.settings)
+    built.ledger.ensure_schema()
+    yield built
+    built.close()
+
+
+def started(ledger: PostgresLedger, **claim: object) -> uuid.UUID:
+    run_id = uuid.uuid4()
+    ledger.start_run(run_id, 10, None, RANGES, **claim)  # type: ignore[arg-type]
+    return run_id
+
+
+def test_of_two_runs_started_at_once_on_two_connections_exactly_one_is_recorded(
+    services: Services, test_env: Isolated
+) -> None:
+    # GIVEN no run is active, and two producers (each its own connection) start a run at the same moment
+    barrier = threading.Barrier(2)
+    won: list[uuid.UUID] = []
+    refused: list[str] = []
+
+    def producer() -> None:
+        own = Database(test_env.env["DATABASE_URL"])
+        try:
+            barrier.wait()
+            won.append(started(PostgresLedger(own)))
+        except RunActive as error:
+            refused.append(str(error))
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=producer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # THEN one is recorded and active, the other refused naming it
+    assert len(won) == 1
+    assert len(refused) == 1
+    assert str(won[0]) in refused[0]
+    assert "--supersede" in refused[0]
+    progress = services.ledger.progress(won[0])
+    assert progress is not None
+    assert progress.active
+
+
+def test_a_refused_run_leaves_nothing_in_the_ledger(services: Services) -> None:
+    first = started(services.ledger)
+    refused = uuid.uuid4()
+    with pytest.raises(RunActive, match=f"run {first} \\(full, started "):
+        services.ledger.start_run(refused, 10, None, RANGES)
+    assert services.ledger.progress(refused) is None
+    assert services.ledger.range_state(refused, 1) is None
+
+
+def test_a_claim_expires_after_its_seconds_without_activity_and_the_next_run_supersedes_it(
+    services: Services,
+) -> None:
+    # GIVEN a run that crashed two hours ago: started, one range done, then nothing
+    crashed = started(services.ledger)
+    services.ledger.mark_range_done(crashed, 1, 10)
+    services.conn.execute(
+        "UPDATE drugsync_runs SET started_at = now() - interval '3 hours' WHERE run_id = %s", [crashed]
+    )
+    services.conn.execute(
+        "UPDATE drugsync_ranges SET done_at = now() - interval '2 hours' WHERE run_id = %s", [crashed]
+    )
+    with pytest.raises(RunActive):  # a claim of three hours still holds
+        started(services.ledger, claim_seconds=3 * 3600)
+
+    # WHEN a run starts with a claim of one hour
+    successor = uuid.uuid4()
+    superseded = services.ledger.start_run(successor, 10, None, RANGES, claim_seconds=3600)
+
+    # THEN the crashed run is superseded, by it
+    assert superseded == [crashed]
+    row = services.conn.execute(
+        "SELECT superseded_by FROM drugsync_runs WHERE run_id = %s", [crashed]
+    ).fetchone()
+    assert row == (successor,)
+    progress = services.ledger.progress(crashed)
+    assert progress is not None
+    assert progress.state == "superseded"
+
+
+def test_a_heartbeat_renews_the_claim_of_a_quiet_run(services: Services) -> None:
+    quiet = started(services.ledger)
+    services.conn.execute(
+        "UPDATE drugsync_runs SET started_at = now() - interval '3 hours' WHERE run_id = %s", [quiet]
+    )
+    touched = services.ledger.touch_run(quiet)  # a message of the run arrives
+    assert touched is not None
+    assert (touched.mode, touched.superseded) == ("full", False)
+
+    with pytest.raises(RunActive):
+        started(services.ledger, claim_seconds=3600)
+
+
+def test_supersede_takes_the_claim_and_the_superseded_run_never_sweeps_or_finishes(
+    services: Services,
+) -> None:
+    old = started(services.ledger)
+    new = uuid.uuid4()
+
+    assert services.ledger.start_run(new, 10, None, RANGES, supersede=True) == [old]
+
+    touched = services.ledger.touch_run(old)
+    assert touched is not None
+    assert (touched.superseded, touched.superseded_by) == (True, new)
+    # its last messages, in flight when the supersede landed, may still mark its ranges done ...
+    assert services.ledger.mark_range_done(old, 1, 10, 4)
+    assert services.ledger.mark_range_done(old, 11, 10, 6)
+    # ... but the run asks for no sweep and never finishes: the new run owns the end
+    assert services.ledger.claim_sweep(old, lease_seconds=0) is False
+    services.ledger.mark_swept(old)
+    assert services.ledger.finish_run(old) is False
+    progress = services.ledger.progress(old)
+    assert progress is not None
+    assert (progress.state, progress.drugs_skipped) == ("superseded", 10)
+
+
+def test_a_ranges_skipped_drugs_count_once_with_its_first_completion(services: Services) -> None:
+    run_id = started(services.ledger)
+
+    assert services.ledger.mark_range_done(run_id, 1, 10, 7)
+    assert not services.ledger.mark_range_done(run_id, 1, 10, 10)  # a redelivery, counting differently
+    assert services.ledger.mark_range_done(run_id, 11, 10, 3)
+
+    progress = services.ledger.progress(run_id)
+    assert progress is not None
+    assert (progress.drugs_skipped, progress.drugs_done) == (10, 20)
+
+
+def test_a_superseded_runs_messages_are_dropped_by_the_consumer_and_write_nothing(
+    services: Services,
+) -> None:
+    # GIVEN a seeded catalog, a run A enqueued, then a run B that supersedes it
+    seed_drugs(services.conn, services.settings, 200)
+    first = services.producer.start(SyncRequest(range_size=100))
+    second = services.producer.start(SyncRequest(range_size=100, supersede=True))
+    assert second.superseded == [first.run_id]
+    telemetry = RecordingTelemetry()
+    env = SyncEnv(
+        catalog=services.catalog, embedder=services.embedder, store=services.store, ledger=services.ledger,
+        work_queue=FakeQueue(), dead_letters=FakeQueue(), retry=RetryPolicy(budget_seconds=5),
+        chunk_size=50, margin_seconds=0, seconds_per_drug=0.01, telemetry=telemetry,
+    )  # fmt: skip
+    planned = services.ledger.undone_ranges(first.run_id)
+
+    # WHEN A's range messages and its sweep reach a consumer
+    outcomes = [
+        sync_message(RangeMessage.for_range(first.run_id, r), env, FakeDeadline(FakeClock(), 60))
+        for r in planned
+    ]
+    outcomes.append(sync_message(SweepMessage(run_id=first.run_id), env, FakeDeadline(FakeClock(), 60)))
+
+    # THEN Redis holds nothing, A's ledger is untouched, and each message was dropped, not failed
+    assert services.store.count_documents() == 0
+    assert all(outcome.dropped for outcome in outcomes)
+    assert telemetry.counts["MessagesDropped"] == len(planned) + 1
+    assert env.work_queue.bodies == []  # type: ignore[attr-defined]
+    assert env.dead_letters.bodies == []  # type: ignore[attr-defined]
+    progress = services.ledger.progress(first.run_id)
+    assert progress is not None
+    assert (progress.state, progress.ranges_done) == ("superseded", 0)
+
+    # AND B's messages write every drug
+    for r in services.ledger.undone_ranges(second.run_id):
+        sync_message(RangeMessage.for_range(second.run_id, r), env, FakeDeadline(FakeClock(), 60))
+    assert services.store.count_documents() == services.catalog.count_eligible()
