@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from producer.plan import range_size_that_fits, start_sync
+from shared.capture import ChangeCapture
 from shared.describe import validation_problems
 from shared.errors import ConfigError
 from shared.ledger import PostgresLedger
@@ -17,7 +18,14 @@ from shared.postgres import PostgresCatalog
 from shared.queue import SqsQueue
 from shared.redis_store import RedisDocumentStore
 from shared.settings import Settings, get_settings
-from shared.wiring import build_catalog, build_ledger, build_queue, build_store, open_database
+from shared.wiring import (
+    build_capture,
+    build_catalog,
+    build_ledger,
+    build_queue,
+    build_store,
+    open_database,
+)
 
 logger = Logger(service="drugsync-producer")
 
@@ -31,6 +39,7 @@ class Producer:
     ledger: PostgresLedger
     queue: SqsQueue
     store: RedisDocumentStore
+    changes: ChangeCapture
 
     def start(self, request: SyncRequest) -> SyncSummary:
         return start_sync(
@@ -46,6 +55,8 @@ class Producer:
                 self.settings.handoff_margin_seconds,
                 self.settings.seconds_per_drug,
             ),
+            changes=self.changes,
+            overlap_seconds=self.settings.watermark_overlap_seconds,
         )
 
 
@@ -57,6 +68,7 @@ def build_producer(settings: Settings) -> Producer:
         ledger=build_ledger(db),
         queue=build_queue(settings.queue_url, "QUEUE_URL"),
         store=build_store(settings),
+        changes=build_capture(settings, db),
     )
 
 

@@ -5,8 +5,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 
-from shared.describe import describe_error
-from shared.errors import ConfigError, DrugSyncError, EnqueueFailed
+from producer.incremental import start_incremental
+from producer.send import send_run_messages
+from shared.errors import ConfigError
 from shared.models import (
     BIGINT_MAX,
     BIGINT_MIN,
@@ -16,7 +17,7 @@ from shared.models import (
     SyncRequest,
     SyncSummary,
 )
-from shared.ports import Catalog, DocumentStore, Ledger, WorkQueue
+from shared.ports import Catalog, ChangeFeed, DocumentStore, Ledger, WorkQueue
 
 
 def start_sync(
@@ -29,8 +30,35 @@ def start_sync(
     embedding_dim: int,
     default_range_size: int,
     max_range_size: int | None = None,
+    changes: ChangeFeed | None = None,
+    overlap_seconds: float = 3600.0,
 ) -> SyncSummary:
-    """Plan, record and enqueue one run; the index exists before any consumer can write."""
+    """Start one run of the mode asked for; the index exists before any consumer can write."""
+    if request.mode == "incremental":
+        if changes is None:
+            raise ConfigError("an incremental run needs the change feed (shared/capture.py)")
+        return start_incremental(
+            catalog=catalog, ledger=ledger, queue=queue, store=store, changes=changes,
+            embedding_dim=embedding_dim, overlap_seconds=overlap_seconds,
+        )  # fmt: skip
+    return start_full(
+        request, catalog=catalog, ledger=ledger, queue=queue, store=store,
+        embedding_dim=embedding_dim, default_range_size=default_range_size, max_range_size=max_range_size,
+    )  # fmt: skip
+
+
+def start_full(
+    request: SyncRequest,
+    *,
+    catalog: Catalog,
+    ledger: Ledger,
+    queue: WorkQueue,
+    store: DocumentStore,
+    embedding_dim: int,
+    default_range_size: int,
+    max_range_size: int | None = None,
+) -> SyncSummary:
+    """Plan, record and enqueue a full run; the index exists before any consumer can write."""
     range_size = min(request.range_size or default_range_size, max_range_size or 10**9)
     began = time.perf_counter()
     ranges = catalog.plan_ranges(range_size, request.max_drugs)
@@ -40,7 +68,7 @@ def start_sync(
 
     run_id = enqueue_run(
         ranges, range_size, request.max_drugs,
-        ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
+        ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim, source_table=catalog.table_name,
     )  # fmt: skip
     enqueued = time.perf_counter()
 
@@ -65,6 +93,7 @@ def enqueue_run(
     queue: WorkQueue,
     store: DocumentStore,
     embedding_dim: int,
+    source_table: str | None = None,
 ) -> uuid.UUID:
     """Record a new run of these ranges, then send its messages.
 
@@ -76,7 +105,7 @@ def enqueue_run(
     ledger.ensure_schema()
     run_id = uuid.uuid4()
     bodies = run_messages(run_id, ranges)
-    ledger.start_run(run_id, range_size, max_drugs, ranges)
+    ledger.start_run(run_id, range_size, max_drugs, ranges, source_table=source_table)
     send_run_messages(run_id, bodies, swept_now=not ranges, ledger=ledger, queue=queue)
     return run_id
 
@@ -86,24 +115,6 @@ def run_messages(run_id: uuid.UUID, ranges: Sequence[PlannedRange]) -> list[str]
     if not ranges:
         return [SweepMessage(run_id=run_id).model_dump_json()]
     return [RangeMessage.for_range(run_id, planned).model_dump_json() for planned in ranges]
-
-
-def send_run_messages(
-    run_id: uuid.UUID, bodies: Sequence[str], *, swept_now: bool, ledger: Ledger, queue: WorkQueue
-) -> None:
-    """Send a recorded run's messages; on failure record why, and say how to resume."""
-    try:
-        queue.send_messages(bodies)
-    except DrugSyncError as error:
-        reason = describe_error(error)
-        ledger.record_enqueue_error(run_id, reason)
-        raise EnqueueFailed(
-            f"run {run_id} is recorded, but its messages could not all be sent ({reason});"
-            f" nothing is lost: `drugsync resume {run_id}` sends again every range not done"
-        ) from error
-    if swept_now:
-        ledger.mark_sweep_requested(run_id)
-    ledger.mark_enqueued(run_id)
 
 
 def resume_run(run_id: uuid.UUID, *, ledger: Ledger, queue: WorkQueue) -> int:

@@ -1,16 +1,18 @@
 """The run ledger, kept in PostgreSQL beside the catalog: runs, their ranges, and which are done."""
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
+from shared.capture import RELEASE_CHANGES
 from shared.models import PlannedRange, RowFailure
 from shared.ports import RunProgress
 from shared.postgres import Database, translate_errors
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Read on every call; the DDL below runs only when the version is behind, so `status` and the
 # producer never take the ACCESS EXCLUSIVE lock that ALTER TABLE needs once the schema is current.
@@ -62,14 +64,23 @@ CREATE TABLE IF NOT EXISTS drugsync_failures (
     resolved_at    timestamptz,
     PRIMARY KEY (run_id, drug_id)
 );
+-- v3: incremental runs (and, from other parts of issue 9, generations and supersession).
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full';
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS generation integer;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS superseded_at timestamptz;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS changes_source text;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS source_table text;
 """
 
 CLEAR_SCHEMA_VERSION = "DELETE FROM drugsync_schema"
 RECORD_SCHEMA_VERSION = "INSERT INTO drugsync_schema (version) VALUES (%(version)s)"
 
+# A run that needs no sweep (an incremental run from change capture) is recorded as swept.
 INSERT_RUN = """
-INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges)
-VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s)
+INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges, mode, generation,
+                           source_table, changes_source, swept_at)
+VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s, %(mode)s,
+        %(generation)s, %(source_table)s, %(changes_source)s, CASE WHEN %(swept)s THEN now() END)
 """
 
 COPY_RANGES = "COPY drugsync_ranges (run_id, first_id, last_id, expected_count) FROM STDIN"
@@ -88,7 +99,7 @@ SELECT r.run_id, r.started_at, r.range_size, r.eligible_drugs, r.total_ranges,
        (SELECT count(*) FROM drugsync_failures f
         WHERE f.run_id = r.run_id AND f.resolved_at IS NULL),
        r.enqueued_at, r.enqueue_error, r.sweep_requested_at, r.swept_at, r.documents_removed,
-       r.finished_at, r.announced_at
+       r.finished_at, r.announced_at, r.mode
 FROM drugsync_runs r
 LEFT JOIN drugsync_ranges g ON g.run_id = r.run_id AND g.done_at IS NOT NULL
 WHERE r.run_id = %(run_id)s
@@ -129,7 +140,16 @@ FINISH_RUN = """
 UPDATE drugsync_runs r SET finished_at = now()
 WHERE r.run_id = %(run_id)s AND r.finished_at IS NULL AND r.swept_at IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
-RETURNING 1
+RETURNING r.changes_source
+"""
+
+# The newest run that left Redis holding every eligible row of the table as of its start: complete,
+# neither capped nor superseded, full or incremental, and (for change capture) started after `after`.
+LAST_COMPLETE_RUN = """
+SELECT run_id, started_at FROM drugsync_runs
+WHERE source_table = %(source_table)s AND finished_at IS NOT NULL AND superseded_at IS NULL
+  AND max_drugs IS NULL AND mode IN ('full', 'incremental') AND started_at > %(after)s
+ORDER BY started_at DESC LIMIT 1
 """
 
 MARK_ENQUEUED = "UPDATE drugsync_runs SET enqueued_at = now(), enqueue_error = NULL WHERE run_id = %(run_id)s"
@@ -211,7 +231,17 @@ class PostgresLedger:
         return _first(conn.execute(READ_SCHEMA_VERSION).fetchone())
 
     def start_run(
-        self, run_id: UUID, range_size: int, max_drugs: int | None, ranges: Sequence[PlannedRange]
+        self,
+        run_id: UUID,
+        range_size: int,
+        max_drugs: int | None,
+        ranges: Sequence[PlannedRange],
+        *,
+        mode: str = "full",
+        generation: int | None = None,
+        source_table: str | None = None,
+        changes_source: str | None = None,
+        swept: bool = False,
     ) -> None:
         run = {
             "run_id": run_id,
@@ -219,6 +249,11 @@ class PostgresLedger:
             "max_drugs": max_drugs,
             "eligible_drugs": sum(planned.drug_count for planned in ranges),
             "total_ranges": len(ranges),
+            "mode": mode,
+            "generation": generation,
+            "source_table": source_table,
+            "changes_source": changes_source,
+            "swept": swept,
         }
         conn = self._db.connection()
         with translate_errors("recording a run"), conn.transaction():
@@ -238,8 +273,26 @@ class PostgresLedger:
         return RunProgress(*row) if row else None
 
     def finish_run(self, run_id: UUID) -> bool:
-        """Mark the run finished if its ranges and sweep are done; True only for the one call that did."""
-        return self._returns_row(FINISH_RUN, {"run_id": run_id}, "finishing a run")
+        """Mark the run finished if its ranges and sweep are done; True only for the one call that did.
+
+        A change-capture run releases the changes it synced in the same transaction: no run that
+        fails or is abandoned releases any, and no finished run keeps what it synced.
+        """
+        conn = self._db.connection()
+        with translate_errors("finishing a run"), conn.transaction():
+            row = conn.execute(FINISH_RUN, {"run_id": run_id}).fetchone()
+            if row is not None and row[0] == "capture":
+                conn.execute(RELEASE_CHANGES, {"run_id": run_id})
+        return row is not None
+
+    def last_complete_run(
+        self, source_table: str, after: datetime | None = None
+    ) -> tuple[UUID, datetime] | None:
+        """(run id, started_at) of the newest complete full or incremental run of the table, if any."""
+        params = {"source_table": source_table, "after": after or datetime.min.replace(tzinfo=UTC)}
+        with translate_errors("finding the last complete run"):
+            row = self._db.connection().execute(LAST_COMPLETE_RUN, params).fetchone()
+        return (row[0], row[1]) if row else None
 
     def mark_enqueued(self, run_id: UUID) -> None:
         self._execute(MARK_ENQUEUED, {"run_id": run_id}, "recording an enqueued run")

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     seconds_per_drug: float = Field(0.005, gt=0.0, le=60.0)
     retry_budget_seconds: float = Field(60.0, ge=0.0, le=900.0)
 
+    # Incremental runs without change capture read rows whose updated_at is at most this much
+    # older than the start of the last complete run: room for clock skew between the writers of
+    # updated_at and the database, and for transactions that began before that run and committed after.
+    watermark_overlap_seconds: float = Field(3600.0, ge=0.0, le=7 * 86_400.0)
+
     # Optional: an SNS topic told when a run finishes.
     completion_topic_arn: str | None = None
 
