@@ -270,14 +270,14 @@ class FakeChangeFeed:
         self.table = table
         self.rows: list[list[Any]] = []  # [drug_id, run_id | None]
         self.updated: dict[int, datetime] = {}  # the watermark's view: updated_at by id
+        self.triggers = 2 if installed_at else 0
 
     def record(self, *ids: int) -> None:
         self.rows += [[drug_id, None] for drug_id in ids]
 
     def status(self) -> CaptureStatus:
-        triggers = 2 if self.installed_at else 0
         unclaimed = sum(run is None for _, run in self.rows)
-        return CaptureStatus(self.table, triggers, self.installed_at, len(self.rows), unclaimed)
+        return CaptureStatus(self.table, self.triggers, self.installed_at, len(self.rows), unclaimed)
 
     def claim(self, run_id: UUID) -> list[int]:
         claimed = [row for row in self.rows if row[1] != run_id]
