@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from consumer.run_end import advance_run
 from consumer.sync import SyncEnv, sync_message
-from producer.plan import start_sync
+from producer.plan import resume_run, start_sync
 from shared.errors import ConfigError
 from shared.models import (
     BIGINT_MAX,
@@ -236,3 +236,19 @@ def test_changes_are_packed_once_each_in_order_within_the_message_limits_even_as
         widest = ChangesMessage(run_id=RUN, ids=unit, total=MAX_ROWS_PER_MESSAGE, range_first_id=BIGINT_MIN,
                                 continuations=1_000_000, deferrals=MAX_DEFERRALS)  # fmt: skip
         assert len(widest.model_dump_json().encode()) <= MAX_BODY_BYTES
+
+
+def test_an_unfinished_incremental_run_is_not_resumed_with_range_messages_but_taken_up_by_a_new_run() -> None:
+    producer = Producer()
+    producer.complete_full_run(started=NOW)
+    producer.changes.record(4, 9)
+    summary = producer.start()
+    producer.queue.bodies.clear()  # its messages were lost
+
+    with pytest.raises(ConfigError, match="start a new `drugsync sync --incremental`"):
+        resume_run(summary.run_id, ledger=producer.ledger, queue=producer.queue)
+    assert producer.queue.bodies == []
+
+    again = producer.start()
+    assert [m.ids for m in producer.sent()] == [[4, 9]]  # the same changes, claimed again
+    assert again.changed_ids == 2
