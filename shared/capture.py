@@ -46,26 +46,36 @@ CREATE TABLE IF NOT EXISTS drugsync_capture (
 
 # One function for every captured table: TG_ARGV[0] names the id column, TG_ARGV[1] the table as
 # settings name it. An UPDATE that changes the id records both ids (the old one must be removed).
+# SECURITY DEFINER: it inserts as the role that installed it, so the application roles writing the
+# table need no grant on drugsync_changes (without it, their writes would fail); its search_path is
+# pinned and the change table named with its schema, as PostgreSQL advises for such functions
+# (https://www.postgresql.org/docs/current/sql-createfunction.html#SQL-CREATEFUNCTION-SECURITY).
 # It returns NULL: the result of an AFTER trigger is ignored.
 CREATE_RECORD_FUNCTION = """
-CREATE OR REPLACE FUNCTION drugsync_record_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION drugsync_record_change() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
     old_id bigint;
 BEGIN
     IF TG_OP <> 'DELETE' THEN
         new_id := (to_jsonb(NEW) ->> TG_ARGV[0])::bigint;
-        INSERT INTO drugsync_changes (source_table, drug_id) VALUES (TG_ARGV[1], new_id);
+        INSERT INTO {changes} (source_table, drug_id) VALUES (TG_ARGV[1], new_id);
     END IF;
     IF TG_OP <> 'INSERT' THEN
         old_id := (to_jsonb(OLD) ->> TG_ARGV[0])::bigint;
         IF old_id IS DISTINCT FROM new_id THEN
-            INSERT INTO drugsync_changes (source_table, drug_id) VALUES (TG_ARGV[1], old_id);
+            INSERT INTO {changes} (source_table, drug_id) VALUES (TG_ARGV[1], old_id);
         END IF;
     END IF;
     RETURN NULL;
 END
 $$
+"""
+# The schema drugsync_changes was found in (or created in), for the function to name it by.
+CHANGE_TABLE_SCHEMA = """
+SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass('drugsync_changes')
 """
 
 # Two triggers, because a WHEN clause of an INSERT trigger cannot name OLD: every insert and delete,
@@ -188,8 +198,10 @@ class ChangeCapture:
         steps = (CREATE_RECORD_FUNCTION, CREATE_ROW_TRIGGER, CREATE_UPDATE_TRIGGER)
         with self._locking("installing change capture", lock_timeout_seconds) as conn:
             conn.execute(CREATE_CHANGE_TABLES)
+            schema = _first(conn.execute(CHANGE_TABLE_SCHEMA).fetchone())
+            changes = sql.Identifier(schema, "drugsync_changes")
             for step in steps:
-                conn.execute(self._query(step))
+                conn.execute(sql.SQL(step).format(changes=changes, **self._names))
             conn.execute(RECORD_INSTALL, {"source": self.source_table})
         return self.status()
 

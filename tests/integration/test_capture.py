@@ -68,6 +68,21 @@ def test_the_triggers_record_inserts_synced_edits_deletes_delistings_and_both_id
     assert capture.status().unclaimed == 6
 
 
+def test_an_application_role_with_no_grant_on_the_change_table_still_writes_and_is_captured(
+    conn: psycopg.Connection, capture: ChangeCapture, test_env: Isolated
+) -> None:
+    table = test_env.settings.table
+    role = sql.Identifier(f"writer_{table}")
+    conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+    conn.execute(sql.SQL("GRANT SELECT, UPDATE ON {} TO {}").format(sql.Identifier(table), role))
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
+        _run(conn, table, "UPDATE {table} SET name = 'by the app' WHERE id = (SELECT min(id) FROM {table})")
+    first = conn.execute(sql.SQL("SELECT min(id) FROM {}").format(sql.Identifier(table))).fetchone()
+    assert first is not None
+    assert _recorded(conn, table) == [first[0]]
+
+
 def test_install_and_remove_are_idempotent_and_remove_stops_recording(
     conn: psycopg.Connection, capture: ChangeCapture, test_env: Isolated
 ) -> None:
@@ -158,6 +173,7 @@ def test_install_gives_up_on_a_lock_held_by_a_long_transaction_and_changes_nothi
     seed_drugs(conn, test_env.settings, 5)
     capture = ChangeCapture(db, test_env.settings.table_parts, "id", "eligible")
     table = test_env.settings.table
+    conn.execute("SET statement_timeout = '10s'")  # were the lock timeout not set, fail instead of hanging
     with psycopg.connect(test_env.env["DATABASE_URL"]) as writer:  # holds ROW EXCLUSIVE until it ends
         _run(writer, table, "UPDATE {table} SET name = 'long' WHERE id = (SELECT min(id) FROM {table})")
         with pytest.raises(CaptureBusy, match="nothing was changed"):
