@@ -252,3 +252,10 @@ def test_an_unfinished_incremental_run_is_not_resumed_with_range_messages_but_ta
     again = producer.start()
     assert [m.ids for m in producer.sent()] == [[4, 9]]  # the same changes, claimed again
     assert again.changed_ids == 2
+
+
+def test_a_stalled_incremental_run_is_advised_a_new_incremental_run_not_a_resume() -> None:
+    from console.status import advice
+
+    assert "sync --incremental" in (advice({"run_id": "r", "mode": "incremental", "state": "stalled"}) or "")
+    assert "resume" in (advice({"run_id": "r", "mode": "full", "state": "stalled"}) or "")
