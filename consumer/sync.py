@@ -152,14 +152,19 @@ def _rest_of(
     message: RangeMessage | ChangesMessage, first_id: int, count: int, deferred: bool
 ) -> RangeMessage | ChangesMessage:
     """The continuation of a unit from first_id on: the same range key, one more continuation."""
-    counters = {
+    counters: dict[str, object] = {
         "range_first_id": message.range_key,
         "continuations": message.continuations + 1,
         "deferrals": message.deferrals + int(deferred),
     }
+    rest: dict[str, object]
     if isinstance(message, ChangesMessage):
-        return message.model_copy(update={"ids": [i for i in message.ids if i >= first_id], **counters})
-    return message.model_copy(update={"first_id": first_id, "expected_count": count, **counters})
+        rest = {"ids": [i for i in message.ids if i >= first_id]}
+    else:
+        rest = {"first_id": first_id, "expected_count": count}
+    return type(message).model_validate(
+        {**message.model_dump(), **rest, **counters}
+    )  # validated, as a new one is
 
 
 def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome:

@@ -270,14 +270,17 @@ class FakeChangeFeed:
         self.table = table
         self.rows: list[list[Any]] = []  # [drug_id, run_id | None]
         self.updated: dict[int, datetime] = {}  # the watermark's view: updated_at by id
-        self.triggers = 2 if installed_at else 0
+        self.triggers = 3 if installed_at else 0
+        self.truncated_at: datetime | None = None
 
     def record(self, *ids: int) -> None:
         self.rows += [[drug_id, None] for drug_id in ids]
 
     def status(self) -> CaptureStatus:
         unclaimed = sum(run is None for _, run in self.rows)
-        return CaptureStatus(self.table, self.triggers, self.installed_at, len(self.rows), unclaimed)
+        return CaptureStatus(
+            self.table, self.triggers, self.installed_at, len(self.rows), unclaimed, self.truncated_at
+        )
 
     def claim(self, run_id: UUID) -> list[int]:
         claimed = [row for row in self.rows if row[1] != run_id]

@@ -89,7 +89,7 @@ def test_install_and_remove_are_idempotent_and_remove_stops_recording(
     table = test_env.settings.table
     first = capture.status()
     again = capture.install()
-    assert (first.installed, again.installed, again.triggers) == (True, True, 2)
+    assert (first.installed, again.installed, again.triggers) == (True, True, 3)
     _run(conn, table, "INSERT INTO {table} (id, ndc, name) VALUES (900001, 'n', 'once')")
     assert _recorded(conn, table) == [900001]  # installed twice, still one row per change
 
@@ -107,7 +107,15 @@ def test_a_trigger_dropped_by_hand_is_reported_as_broken(
     _run(conn, test_env.settings.table, "DROP TRIGGER drugsync_capture_update ON {table}")
     status = capture.status()
     assert not status.installed
-    assert "1 of 2 triggers" in (status.broken or "")
+    assert "2 of 3 triggers" in (status.broken or "")
+
+
+def test_a_truncate_is_noted_for_the_next_incremental_run_to_sweep(
+    conn: psycopg.Connection, capture: ChangeCapture, test_env: Isolated
+) -> None:
+    assert capture.status().truncated_at is None
+    _run(conn, test_env.settings.table, "TRUNCATE {table}")
+    assert capture.status().truncated_at is not None
 
 
 def test_a_claim_takes_only_committed_changes_and_a_later_claim_gets_the_rest(

@@ -93,6 +93,20 @@ def test_with_capture_the_claimed_ids_are_enqueued_sorted_and_the_run_needs_no_s
     assert progress.swept_at is not None  # every deletion was captured: no sweep
 
 
+def test_a_truncate_since_the_last_complete_run_makes_a_capture_run_sweep() -> None:
+    producer = Producer()
+    producer.complete_full_run(started=NOW - timedelta(minutes=10))
+    producer.changes.truncated_at = NOW - timedelta(minutes=5)  # row triggers saw none of its rows
+    progress = producer.ledger.progress(producer.start().run_id)
+    assert progress is not None
+    assert progress.swept_at is None  # the run's sweep removes what the TRUNCATE took
+
+    producer.changes.truncated_at = NOW - timedelta(minutes=20)  # before the base run: it swept
+    progress = producer.ledger.progress(producer.start().run_id)
+    assert progress is not None
+    assert progress.swept_at is not None
+
+
 def test_with_nothing_changed_the_run_still_gets_its_end() -> None:
     producer = Producer()
     producer.complete_full_run(started=NOW)
