@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS drugsync_capture (
     source_table text PRIMARY KEY,
     installed_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE drugsync_capture ADD COLUMN IF NOT EXISTS truncated_at timestamptz;
 """
 
 # One function for every captured table: TG_ARGV[0] names the id column, TG_ARGV[1] the table as
@@ -78,7 +79,22 @@ SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass('drugsync_changes')
 """
 
-# Two triggers, because a WHEN clause of an INSERT trigger cannot name OLD: every insert and delete,
+# TRUNCATE fires no row trigger: a statement trigger notes when, and the next incremental run sweeps.
+CREATE_TRUNCATE_FUNCTION = """
+CREATE OR REPLACE FUNCTION drugsync_record_truncate() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE {capture} SET truncated_at = now() WHERE source_table = TG_ARGV[0];
+    RETURN NULL;
+END
+$$
+"""
+CREATE_TRUNCATE_TRIGGER = """
+CREATE OR REPLACE TRIGGER drugsync_capture_truncate AFTER TRUNCATE ON {table}
+FOR EACH STATEMENT EXECUTE FUNCTION drugsync_record_truncate({source})
+"""
+
+# Two row triggers, because a WHEN clause of an INSERT trigger cannot name OLD: every insert and delete,
 # and the updates that change what drugsync syncs (a text field, the id, the eligibility): an edit
 # of updated_at alone, or of a column drugsync never reads, records nothing.
 # CREATE OR REPLACE TRIGGER needs PostgreSQL 14 or later.
@@ -99,26 +115,34 @@ ON CONFLICT (source_table) DO UPDATE SET installed_at = now()
 
 DROP_TRIGGERS = """
 DROP TRIGGER IF EXISTS drugsync_capture_rows ON {table};
-DROP TRIGGER IF EXISTS drugsync_capture_update ON {table}
+DROP TRIGGER IF EXISTS drugsync_capture_update ON {table};
+DROP TRIGGER IF EXISTS drugsync_capture_truncate ON {table}
 """
 FORGET_INSTALL = "DELETE FROM drugsync_capture WHERE source_table = %(source)s"
-# The shared function goes with the last trigger that calls it.
-DROP_UNUSED_FUNCTION = """
-DO $$ BEGIN
-    IF to_regproc('drugsync_record_change') IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM pg_trigger WHERE tgfoid = to_regproc('drugsync_record_change')
-    ) THEN
-        DROP FUNCTION drugsync_record_change();
-    END IF;
-END $$
+# The shared functions go with the last trigger that calls them.
+DROP_UNUSED_FUNCTIONS = """
+DO $$
+DECLARE
+    name text;
+BEGIN
+    FOREACH name IN ARRAY ARRAY['drugsync_record_change', 'drugsync_record_truncate'] LOOP
+        IF to_regproc(name) IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgfoid = to_regproc(name)) THEN
+            EXECUTE format('DROP FUNCTION %I()', name);
+        END IF;
+    END LOOP;
+END
+$$
 """
 
 CHANGE_TABLES_EXIST = "SELECT to_regclass('drugsync_capture') IS NOT NULL"
 TRIGGERS_ON_TABLE = """
 SELECT count(*) FROM pg_trigger
-WHERE tgrelid = to_regclass(%(table)s) AND tgname IN ('drugsync_capture_rows', 'drugsync_capture_update')
+WHERE tgrelid = to_regclass(%(table)s)
+  AND tgname IN ('drugsync_capture_rows', 'drugsync_capture_update', 'drugsync_capture_truncate')
 """
-INSTALLED_AT = "SELECT installed_at FROM drugsync_capture WHERE source_table = %(source)s"
+INSTALLED_AT = "SELECT installed_at, truncated_at FROM drugsync_capture WHERE source_table = %(source)s"
+TRIGGERS = 3
 PENDING = """
 SELECT count(*), count(*) FILTER (WHERE run_id IS NULL) FROM drugsync_changes WHERE source_table = %(source)s
 """
@@ -152,14 +176,15 @@ class CaptureStatus:
     """Whether changes of the source table are captured, since when, and how many wait."""
 
     source_table: str
-    triggers: int  # of the two
+    triggers: int  # of TRIGGERS
     installed_at: datetime | None
     pending: int = 0
     unclaimed: int = 0
+    truncated_at: datetime | None = None  # the last TRUNCATE of the table since capture began
 
     @property
     def installed(self) -> bool:
-        return self.triggers == 2 and self.installed_at is not None
+        return self.triggers == TRIGGERS and self.installed_at is not None
 
     @property
     def broken(self) -> str | None:
@@ -167,7 +192,7 @@ class CaptureStatus:
         if self.installed or (self.triggers == 0 and self.installed_at is None):
             return None
         return (
-            f"change capture on {self.source_table} is incomplete ({self.triggers} of 2 triggers,"
+            f"change capture on {self.source_table} is incomplete ({self.triggers} of {TRIGGERS} triggers,"
             f" {'recorded' if self.installed_at else 'not recorded'} as installed): changes may have"
             " been missed; run `drugsync capture install` and then a full sync, or `drugsync capture"
             " remove` to use the updated_at watermark"
@@ -195,23 +220,27 @@ class ChangeCapture:
 
     def install(self, lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> CaptureStatus:
         """Create the change table, the function and the triggers, all or nothing; again is harmless."""
-        steps = (CREATE_RECORD_FUNCTION, CREATE_ROW_TRIGGER, CREATE_UPDATE_TRIGGER)
+        steps = (CREATE_RECORD_FUNCTION, CREATE_ROW_TRIGGER, CREATE_UPDATE_TRIGGER,
+                 CREATE_TRUNCATE_FUNCTION, CREATE_TRUNCATE_TRIGGER)  # fmt: skip
         with self._locking("installing change capture", lock_timeout_seconds) as conn:
             conn.execute(CREATE_CHANGE_TABLES)
             schema = _first(conn.execute(CHANGE_TABLE_SCHEMA).fetchone())
-            changes = sql.Identifier(schema, "drugsync_changes")
+            changes, capture = (
+                sql.Identifier(schema, "drugsync_changes"),
+                sql.Identifier(schema, "drugsync_capture"),
+            )
             for step in steps:
-                conn.execute(sql.SQL(step).format(changes=changes, **self._names))
+                conn.execute(sql.SQL(step).format(changes=changes, capture=capture, **self._names))
             conn.execute(RECORD_INSTALL, {"source": self.source_table})
         return self.status()
 
     def remove(self, lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> None:
-        """Drop the triggers (and the function, once unused); the change table and its rows stay."""
+        """Drop the triggers (and the functions, once unused); the change table and its rows stay."""
         with self._locking("removing change capture", lock_timeout_seconds) as conn:
             conn.execute(self._query(DROP_TRIGGERS))
             if _first(conn.execute(CHANGE_TABLES_EXIST).fetchone()):
                 conn.execute(FORGET_INSTALL, {"source": self.source_table})
-            conn.execute(DROP_UNUSED_FUNCTION)
+            conn.execute(DROP_UNUSED_FUNCTIONS)
 
     def _locking(self, action: str, timeout: float) -> AbstractContextManager[psycopg.Connection[Any]]:
         return _locked_transaction(self._db, self.source_table, action, timeout)
@@ -227,7 +256,8 @@ class ChangeCapture:
                 return CaptureStatus(self.source_table, triggers, None)
             row = conn.execute(INSTALLED_AT, {"source": self.source_table}).fetchone()
             pending, unclaimed = conn.execute(PENDING, {"source": self.source_table}).fetchone() or (0, 0)
-        return CaptureStatus(self.source_table, triggers, row[0] if row else None, pending, unclaimed)
+        installed_at, truncated_at = row or (None, None)
+        return CaptureStatus(self.source_table, triggers, installed_at, pending, unclaimed, truncated_at)
 
     def claim(self, run_id: UUID) -> list[int]:
         """The distinct changed ids, sorted, now claimed by this run."""
