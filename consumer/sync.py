@@ -162,9 +162,8 @@ def _rest_of(
         rest = {"ids": [i for i in message.ids if i >= first_id]}
     else:
         rest = {"first_id": first_id, "expected_count": count}
-    return type(message).model_validate(
-        {**message.model_dump(), **rest, **counters}
-    )  # validated, as a new one is
+    # Validated as a new message is: one out of bounds fails here, before it is sent.
+    return type(message).model_validate({**message.model_dump(), **rest, **counters})
 
 
 def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
