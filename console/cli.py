@@ -75,7 +75,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    request = SyncRequest(range_size=args.range_size, max_drugs=args.max_drugs, supersede=args.supersede)
+    mode = "incremental" if args.incremental else "full"
+    request = SyncRequest(
+        range_size=args.range_size, max_drugs=args.max_drugs, mode=mode, supersede=args.supersede
+    )
     if args.stack and args.code:
         raise ConfigError("--code runs a producer from a folder here, --stack the deployed one: choose one")
     if args.stack:
@@ -102,6 +105,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def print_summary(summary: SyncSummary, as_json: bool) -> None:
     if as_json:
         print(summary.model_dump_json(indent=2))
+    elif summary.mode == "incremental":
+        print(
+            f"run {summary.run_id}: incremental, {summary.changed_ids or 0:,} changed ids"
+            f" (from {summary.changes_source}) in {summary.messages_sent:,} messages"
+            f" (plan {summary.plan_seconds}s, enqueue {summary.enqueue_seconds}s)"
+        )
     else:
         print(
             f"run {summary.run_id}: {summary.eligible_drugs:,} drugs in {summary.ranges:,} ranges,"
@@ -110,6 +119,53 @@ def print_summary(summary: SyncSummary, as_json: bool) -> None:
         )
         for superseded in summary.superseded:
             print(f"superseded run {superseded}: its remaining messages are dropped")
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    capture = services().capture
+    if args.capture_command == "install":
+        status = capture.install()
+        print(
+            f"change capture installed on {status.source_table} at {status.installed_at:%Y-%m-%d %H:%M:%S}:"
+            " table drugsync_changes, function drugsync_record_change(), triggers drugsync_capture_rows"
+            " and drugsync_capture_update.\nRun a full `drugsync sync` now: incremental runs build on a"
+            " full run started after this moment."
+        )
+        return 0
+    if args.capture_command == "remove":
+        capture.remove()
+        print(
+            f"change capture removed from {capture.source_table} (triggers gone; drugsync_changes kept);"
+            " incremental runs now use the updated_at watermark"
+        )
+        return 0
+    status = capture.status()
+    report = {
+        "table": status.source_table,
+        "installed": status.installed,
+        "installed_at": status.installed_at.isoformat() if status.installed_at else None,
+        "triggers": status.triggers,
+        "pending_changes": status.pending,
+        "unclaimed_changes": status.unclaimed,
+        "problem": status.broken,
+    }
+    print(json.dumps(report, indent=2) if args.json else render_capture(report))
+    return 0
+
+
+def render_capture(report: dict[str, object]) -> str:
+    if report["problem"]:
+        return f"change capture: BROKEN: {report['problem']}"
+    if not report["installed"]:
+        return (
+            f"change capture: not installed on {report['table']}; incremental runs use the updated_at"
+            " watermark (`drugsync capture install` to capture)"
+        )
+    return (
+        f"change capture: installed on {report['table']} since {report['installed_at']};"
+        f" {report['pending_changes']} change(s) recorded,"
+        f" {report['unclaimed_changes']} not yet claimed by a run"
+    )
 
 
 def cmd_work(args: argparse.Namespace) -> int:
@@ -308,9 +364,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="take over from an active run instead of being refused (its remaining messages are dropped)",
     )
     sync.add_argument(
+        "--incremental",
+        action="store_true",
+        help="sync only the drugs changed since the last complete run (change capture, else updated_at)",
+    )
+    sync.add_argument(
         "--code", type=_code_folder, help="invoke the producer handler from this unpacked artefact"
     )
     sync.set_defaults(handler=cmd_sync)
+
+    capture = commands.add_parser(
+        "capture", help="change capture in the source database, for incremental runs"
+    )
+    capture_commands = capture.add_subparsers(dest="capture_command", required=True)
+    capture_commands.add_parser("install", help="create the change table and triggers (once; idempotent)")
+    capture_commands.add_parser("remove", help="drop the triggers (idempotent); the change table stays")
+    capture_status = capture_commands.add_parser(
+        "status", help="installed or not, since when, pending changes"
+    )
+    capture_status.add_argument("--json", action="store_true")
+    capture.set_defaults(handler=cmd_capture)
 
     work = commands.add_parser("work", help="run consumers the way Lambda's SQS trigger does")
     work.add_argument("--batch-size", type=_positive, default=1, help="records per invocation")

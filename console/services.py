@@ -7,13 +7,21 @@ import boto3
 import psycopg
 
 from producer.handler import Producer
+from shared.capture import ChangeCapture
 from shared.embedders import BatchingEmbedder, build_embedder
 from shared.ledger import PostgresLedger
 from shared.postgres import Database, PostgresCatalog
 from shared.queue import SqsQueue
 from shared.redis_store import RedisDocumentStore
 from shared.settings import Settings
-from shared.wiring import build_catalog, build_ledger, build_queue, build_store, open_database
+from shared.wiring import (
+    build_capture,
+    build_catalog,
+    build_ledger,
+    build_queue,
+    build_store,
+    open_database,
+)
 
 
 class Services:
@@ -56,7 +64,11 @@ class Services:
 
     @cached_property
     def producer(self) -> Producer:
-        return Producer(self.settings, self.catalog, self.ledger, self.queue, self.store)
+        return Producer(self.settings, self.catalog, self.ledger, self.queue, self.store, self.capture)
+
+    @cached_property
+    def capture(self) -> ChangeCapture:
+        return build_capture(self.settings, self.db)
 
     def sqs_client(self) -> Any:
         return boto3.client("sqs")

@@ -63,6 +63,11 @@ def run_state(progress: RunProgress, queue: QueueDepth | None, now: datetime) ->
 
 def advice(run: dict[str, Any]) -> str | None:
     """What an operator should do about a run in this state."""
+    if run.get("mode") == "incremental" and run["state"] in ("enqueue_failed", "stalled"):
+        return (
+            "an incremental run: `drugsync sync --incremental --supersede` starts a new one that takes up"
+            " this run's changes"
+        )
     if run["state"] == "enqueue_failed":
         return f"its messages were not all sent: `drugsync resume {run['run_id']}` sends what is not done"
     if run["state"].startswith("complete") and not run["announced"]:
@@ -86,8 +91,8 @@ def describe_run(progress: RunProgress, now: datetime, queue: QueueDepth | None 
     elapsed = max((end - progress.started_at).total_seconds(), 0.0)
     return {
         "run_id": str(progress.run_id),
-        "state": run_state(progress, queue, now),
         "mode": progress.mode,
+        "state": run_state(progress, queue, now),
         "enqueue_error": progress.enqueue_error,
         "documents_removed": progress.documents_removed,
         "announced": progress.announced_at is not None,

@@ -16,7 +16,7 @@ from consumer.sync import Outcome, SyncEnv, sync_message
 from shared.describe import describe_error
 from shared.embedders import build_embedder
 from shared.errors import InvalidMessage, ThrottledError
-from shared.models import AnyMessage, RowsMessage, SweepMessage, parse_message
+from shared.models import AnyMessage, ChangesMessage, RowsMessage, SweepMessage, parse_message
 from shared.ports import Catalog, DocumentStore, Embedder, Ledger, RunProgress, WorkQueue
 from shared.postgres import Database
 from shared.retry import RetryPolicy
@@ -198,6 +198,9 @@ def _message_keys(message: AnyMessage) -> dict[str, Any]:
         return {"run_id": str(message.run_id), "kind": "rows", "ids": len(message.ids)}
     if isinstance(message, SweepMessage):
         return {"run_id": str(message.run_id), "kind": "sweep", "cursor": message.cursor}
+    if isinstance(message, ChangesMessage):
+        keys = {"kind": "changes", "range": message.range_key, "ids": len(message.ids)}
+        return {"run_id": str(message.run_id), **keys}
     return {
         "run_id": str(message.run_id),
         "kind": "range",

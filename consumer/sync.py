@@ -21,6 +21,7 @@ from shared.models import (
     MAX_DEFERRAL_DELAY_SECONDS,
     MAX_DEFERRALS,
     AnyMessage,
+    ChangesMessage,
     Drug,
     RangeMessage,
     RowFailure,
@@ -48,6 +49,8 @@ def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outco
         return Outcome(0, dropped=True)
     if isinstance(message, RowsMessage):
         outcome = sync_rows(message, env, deadline)
+    elif isinstance(message, ChangesMessage):
+        outcome = sync_changes(message, env, deadline)
     elif isinstance(message, SweepMessage):
         outcome = sweep(message, env, deadline)
     else:
@@ -60,17 +63,45 @@ def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outco
 
 def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
     """Write the range from message.first_id on; hand off the rest if time or the API runs short."""
+    if _unit_done(message, env, deadline):
+        return Outcome(0)  # already done: a redelivery pays for no embedding twice, only the run's end
+    fetched = retried(env, deadline, lambda: env.catalog.fetch_range(message.first_id, message.last_id))
+    return _write_unit(message, fetched.drugs, fetched.broken, env, deadline)
+
+
+def sync_changes(message: ChangesMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
+    """Bring these changed ids in line: remove the documents of those not eligible, write the rest."""
+    if _unit_done(message, env, deadline):
+        return Outcome(0)
+    fetched = retried(env, deadline, lambda: env.catalog.fetch_ids(message.ids))
+    found = {drug.id for drug in fetched.drugs} | {row.drug_id for row in fetched.broken}
+    gone = [drug_id for drug_id in message.ids if drug_id not in found]
+    removed, failing = remove_unqualified(message.run_id, gone, env, deadline)
+    outcome = _write_unit(message, fetched.drugs, fetched.broken, env, deadline)
+    return replace(outcome, failed_ids=(*failing, *outcome.failed_ids), documents_removed=removed)
+
+
+def _unit_done(message: RangeMessage | ChangesMessage, env: SyncEnv, deadline: Deadline) -> bool:
+    """Whether the ledger has this range done; a range it does not hold is refused."""
     state = retried(env, deadline, lambda: env.ledger.range_state(message.run_id, message.range_key))
     if state is None or state[0] != message.last_id:
         raise InvalidMessage(f"run {message.run_id} has no range {message.range_key}..{message.last_id}")
-    if state[1]:
-        return Outcome(0)  # already done: a redelivery pays for no embedding twice, only the run's end
-    fetched = retried(env, deadline, lambda: env.catalog.fetch_range(message.first_id, message.last_id))
-    # Broken rows are isolated as the range reaches them, so a continuation never isolates twice.
-    broken = sorted(fetched.broken, key=lambda row: row.drug_id)
+    return state[1]
+
+
+def _write_unit(
+    message: RangeMessage | ChangesMessage,
+    drugs: Sequence[Drug],
+    broken: Sequence[RowFailure],
+    env: SyncEnv,
+    deadline: Deadline,
+) -> Outcome:
+    """Write the drugs in paced chunks, then mark the range done; hand off the rest when short of time."""
+    # Broken rows are isolated as the unit reaches them, so a continuation never isolates twice.
+    broken = sorted(broken, key=lambda row: row.drug_id)
     failed: list[int] = []
     pacer = Pacer(deadline, env.margin_seconds, env.seconds_per_drug, env.clock)
-    drugs, position, written, skipped = fetched.drugs, 0, 0, 0
+    position, written, skipped = 0, 0, 0
     while position < len(drugs):
         passed = [row for row in broken if row.drug_id < drugs[position].id]
         broken = broken[len(passed) :]
@@ -95,13 +126,17 @@ def sync_range(message: RangeMessage, env: SyncEnv, deadline: Deadline) -> Outco
     return Outcome(written, tuple(failed), range_done=newly_done, drugs_skipped=skipped)
 
 
-def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline, skipped: int) -> bool:
-    """Mark the range done once; its count is what Postgres holds minus rows still failing, and its
-    skipped drugs those of the whole chain of messages that synced it (recorded by the first only)."""
+def _complete_range(
+    message: RangeMessage | ChangesMessage, env: SyncEnv, deadline: Deadline, skipped: int
+) -> bool:
+    """Mark the range done once, with the drugs it holds (a range: eligible rows in Postgres; changes:
+    the ids it names) less the rows still failing in it, and its skipped drugs: those of the whole
+    chain of messages that synced it (recorded by the first completion only)."""
     run_id, first, last = message.run_id, message.range_key, message.last_id
 
     def count_and_mark() -> bool:
-        written = env.catalog.count_range(first, last) - env.ledger.open_failures_between(run_id, first, last)
+        held = message.total if isinstance(message, ChangesMessage) else env.catalog.count_range(first, last)
+        written = held - env.ledger.open_failures_between(run_id, first, last)
         return env.ledger.mark_range_done(run_id, first, written, skipped)
 
     newly_done = retried(env, deadline, count_and_mark)
@@ -111,7 +146,7 @@ def _complete_range(message: RangeMessage, env: SyncEnv, deadline: Deadline, ski
 
 
 def _continue(
-    message: RangeMessage,
+    message: RangeMessage | ChangesMessage,
     rest: Sequence[Drug],
     env: SyncEnv,
     written: int,
@@ -119,21 +154,32 @@ def _continue(
     deferred: bool,
     skipped: int = 0,
 ) -> Outcome:
-    """Enqueue the unfinished rest of the range as a new message of the same run and range."""
-    continuation = RangeMessage(
-        run_id=message.run_id,
-        first_id=rest[0].id,
-        last_id=message.last_id,
-        expected_count=len(rest),
-        range_first_id=message.range_key,
-        continuations=message.continuations + 1,
-        deferrals=message.deferrals + int(deferred),
-        drugs_skipped=message.drugs_skipped + skipped,
-    )
+    """Enqueue the unfinished rest of the unit as a new message of the same run and range."""
+    continuation = _rest_of(message, rest[0].id, len(rest), deferred, skipped)
     # A deferral waits before it is seen again, doubling each time: the API needs the pause.
     delay = min(MAX_DEFERRAL_DELAY_SECONDS, 2 ** (continuation.deferrals + 2)) if deferred else 0
     env.work_queue.send_messages([continuation.model_dump_json()], delay_seconds=delay)
     return Outcome(written, tuple(failed), continued_at=rest[0].id, deferred=deferred, drugs_skipped=skipped)
+
+
+def _rest_of(
+    message: RangeMessage | ChangesMessage, first_id: int, count: int, deferred: bool, skipped: int
+) -> RangeMessage | ChangesMessage:
+    """The continuation of a unit from first_id on: the same range key, one more continuation, and
+    the drugs skipped so far (recorded once, with the range's completion)."""
+    counters: dict[str, object] = {
+        "range_first_id": message.range_key,
+        "continuations": message.continuations + 1,
+        "deferrals": message.deferrals + int(deferred),
+        "drugs_skipped": message.drugs_skipped + skipped,
+    }
+    rest: dict[str, object]
+    if isinstance(message, ChangesMessage):
+        rest = {"ids": [i for i in message.ids if i >= first_id]}
+    else:
+        rest = {"first_id": first_id, "expected_count": count}
+    # Validated as a new message is: one out of bounds fails here, before it is sent.
+    return type(message).model_validate({**message.model_dump(), **rest, **counters})
 
 
 def sync_rows(message: RowsMessage, env: SyncEnv, deadline: Deadline) -> Outcome:

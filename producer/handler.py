@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from producer.plan import range_size_that_fits, start_sync
+from shared.capture import ChangeCapture
 from shared.describe import validation_problems
 from shared.errors import ConfigError
 from shared.ledger import PostgresLedger
@@ -17,7 +18,14 @@ from shared.postgres import PostgresCatalog
 from shared.queue import SqsQueue
 from shared.redis_store import RedisDocumentStore
 from shared.settings import Settings, get_settings
-from shared.wiring import build_catalog, build_ledger, build_queue, build_store, open_database
+from shared.wiring import (
+    build_capture,
+    build_catalog,
+    build_ledger,
+    build_queue,
+    build_store,
+    open_database,
+)
 
 logger = Logger(service="drugsync-producer")
 
@@ -31,6 +39,7 @@ class Producer:
     ledger: PostgresLedger
     queue: SqsQueue
     store: RedisDocumentStore
+    changes: ChangeCapture
 
     def start(self, request: SyncRequest) -> SyncSummary:
         return start_sync(
@@ -47,6 +56,8 @@ class Producer:
                 self.settings.seconds_per_drug,
             ),
             claim_seconds=self.settings.run_claim_seconds,
+            changes=self.changes,
+            overlap_seconds=self.settings.watermark_overlap_seconds,
         )
 
 
@@ -58,6 +69,7 @@ def build_producer(settings: Settings) -> Producer:
         ledger=build_ledger(db),
         queue=build_queue(settings.queue_url, "QUEUE_URL"),
         store=build_store(settings),
+        changes=build_capture(settings, db),
     )
 
 

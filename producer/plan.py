@@ -5,8 +5,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 
-from shared.describe import describe_error
-from shared.errors import ConfigError, DrugSyncError, EnqueueFailed
+from producer.incremental import start_incremental
+from producer.send import send_run_messages
+from shared.errors import ConfigError
 from shared.models import (
     BIGINT_MAX,
     BIGINT_MIN,
@@ -16,7 +17,7 @@ from shared.models import (
     SyncRequest,
     SyncSummary,
 )
-from shared.ports import Catalog, DocumentStore, Ledger, WorkQueue
+from shared.ports import Catalog, ChangeFeed, DocumentStore, Ledger, WorkQueue
 
 
 def start_sync(
@@ -30,12 +31,40 @@ def start_sync(
     default_range_size: int,
     max_range_size: int | None = None,
     claim_seconds: float = 3600.0,
+    changes: ChangeFeed | None = None,
+    overlap_seconds: float = 3600.0,
 ) -> SyncSummary:
-    """Plan, record and enqueue one run; the index exists before any consumer can write."""
+    """Start one run of the mode asked for; the index exists before any consumer can write."""
+    if request.mode == "incremental":
+        if changes is None:
+            raise ConfigError("an incremental run needs the change feed (shared/capture.py)")
+        return start_incremental(
+            catalog=catalog, ledger=ledger, queue=queue, store=store, changes=changes,
+            embedding_dim=embedding_dim, overlap_seconds=overlap_seconds,
+            supersede=request.supersede, claim_seconds=claim_seconds,
+        )  # fmt: skip
     if request.mode != "full":
-        raise ConfigError(
-            f"mode {request.mode!r} is not available in this version: only full runs ('full') are"
-        )
+        raise ConfigError(f"mode {request.mode!r} is not available in this version: 'full' or 'incremental'")
+    return start_full(
+        request, catalog=catalog, ledger=ledger, queue=queue, store=store,
+        embedding_dim=embedding_dim, default_range_size=default_range_size, max_range_size=max_range_size,
+        claim_seconds=claim_seconds,
+    )  # fmt: skip
+
+
+def start_full(
+    request: SyncRequest,
+    *,
+    catalog: Catalog,
+    ledger: Ledger,
+    queue: WorkQueue,
+    store: DocumentStore,
+    embedding_dim: int,
+    default_range_size: int,
+    max_range_size: int | None = None,
+    claim_seconds: float = 3600.0,
+) -> SyncSummary:
+    """Plan, record and enqueue a full run; the index exists before any consumer can write."""
     range_size = min(request.range_size or default_range_size, max_range_size or 10**9)
     began = time.perf_counter()
     ranges = catalog.plan_ranges(range_size, request.max_drugs)
@@ -47,6 +76,7 @@ def start_sync(
         ranges, range_size, request.max_drugs,
         ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
         mode=request.mode, supersede=request.supersede, claim_seconds=claim_seconds,
+        source_table=catalog.table_name,
     )  # fmt: skip
     enqueued = time.perf_counter()
 
@@ -74,6 +104,7 @@ def enqueue_run(
     store: DocumentStore,
     embedding_dim: int,
     mode: str = "full",
+    source_table: str | None = None,
     supersede: bool = False,
     claim_seconds: float = 3600.0,
 ) -> tuple[uuid.UUID, list[uuid.UUID]]:
@@ -88,8 +119,9 @@ def enqueue_run(
     run_id = uuid.uuid4()
     bodies = run_messages(run_id, ranges)
     superseded = ledger.start_run(
-        run_id, range_size, max_drugs, ranges, mode=mode, supersede=supersede, claim_seconds=claim_seconds
-    )
+        run_id, range_size, max_drugs, ranges,
+        mode=mode, supersede=supersede, claim_seconds=claim_seconds, source_table=source_table,
+    )  # fmt: skip
     send_run_messages(run_id, bodies, swept_now=not ranges, ledger=ledger, queue=queue)
     return run_id, superseded
 
@@ -99,24 +131,6 @@ def run_messages(run_id: uuid.UUID, ranges: Sequence[PlannedRange]) -> list[str]
     if not ranges:
         return [SweepMessage(run_id=run_id).model_dump_json()]
     return [RangeMessage.for_range(run_id, planned).model_dump_json() for planned in ranges]
-
-
-def send_run_messages(
-    run_id: uuid.UUID, bodies: Sequence[str], *, swept_now: bool, ledger: Ledger, queue: WorkQueue
-) -> None:
-    """Send a recorded run's messages; on failure record why, and say how to resume."""
-    try:
-        queue.send_messages(bodies)
-    except DrugSyncError as error:
-        reason = describe_error(error)
-        ledger.record_enqueue_error(run_id, reason)
-        raise EnqueueFailed(
-            f"run {run_id} is recorded, but its messages could not all be sent ({reason});"
-            f" nothing is lost: `drugsync resume {run_id}` sends again every range not done"
-        ) from error
-    if swept_now:
-        ledger.mark_sweep_requested(run_id)
-    ledger.mark_enqueued(run_id)
 
 
 def resume_run(run_id: uuid.UUID, *, ledger: Ledger, queue: WorkQueue) -> int:
@@ -138,6 +152,13 @@ def resume_run(run_id: uuid.UUID, *, ledger: Ledger, queue: WorkQueue) -> int:
     if progress.complete and progress.announced_at is not None:
         return 0
     undone = ledger.undone_ranges(run_id)
+    if undone and progress.mode == "incremental":
+        # Its messages name ids the ledger does not keep; a range message in their place would miss
+        # deletions. Nothing is lost: what it claimed is released only when a run completes.
+        raise ConfigError(
+            f"run {run_id} is incremental with {len(undone)} unit(s) not done: start a new one with"
+            " `drugsync sync --incremental --supersede`, which takes up its changes again"
+        )
     bodies = run_messages(run_id, undone)
     send_run_messages(run_id, bodies, swept_now=not undone, ledger=ledger, queue=queue)
     return len(bodies)

@@ -37,6 +37,12 @@ class RowError(DrugSyncError):
         self.drug_id = drug_id
 
 
+class CaptureBusy(DrugSyncError):
+    """Change capture could not lock the source table in time: a long transaction holds it."""
+
+    retryable = True
+
+
 class UnavailableError(DrugSyncError):
     """An outside system (database, Redis, queue, embedding API) failed in a way worth retrying."""
 

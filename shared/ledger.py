@@ -2,12 +2,13 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
+from shared.capture import RELEASE_CHANGES
 from shared.errors import RunActive
 from shared.models import PlannedRange, RowFailure
 from shared.ports import RunProgress, RunTouch
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS drugsync_failures (
     resolved_at    timestamptz,
     PRIMARY KEY (run_id, drug_id)
 );
--- v3: one writer at a time (the run's mode, its heartbeat, who superseded it), skipped drugs per range.
+-- v3: one writer at a time (the run's mode, its heartbeat, who superseded it), skipped drugs per range,
+-- incremental runs (their source table and where their changes came from).
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full';
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS generation integer;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS superseded_at timestamptz;
@@ -74,15 +76,19 @@ ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS touched_at timestamptz;
 ALTER TABLE drugsync_ranges ADD COLUMN IF NOT EXISTS drugs_skipped integer;
 CREATE INDEX IF NOT EXISTS drugsync_runs_active ON drugsync_runs (started_at)
     WHERE finished_at IS NULL AND superseded_at IS NULL;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS changes_source text;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS source_table text;
 """
 
 CLEAR_SCHEMA_VERSION = "DELETE FROM drugsync_schema"
 RECORD_SCHEMA_VERSION = "INSERT INTO drugsync_schema (version) VALUES (%(version)s)"
 
+# A run that needs no sweep (an incremental run from change capture) is recorded as swept.
 INSERT_RUN = """
-INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges, mode, generation)
+INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges, mode, generation,
+                           source_table, changes_source, swept_at)
 VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s, %(mode)s,
-        %(generation)s)
+        %(generation)s, %(source_table)s, %(changes_source)s, CASE WHEN %(swept)s THEN now() END)
 """
 
 # One writer at a time: whoever records a run holds this lock until its transaction commits, so
@@ -179,7 +185,16 @@ UPDATE drugsync_runs r SET finished_at = now()
 WHERE r.run_id = %(run_id)s AND r.finished_at IS NULL AND r.swept_at IS NOT NULL
   AND r.superseded_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
-RETURNING 1
+RETURNING r.changes_source
+"""
+
+# The newest run that left Redis holding every eligible row of the table as of its start: complete,
+# neither capped nor superseded, full or incremental, and (for change capture) started after `after`.
+LAST_COMPLETE_RUN = """
+SELECT run_id, started_at FROM drugsync_runs
+WHERE source_table = %(source_table)s AND finished_at IS NOT NULL AND superseded_at IS NULL
+  AND max_drugs IS NULL AND mode IN ('full', 'incremental') AND started_at > %(after)s
+ORDER BY started_at DESC LIMIT 1
 """
 
 MARK_ENQUEUED = "UPDATE drugsync_runs SET enqueued_at = now(), enqueue_error = NULL WHERE run_id = %(run_id)s"
@@ -269,6 +284,9 @@ class PostgresLedger:
         *,
         mode: str = "full",
         generation: int | None = None,
+        source_table: str | None = None,
+        changes_source: str | None = None,
+        swept: bool = False,
         supersede: bool = False,
         claim_seconds: float = 3600.0,
     ) -> list[UUID]:
@@ -285,6 +303,9 @@ class PostgresLedger:
             "total_ranges": len(ranges),
             "mode": mode,
             "generation": generation,
+            "source_table": source_table,
+            "changes_source": changes_source,
+            "swept": swept,
         }
         conn = self._db.connection()
         with translate_errors("recording a run"), conn.transaction():
@@ -324,8 +345,26 @@ class PostgresLedger:
         return RunProgress(*row) if row else None
 
     def finish_run(self, run_id: UUID) -> bool:
-        """Mark the run finished if its ranges and sweep are done; True only for the one call that did."""
-        return self._returns_row(FINISH_RUN, {"run_id": run_id}, "finishing a run")
+        """Mark the run finished if its ranges and sweep are done; True only for the one call that did.
+
+        A change-capture run releases the changes it synced in the same transaction: no run that
+        fails or is abandoned releases any, and no finished run keeps what it synced.
+        """
+        conn = self._db.connection()
+        with translate_errors("finishing a run"), conn.transaction():
+            row = conn.execute(FINISH_RUN, {"run_id": run_id}).fetchone()
+            if row is not None and row[0] == "capture":
+                conn.execute(RELEASE_CHANGES, {"run_id": run_id})
+        return row is not None
+
+    def last_complete_run(
+        self, source_table: str, after: datetime | None = None
+    ) -> tuple[UUID, datetime] | None:
+        """(run id, started_at) of the newest complete full or incremental run of the table, if any."""
+        params = {"source_table": source_table, "after": after or datetime.min.replace(tzinfo=UTC)}
+        with translate_errors("finding the last complete run"):
+            row = self._db.connection().execute(LAST_COMPLETE_RUN, params).fetchone()
+        return (row[0], row[1]) if row else None
 
     def mark_enqueued(self, run_id: UUID) -> None:
         self._execute(MARK_ENQUEUED, {"run_id": run_id}, "recording an enqueued run")

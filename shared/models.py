@@ -1,6 +1,6 @@
 """The data drugsync moves: drugs, planned ranges, range messages and run summaries."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -179,6 +179,44 @@ class SweepMessage(BaseModel):
     continuations: int = Field(0, ge=0, le=1_000_000)
 
 
+class ChangesMessage(BaseModel):
+    """Sync these changed ids of an incremental run: upsert the eligible, remove the others.
+
+    Its ledger range is (smallest id, largest id, `total` ids); a continuation carries the ids not
+    yet done, the same largest id, and names its range by range_first_id, as a range's does.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1] = 1
+    kind: Literal["changes"] = "changes"
+    run_id: UUID
+    ids: list[DrugId] = Field(min_length=1, max_length=MAX_ROWS_PER_MESSAGE)
+    total: int = Field(ge=1, le=MAX_ROWS_PER_MESSAGE)
+    range_first_id: DrugId | None = None
+    continuations: int = Field(0, ge=0, le=1_000_000)
+    deferrals: int = Field(0, ge=0, le=MAX_DEFERRALS)
+    drugs_skipped: int = Field(0, ge=0, le=MAX_ROWS_PER_MESSAGE)  # by the messages before this one
+
+    @model_validator(mode="after")
+    def _check_ids(self) -> "ChangesMessage":
+        if any(a >= b for a, b in zip(self.ids, self.ids[1:], strict=False)):
+            raise ValueError("ids must be distinct and in ascending order")
+        if self.total < len(self.ids):
+            raise ValueError(f"total {self.total} is less than the {len(self.ids)} ids")
+        if self.range_first_id is not None and self.range_first_id > self.ids[0]:
+            raise ValueError(f"range_first_id {self.range_first_id} is after the first id {self.ids[0]}")
+        return self
+
+    @property
+    def range_key(self) -> int:
+        return self.ids[0] if self.range_first_id is None else self.range_first_id
+
+    @property
+    def last_id(self) -> int:
+        return self.ids[-1]
+
+
 def _message_kind(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("kind", "range"))
@@ -188,10 +226,11 @@ def _message_kind(value: Any) -> str:
 WorkMessage = Annotated[
     Annotated[RangeMessage, Tag("range")]
     | Annotated[RowsMessage, Tag("rows")]
-    | Annotated[SweepMessage, Tag("sweep")],
+    | Annotated[SweepMessage, Tag("sweep")]
+    | Annotated[ChangesMessage, Tag("changes")],
     Discriminator(_message_kind),
 ]
-AnyMessage = RangeMessage | RowsMessage | SweepMessage
+AnyMessage = RangeMessage | RowsMessage | SweepMessage | ChangesMessage
 _WORK_MESSAGE: TypeAdapter[AnyMessage] = TypeAdapter(WorkMessage)
 MAX_BODY_BYTES = 16_384
 
@@ -205,8 +244,7 @@ def pack_rows_messages(
 ) -> list[str]:
     """Bodies of RowsMessages for the ids of one cause, each within max_rows ids and MAX_BODY_BYTES.
 
-    Ids repeat nowhere; the cause is cut to what a RowsMessage holds. Every body costs the same
-    bytes but for its ids, each the length of its decimal form plus a comma.
+    Ids repeat nowhere; the cause is cut to what a RowsMessage holds.
     """
     template = RowsMessage(
         run_id=run_id,
@@ -214,20 +252,45 @@ def pack_rows_messages(
         error_class=None if error_class is None else error_class[:200],
         error=None if error is None else error[:2000],
     )
+    return [
+        template.model_copy(update={"ids": chunk}).model_dump_json()
+        for chunk in chunk_ids(template, dict.fromkeys(ids), max_rows)
+    ]
+
+
+def pack_changes(run_id: UUID, ids: Sequence[int]) -> list[list[int]]:
+    """Sorted distinct ids in units of at most MAX_ROWS_PER_MESSAGE that fit a ChangesMessage body,
+    even as its largest continuation (range_first_id and counters at their widest)."""
+    widest = ChangesMessage(
+        run_id=run_id,
+        ids=[0],
+        total=MAX_ROWS_PER_MESSAGE,
+        range_first_id=BIGINT_MIN,
+        continuations=1_000_000,
+        deferrals=MAX_DEFERRALS,
+    )
+    return chunk_ids(widest, sorted(set(ids)), MAX_ROWS_PER_MESSAGE)
+
+
+def chunk_ids(template: BaseModel, ids: Iterable[int], max_rows: int) -> list[list[int]]:
+    """Consecutive chunks of ids, each within max_rows and, in `template` (holding ids=[0]), MAX_BODY_BYTES.
+
+    Every body costs the same bytes but for its ids, each the length of its decimal form plus a comma.
+    """
     fixed = len(template.model_dump_json().encode()) - len("0")
-    bodies: list[str] = []
+    chunks: list[list[int]] = []
     chunk: list[int] = []
     size = fixed - 1  # the first id needs no comma
-    for drug_id in dict.fromkeys(ids):
+    for drug_id in ids:
         cost = len(str(drug_id)) + 1
         if chunk and (len(chunk) >= max_rows or size + cost > MAX_BODY_BYTES):
-            bodies.append(template.model_copy(update={"ids": chunk}).model_dump_json())
+            chunks.append(chunk)
             chunk, size = [], fixed - 1
         chunk.append(drug_id)
         size += cost
     if chunk:
-        bodies.append(template.model_copy(update={"ids": chunk}).model_dump_json())
-    return bodies
+        chunks.append(chunk)
+    return chunks
 
 
 def parse_message(body: str) -> AnyMessage:
@@ -238,7 +301,9 @@ def parse_message(body: str) -> AnyMessage:
         return _WORK_MESSAGE.validate_json(body)
     except ValidationError as error:
         # The union's tags ("range", "rows", "sweep") are not fields a sender wrote: leave them out.
-        raise InvalidMessage(validation_problems(error, skip=("range", "rows", "sweep"))) from error
+        raise InvalidMessage(
+            validation_problems(error, skip=("range", "rows", "sweep", "changes"))
+        ) from error
 
 
 class SyncRequest(BaseModel):
@@ -251,8 +316,17 @@ class SyncRequest(BaseModel):
 
     range_size: int | None = Field(None, ge=1, le=100_000)
     max_drugs: int | None = Field(None, ge=1)
+    # "incremental" syncs only what changed since the last complete run (shared/capture.py).
     mode: RunMode = "full"
     supersede: bool = False
+
+    @model_validator(mode="after")
+    def _check_incremental(self) -> "SyncRequest":
+        if self.mode == "incremental" and (self.max_drugs is not None or self.range_size is not None):
+            raise ValueError(
+                "an incremental run syncs the changed ids: range_size and max_drugs do not apply"
+            )
+        return self
 
 
 class SyncSummary(BaseModel):
@@ -269,6 +343,9 @@ class SyncSummary(BaseModel):
     mode: str = "full"
     generation: int | None = None
     superseded: list[UUID] = Field(default_factory=list)  # runs this one took the claim from
+    # An incremental run: how many changed ids it syncs, and where they came from (capture | watermark).
+    changed_ids: int | None = None
+    changes_source: str | None = None
 
 
 @dataclass(frozen=True)

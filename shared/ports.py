@@ -9,6 +9,7 @@ from uuid import UUID
 import numpy as np
 import numpy.typing as npt
 
+from shared.capture import CaptureStatus
 from shared.models import Fetched, PlannedRange, RowFailure
 
 Vectors = npt.NDArray[np.float32]
@@ -16,6 +17,11 @@ Vectors = npt.NDArray[np.float32]
 
 class Catalog(Protocol):
     """The source table of drugs."""
+
+    @property
+    def table_name(self) -> str:
+        """The table as settings name it: how the ledger and change capture tell catalogs apart."""
+        ...
 
     def plan_ranges(self, range_size: int, max_drugs: int | None) -> list[PlannedRange]: ...
 
@@ -115,6 +121,9 @@ class Ledger(Protocol):
         *,
         mode: str = "full",
         generation: int | None = None,
+        source_table: str | None = None,
+        changes_source: str | None = None,
+        swept: bool = False,
         supersede: bool = False,
         claim_seconds: float = 3600.0,
     ) -> list[UUID]:
@@ -124,6 +133,12 @@ class Ledger(Protocol):
 
     def touch_run(self, run_id: UUID) -> RunTouch | None:
         """Heartbeat a run (its claim stays alive) and say whether it was superseded; None if unknown."""
+        ...
+
+    def last_complete_run(
+        self, source_table: str, after: datetime | None = None
+    ) -> tuple[UUID, datetime] | None:
+        """The newest complete full or incremental run of the table (started after `after`)."""
         ...
 
     def mark_range_done(
@@ -167,6 +182,16 @@ class Ledger(Protocol):
     def open_failures(self, run_id: UUID) -> list[RowFailure]: ...
 
     def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int: ...
+
+
+class ChangeFeed(Protocol):
+    """Which drugs changed: claimed from change capture, or read by the updated_at watermark."""
+
+    def status(self) -> CaptureStatus: ...
+
+    def claim(self, run_id: UUID) -> list[int]: ...
+
+    def changed_since(self, since: datetime) -> list[int]: ...
 
 
 @dataclass(frozen=True)

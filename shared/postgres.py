@@ -170,6 +170,7 @@ class PostgresCatalog:
 
     def __init__(self, db: Database, table: tuple[str, ...], id_column: str, eligible: str) -> None:
         self._db = db
+        self.table_name = ".".join(table)
         self._names = {
             "table": sql.Identifier(*table),
             "id": sql.Identifier(id_column),

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     # consumer timeout plus the longest deferral delay (MAX_DEFERRAL_DELAY_SECONDS).
     run_claim_seconds: float = Field(3600.0, gt=0.0, le=7 * 86_400.0)
 
+    # Incremental runs without change capture read rows whose updated_at is at most this much
+    # older than the start of the last complete run: room for clock skew between the writers of
+    # updated_at and the database, and for transactions that began before that run and committed after.
+    watermark_overlap_seconds: float = Field(3600.0, ge=0.0, le=7 * 86_400.0)
+
     # Optional: an SNS topic told when a run finishes.
     completion_topic_arn: str | None = None
 

@@ -4,6 +4,7 @@ from functools import partial
 
 import boto3
 
+from shared.capture import ChangeCapture
 from shared.errors import ConfigError
 from shared.ledger import PostgresLedger
 from shared.postgres import Database, PostgresCatalog
@@ -35,6 +36,10 @@ def open_database(settings: Settings) -> Database:
 
 def build_catalog(settings: Settings, db: Database) -> PostgresCatalog:
     return PostgresCatalog(db, settings.table_parts, settings.id_column, settings.eligible_column)
+
+
+def build_capture(settings: Settings, db: Database) -> ChangeCapture:
+    return ChangeCapture(db, settings.table_parts, settings.id_column, settings.eligible_column)
 
 
 def build_ledger(db: Database) -> PostgresLedger:

@@ -7,12 +7,14 @@ from uuid import UUID
 
 import numpy as np
 
+from shared.capture import CaptureStatus
 from shared.documents import is_stale
 from shared.embedders.hashing import HashingEmbedder
 from shared.errors import DrugSyncError, EmbeddingError, RunActive, UnavailableError
 from shared.models import Drug, Fetched, PlannedRange, RowFailure
 from shared.ports import (
     Catalog,
+    ChangeFeed,
     DocumentStore,
     Embedder,
     Ledger,
@@ -52,6 +54,7 @@ class FakeCatalog:
         self.broken = dict(broken or {})
         self.fetches: list[tuple[int, int]] = []
         self.snapshots = 0
+        self.table_name = "drugs"
 
     def _eligible_ids(self) -> list[int]:
         return sorted(i for i in self.drugs if i in self.eligible)
@@ -92,13 +95,14 @@ class FakeCatalog:
 class FakeLedger:
     """The ledger's semantics in memory: unknown ranges are refused, a run finishes once."""
 
-    def __init__(self) -> None:
+    def __init__(self, changes: "FakeChangeFeed | None" = None) -> None:
         self.runs: dict[UUID, dict[str, Any]] = {}
         self.done: dict[tuple[UUID, int], int] = {}
         self.failures: dict[tuple[UUID, int], RowFailure] = {}
         self.resolved: set[tuple[UUID, int]] = set()
         self.skipped: dict[tuple[UUID, int], int] = {}
         self.finishes = 0
+        self.changes = changes  # like the real ledger, a capture run's finish releases its changes
 
     def ensure_schema(self) -> None:
         pass
@@ -112,6 +116,9 @@ class FakeLedger:
         *,
         mode: str = "full",
         generation: int | None = None,
+        source_table: str | None = None,
+        changes_source: str | None = None,
+        swept: bool = False,
         supersede: bool = False,
         claim_seconds: float = 3600.0,
     ) -> list[UUID]:
@@ -128,12 +135,10 @@ class FakeLedger:
         for other in active:
             self.runs[other].update(superseded=now, superseded_by=run_id)
         self.runs[run_id] = {
-            "range_size": range_size,
-            "ranges": list(ranges),
-            "started": now,
-            "mode": mode,
-            "generation": generation,
-        }
+            "range_size": range_size, "ranges": list(ranges), "started": now, "max_drugs": max_drugs,
+            "mode": mode, "generation": generation, "source_table": source_table,
+            "changes_source": changes_source, "swept": now if swept else None,
+        }  # fmt: skip
         return active
 
     def _last_activity(self, run_id: UUID) -> datetime:
@@ -154,6 +159,18 @@ class FakeLedger:
         for run in self.runs.values():
             if not run.get("finished"):
                 run.setdefault("superseded", datetime.now(UTC))
+
+    def last_complete_run(
+        self, source_table: str, after: datetime | None = None
+    ) -> tuple[UUID, datetime] | None:
+        bases = [
+            (run["started"], run_id)
+            for run_id, run in self.runs.items()
+            if run["source_table"] == source_table and run.get("finished") and not run.get("superseded")
+            and run["max_drugs"] is None
+            and run["mode"] in ("full", "incremental") and (after is None or run["started"] > after)
+        ]  # fmt: skip
+        return (max(bases)[1], max(bases)[0]) if bases else None
 
     def _planned(self, run_id: UUID, first_id: int) -> PlannedRange | None:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
@@ -210,6 +227,8 @@ class FakeLedger:
             return False
         self.runs[run_id]["finished"] = datetime.now(UTC)
         self.finishes += 1
+        if self.runs[run_id]["changes_source"] == "capture" and self.changes is not None:
+            self.changes.release(run_id, {f.drug_id for f in self.open_failures(run_id)})
         return True
 
     def _set(self, run_id: UUID, key: str, value: Any) -> None:
@@ -288,6 +307,39 @@ class FakeLedger:
 
     def open_failures_between(self, run_id: UUID, first_id: int, last_id: int) -> int:
         return sum(first_id <= f.drug_id <= last_id for f in self.open_failures(run_id))
+
+
+class FakeChangeFeed:
+    """The change table: rows (drug id, claiming run); a claim takes every row not of the claimer."""
+
+    def __init__(self, installed_at: datetime | None = None, table: str = "drugs") -> None:
+        self.installed_at = installed_at
+        self.table = table
+        self.rows: list[list[Any]] = []  # [drug_id, run_id | None]
+        self.updated: dict[int, datetime] = {}  # the watermark's view: updated_at by id
+        self.triggers = 3 if installed_at else 0
+        self.truncated_at: datetime | None = None
+
+    def record(self, *ids: int) -> None:
+        self.rows += [[drug_id, None] for drug_id in ids]
+
+    def status(self) -> CaptureStatus:
+        unclaimed = sum(run is None for _, run in self.rows)
+        return CaptureStatus(
+            self.table, self.triggers, self.installed_at, len(self.rows), unclaimed, self.truncated_at
+        )
+
+    def claim(self, run_id: UUID) -> list[int]:
+        claimed = [row for row in self.rows if row[1] != run_id]
+        for row in claimed:
+            row[1] = run_id
+        return sorted({row[0] for row in claimed})
+
+    def release(self, run_id: UUID, still_failing: set[int]) -> None:
+        self.rows = [row for row in self.rows if row[1] != run_id or row[0] in still_failing]
+
+    def changed_since(self, since: datetime) -> list[int]:
+        return sorted(drug_id for drug_id, at in self.updated.items() if at >= since)
 
 
 class FakeStore:
@@ -481,5 +533,6 @@ _catalog: Catalog = FakeCatalog([])
 _ledger: Ledger = FakeLedger()
 _store: DocumentStore = FakeStore()
 _queue: WorkQueue = FakeQueue()
+_changes: ChangeFeed = FakeChangeFeed()
 _embedder: Embedder = CountingEmbedder()
 _telemetry: Telemetry = RecordingTelemetry()

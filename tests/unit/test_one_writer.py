@@ -142,10 +142,10 @@ def test_skipped_drugs_are_counted_once_per_range_through_continuations_and_rede
                if '"kind":"range"' in b)  # fmt: skip
 
 
-def test_an_incremental_request_is_refused_plainly_until_incremental_runs_exist() -> None:
+def test_a_rebuild_request_is_refused_plainly_until_rebuilds_exist() -> None:
     world = World(count=5, run_started=False)
-    with pytest.raises(ConfigError, match="mode 'incremental' is not available"):
-        start(world, mode="incremental")
+    with pytest.raises(ConfigError, match="mode 'rebuild' is not available"):
+        start(world, mode="rebuild")
     assert world.ledger.runs == {}
 
 

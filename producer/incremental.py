@@ -1,0 +1,91 @@
+"""Start an incremental run: the ids changed since the last complete run, as changes messages."""
+
+import time
+import uuid
+from datetime import timedelta
+
+from producer.send import send_run_messages
+from shared.errors import ConfigError
+from shared.models import ChangesMessage, PlannedRange, SweepMessage, SyncSummary, pack_changes
+from shared.ports import Catalog, ChangeFeed, DocumentStore, Ledger, WorkQueue
+
+FULL_SYNC_FIRST = (
+    "no complete full sync of {table} {since}: an incremental run syncs only what changed after one;"
+    " run `drugsync sync` first"
+)
+
+
+def start_incremental(
+    *,
+    catalog: Catalog,
+    ledger: Ledger,
+    queue: WorkQueue,
+    store: DocumentStore,
+    changes: ChangeFeed,
+    embedding_dim: int,
+    overlap_seconds: float,
+    supersede: bool = False,
+    claim_seconds: float = 3600.0,
+) -> SyncSummary:
+    """Claim (capture) or find (watermark) the changed ids, record the run, enqueue them.
+
+    With capture the run needs no sweep: every deletion was recorded, but for a TRUNCATE of the
+    table since the last complete run. With the watermark, the run's sweep finds deletions (and
+    de-listings whose updated_at was not touched).
+    """
+    began = time.perf_counter()
+    store.ensure_index(embedding_dim)
+    ledger.ensure_schema()
+    run_id = uuid.uuid4()
+    ids, source, sweep = changed_ids(run_id, catalog.table_name, ledger, changes, overlap_seconds)
+    units = pack_changes(run_id, ids)
+    ranges = [PlannedRange(unit[0], unit[-1], len(unit)) for unit in units]
+    bodies = [ChangesMessage(run_id=run_id, ids=unit, total=len(unit)).model_dump_json() for unit in units]
+    planned = time.perf_counter()
+    superseded = ledger.start_run(
+        run_id, max((len(unit) for unit in units), default=1), None, ranges,
+        mode="incremental", source_table=catalog.table_name, changes_source=source, swept=not sweep,
+        supersede=supersede, claim_seconds=claim_seconds,
+    )  # fmt: skip
+    # Nothing changed: the run still ends, through the one message that takes it to its end.
+    bodies = bodies or [SweepMessage(run_id=run_id).model_dump_json()]
+    send_run_messages(run_id, bodies, swept_now=not ranges, ledger=ledger, queue=queue)
+    return SyncSummary(
+        run_id=run_id,
+        eligible_drugs=len(ids),
+        ranges=len(ranges),
+        messages_sent=len(bodies),
+        range_size=max((len(unit) for unit in units), default=0),
+        max_drugs=None,
+        plan_seconds=round(planned - began, 3),
+        enqueue_seconds=round(time.perf_counter() - planned, 3),
+        mode="incremental",
+        changed_ids=len(ids),
+        changes_source=source,
+        superseded=superseded,
+    )
+
+
+def changed_ids(
+    run_id: uuid.UUID, table: str, ledger: Ledger, changes: ChangeFeed, overlap_seconds: float
+) -> tuple[list[int], str, bool]:
+    """The sorted changed ids, their source, and whether the run must sweep; refused without a
+    complete run to build on."""
+    status = changes.status()
+    if status.broken:
+        raise ConfigError(status.broken)
+    if status.installed:
+        base = ledger.last_complete_run(table, after=status.installed_at)
+        if base is None:
+            installed = f"since change capture was installed ({status.installed_at:%Y-%m-%d %H:%M:%S %Z})"
+            raise ConfigError(FULL_SYNC_FIRST.format(table=table, since=installed))
+        truncated = status.truncated_at is not None and status.truncated_at >= base[1]
+        return changes.claim(run_id), "capture", truncated
+    base = ledger.last_complete_run(table)
+    if base is None:
+        raise ConfigError(FULL_SYNC_FIRST.format(table=table, since="in the ledger"))
+    base_id, started_at = base
+    since = started_at - timedelta(seconds=overlap_seconds)
+    # Rows still failing in that run are tried again, as change capture keeps them for the next run.
+    failing = {failure.drug_id for failure in ledger.open_failures(base_id)}
+    return sorted(set(changes.changed_since(since)) | failing), "watermark", True
