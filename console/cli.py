@@ -297,6 +297,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             found.embedder.dimension,
             found.settings.range_size,
             waiting,
+            source_table=found.catalog.table_name,
         )
     print(json.dumps(report.to_json(), indent=2) if args.json else render_report(report))
     return 0 if report.clean else 1

@@ -110,6 +110,7 @@ def repair(
     embedding_dim: int,
     range_size: int,
     waiting: set[int],
+    source_table: str | None = None,
 ) -> dict[str, Any]:
     """Start a run of the fewest ranges that fix missing and stale drugs; its sweep removes extras.
 
@@ -121,9 +122,11 @@ def repair(
     """
     dirty = sorted((set(report.drift.missing) | set(report.drift.stale)) - waiting)
     ranges = covering_ranges(dirty, report.eligible_ids, range_size)
+    # A repair run covers only some ranges: its own mode, so it is never the base of an incremental run.
     run_id, _ = enqueue_run(
-        ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim
-    )
+        ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
+        mode="repair", source_table=source_table,
+    )  # fmt: skip
     return {
         "extras_to_remove": len(report.drift.extra),
         "run_id": str(run_id),

@@ -96,8 +96,10 @@ VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_r
 # reads what committed before each statement: https://www.postgresql.org/docs/16/transaction-iso.html).
 LOCK_WRITER = "SELECT pg_advisory_xact_lock(hashtext('drugsync_writer'))"
 
-# Active runs, newest first, with their last sign of life: the heartbeat of their messages, a range
-# done, their enqueue, their sweep (greatest() ignores NULLs), and whether that is older than the claim.
+# Active runs of the same source table (one writer per catalog: two catalogs in one database, each
+# with its own Redis copy, do not wait for each other), newest first, with their last sign of life:
+# the heartbeat of their messages, a range done, their enqueue, their sweep (greatest() ignores
+# NULLs), and whether that is older than the claim.
 ACTIVE_RUNS = """
 SELECT run_id, mode, started_at, last_activity,
        last_activity < now() - make_interval(secs => %(claim)s) AS expired
@@ -108,6 +110,7 @@ FROM (
                AS last_activity
     FROM drugsync_runs r
     WHERE r.finished_at IS NULL AND r.superseded_at IS NULL
+      AND r.source_table IS NOT DISTINCT FROM %(source_table)s
 ) active
 ORDER BY started_at DESC
 """
@@ -310,7 +313,8 @@ class PostgresLedger:
         conn = self._db.connection()
         with translate_errors("recording a run"), conn.transaction():
             conn.execute(LOCK_WRITER)
-            active = [ActiveRun(*row) for row in conn.execute(ACTIVE_RUNS, {"claim": claim_seconds})]
+            params = {"claim": claim_seconds, "source_table": source_table}
+            active = [ActiveRun(*row) for row in conn.execute(ACTIVE_RUNS, params)]
             holding = [other for other in active if not other.expired]
             if holding and not supersede:
                 raise RunActive(describe_active(holding[0], mode, claim_seconds))

@@ -124,7 +124,11 @@ class FakeLedger:
     ) -> list[UUID]:
         now = datetime.now(UTC)
         active = [
-            other for other, run in self.runs.items() if not run.get("finished") and not run.get("superseded")
+            other
+            for other, run in self.runs.items()
+            if not run.get("finished")
+            and not run.get("superseded")
+            and run.get("source_table") == source_table
         ]
         expired = {
             other for other in active if self._last_activity(other) < now - timedelta(seconds=claim_seconds)

@@ -40,7 +40,7 @@ class World:
         self.store, self.ledger = FakeStore(), FakeLedger()
         self.work_queue, self.dead_letters = FakeQueue(), FakeQueue()
         if run_started:  # else the test starts its own run (one writer at a time)
-            self.ledger.start_run(RUN, count, None, [PlannedRange(1, count, count)])
+            self.ledger.start_run(RUN, count, None, [PlannedRange(1, count, count)], source_table="drugs")
         self.env = SyncEnv(
             catalog=self.catalog, embedder=self.embedder, store=self.store, ledger=self.ledger,
             work_queue=self.work_queue, dead_letters=self.dead_letters,
