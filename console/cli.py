@@ -74,8 +74,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """A sync into a new generation, whatever the current one holds: readers move when it is verified."""
+    args.mode = "rebuild"
+    return cmd_sync(args)
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
-    request = SyncRequest(range_size=args.range_size, max_drugs=args.max_drugs)
+    mode = getattr(args, "mode", "full")
+    request = SyncRequest(range_size=args.range_size, max_drugs=args.max_drugs, mode=mode)
     if args.stack and args.code:
         raise ConfigError("--code runs a producer from a folder here, --stack the deployed one: choose one")
     if args.stack:
@@ -106,7 +113,7 @@ def print_summary(summary: SyncSummary, as_json: bool) -> None:
         print(
             f"run {summary.run_id}: {summary.eligible_drugs:,} drugs in {summary.ranges:,} ranges,"
             f" {summary.messages_sent:,} messages (plan {summary.plan_seconds}s,"
-            f" enqueue {summary.enqueue_seconds}s)"
+            f" enqueue {summary.enqueue_seconds}s); {summary.mode} into generation {summary.generation}"
         )
 
 
@@ -146,8 +153,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     run_id = UUID(args.run) if args.run else None
     if args.watch:
         interval = args.interval or DEFAULT_INTERVAL
-        return watch_run(found.ledger, found.catalog, found.store, queue, found.dead_letter, run_id, interval)
-    report = gather_status(found.ledger, found.catalog, found.store, queue, found.dead_letter, run_id)
+        return watch_run(
+            found.ledger, found.catalog, found.current_store, queue, found.dead_letter, run_id, interval
+        )
+    report = gather_status(
+        found.ledger, found.catalog, found.current_store, queue, found.dead_letter, run_id, found.generations
+    )
     print(json.dumps(report.to_json(), indent=2) if args.json else render_status(report))
     return 0
 
@@ -224,7 +235,7 @@ def cmd_redrive(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     found = services()
-    report = verify(found.catalog, found.store, found.embedder.name)
+    report = verify(found.catalog, found.current_store, found.current_embedder.name)
     if args.repair and not report.clean:
         waiting = (
             dead_lettered_ids(list_dead_letters(found.sqs_client(), found.dead_letter.queue_url))
@@ -233,12 +244,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
         report.repair = repair(
             report,
-            found.store,
+            found.current_store,
             found.ledger,
             found.queue,
-            found.embedder.dimension,
+            found.current_embedder.dimension,
             found.settings.range_size,
             waiting,
+            generation=found.generations.read().current,
         )
     print(json.dumps(report.to_json(), indent=2) if args.json else render_report(report))
     return 0 if report.clean else 1
@@ -304,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--code", type=_code_folder, help="invoke the producer handler from this unpacked artefact"
     )
     sync.set_defaults(handler=cmd_sync)
+
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="sync every drug into a new generation; readers move to it once it is complete and verified",
+        parents=[on_stack],
+    )
+    rebuild.add_argument("--range-size", type=_positive)
+    rebuild.add_argument("--json", action="store_true")
+    rebuild.set_defaults(handler=cmd_rebuild, max_drugs=None, code=None)
 
     work = commands.add_parser("work", help="run consumers the way Lambda's SQS trigger does")
     work.add_argument("--batch-size", type=_positive, default=1, help="records per invocation")

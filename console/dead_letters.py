@@ -14,7 +14,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.errors import InvalidMessage, UnavailableError
-from shared.models import MAX_ROWS_PER_MESSAGE, RowsMessage, SweepMessage, pack_rows_messages, parse_message
+from shared.models import (
+    MAX_ROWS_PER_MESSAGE,
+    RetireMessage,
+    RowsMessage,
+    SweepMessage,
+    pack_rows_messages,
+    parse_message,
+)
 from shared.queue import SQS_BATCH_LIMIT, SqsQueue
 
 HOLD_SECONDS = 60  # messages being listed or moved stay hidden from others this long
@@ -48,6 +55,8 @@ class DeadLetter:
             return ",".join(str(i) for i in message.ids)
         if isinstance(message, SweepMessage):
             return f"sweep from cursor {message.cursor}"
+        if isinstance(message, RetireMessage):
+            return f"retire generation {message.generation} from cursor {message.cursor}"
         return f"{message.first_id}..{message.last_id}"
 
     @property

@@ -194,7 +194,7 @@ def invoke_config(function_timeout: int) -> Config:
 
 def invoke_producer(lambda_client: Any, function_name: str, request: SyncRequest) -> SyncSummary:
     """Start a run with the deployed producer (RequestResponse) and return its summary."""
-    payload = request.model_dump_json(exclude_none=True).encode()
+    payload = request.model_dump_json(exclude_none=True, exclude_defaults=True).encode()
     try:
         with _aws_errors(f"function {function_name}"):
             response = _invoke_once(lambda_client, function_name, payload)

@@ -1,4 +1,7 @@
-"""`drugsync verify [--repair]`: does Redis hold every eligible drug, current, and nothing else?"""
+"""`drugsync verify [--repair]`: does Redis hold every eligible drug, current, and nothing else?
+
+Redis here is the generation readers use now (the alias's target); a repair writes into it.
+"""
 
 import bisect
 import time
@@ -110,6 +113,7 @@ def repair(
     embedding_dim: int,
     range_size: int,
     waiting: set[int],
+    generation: int | None = None,
 ) -> dict[str, Any]:
     """Start a run of the fewest ranges that fix missing and stale drugs; its sweep removes extras.
 
@@ -122,8 +126,9 @@ def repair(
     dirty = sorted((set(report.drift.missing) | set(report.drift.stale)) - waiting)
     ranges = covering_ranges(dirty, report.eligible_ids, range_size)
     run_id = enqueue_run(
-        ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim
-    )
+        ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
+        generation=generation,
+    )  # fmt: skip
     return {
         "extras_to_remove": len(report.drift.extra),
         "run_id": str(run_id),

@@ -7,16 +7,18 @@ from dataclasses import replace
 
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError, EnqueueFailed
+from shared.generations import Choice, choose_generation
 from shared.models import (
     BIGINT_MAX,
     BIGINT_MIN,
     PlannedRange,
     RangeMessage,
+    RetireMessage,
     SweepMessage,
     SyncRequest,
     SyncSummary,
 )
-from shared.ports import Catalog, DocumentStore, Ledger, WorkQueue
+from shared.ports import Catalog, DocumentStore, Generations, Ledger, WorkQueue
 
 
 def start_sync(
@@ -25,12 +27,15 @@ def start_sync(
     catalog: Catalog,
     ledger: Ledger,
     queue: WorkQueue,
-    store: DocumentStore,
+    generations: Generations,
+    embedder_name: str,
     embedding_dim: int,
     default_range_size: int,
     max_range_size: int | None = None,
 ) -> SyncSummary:
-    """Plan, record and enqueue one run; the index exists before any consumer can write."""
+    """Plan, record and enqueue one run into the generation it writes; its index exists first."""
+    if request.mode == "incremental":
+        raise ConfigError("incremental runs are not available in this build: run a full `drugsync sync`")
     range_size = min(request.range_size or default_range_size, max_range_size or 10**9)
     began = time.perf_counter()
     ranges = catalog.plan_ranges(range_size, request.max_drugs)
@@ -38,9 +43,18 @@ def start_sync(
         ranges = cover_id_space(ranges)
     planned = time.perf_counter()
 
-    run_id = enqueue_run(
+    run_id = uuid.uuid4()
+    registry = generations.read()
+    choice = choose_generation(request.mode, registry, embedder_name)
+    number = open_generation(choice, run_id, generations, embedder_name, embedding_dim)
+    retiring = [*choice.retire, *(g.number for g in registry.retiring())]
+    for old in retiring:
+        generations.mark_retiring(old)
+    enqueue_run(
         ranges, range_size, request.max_drugs,
-        ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
+        ledger=ledger, queue=queue, store=generations.store(number), embedding_dim=embedding_dim,
+        run_id=run_id, mode=choice.mode, generation=number,
+        extra=[RetireMessage(run_id=run_id, generation=old).model_dump_json() for old in retiring],
     )  # fmt: skip
     enqueued = time.perf_counter()
 
@@ -53,7 +67,21 @@ def start_sync(
         max_drugs=request.max_drugs,
         plan_seconds=round(planned - began, 3),
         enqueue_seconds=round(enqueued - planned, 3),
+        mode=choice.mode,
+        generation=number,
     )
+
+
+def open_generation(
+    choice: Choice, run_id: uuid.UUID, generations: Generations, embedder_name: str, dimension: int
+) -> int:
+    """The number of the generation the run writes: begun now for a new one (its index created),
+    else the one chosen, now switched by this run if it is not yet current."""
+    if choice.number is None:
+        return generations.begin(embedder_name, dimension, str(run_id)).number
+    if choice.mode == "rebuild":
+        generations.adopt(choice.number, str(run_id))
+    return choice.number
 
 
 def enqueue_run(
@@ -65,18 +93,23 @@ def enqueue_run(
     queue: WorkQueue,
     store: DocumentStore,
     embedding_dim: int,
+    run_id: uuid.UUID | None = None,
+    mode: str = "full",
+    generation: int | None = None,
+    extra: Sequence[str] = (),
 ) -> uuid.UUID:
-    """Record a new run of these ranges, then send its messages.
+    """Record a new run of these ranges into `store` (its generation's), then send its messages.
 
     Whatever can be checked is checked before the run is recorded (the index, the ledger, every
     message), so a refused run leaves nothing behind; a run whose enqueue fails part-way is recorded
-    as such, with the reason, and `resume_run` sends again what is not done.
+    as such, with the reason, and `resume_run` sends again what is not done. `extra` messages
+    (retiring older generations) go out with the run's own.
     """
     store.ensure_index(embedding_dim)
     ledger.ensure_schema()
-    run_id = uuid.uuid4()
-    bodies = run_messages(run_id, ranges)
-    ledger.start_run(run_id, range_size, max_drugs, ranges)
+    run_id = run_id or uuid.uuid4()
+    bodies = [*run_messages(run_id, ranges), *extra]
+    ledger.start_run(run_id, range_size, max_drugs, ranges, mode=mode, generation=generation)
     send_run_messages(run_id, bodies, swept_now=not ranges, ledger=ledger, queue=queue)
     return run_id
 

@@ -10,7 +10,7 @@ from shared.models import PlannedRange, RowFailure
 from shared.ports import RunProgress
 from shared.postgres import Database, translate_errors
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Read on every call; the DDL below runs only when the version is behind, so `status` and the
 # producer never take the ACCESS EXCLUSIVE lock that ALTER TABLE needs once the schema is current.
@@ -44,6 +44,13 @@ UPDATE drugsync_runs
 SET enqueued_at = coalesce(enqueued_at, started_at), swept_at = coalesce(swept_at, finished_at),
     announced_at = coalesce(announced_at, finished_at)
 WHERE finished_at IS NOT NULL AND announced_at IS NULL;
+-- v3: what a run is (full, incremental, rebuild), the Redis generation it writes, and the switch
+-- of readers to that generation at its end (claimed by one consumer; refused with a reason).
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full';
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS generation integer;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS switched_at timestamptz;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS switch_error text;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS switch_claimed_at timestamptz;
 CREATE TABLE IF NOT EXISTS drugsync_ranges (
     run_id         uuid NOT NULL REFERENCES drugsync_runs ON DELETE CASCADE,
     first_id       bigint NOT NULL,
@@ -68,8 +75,9 @@ CLEAR_SCHEMA_VERSION = "DELETE FROM drugsync_schema"
 RECORD_SCHEMA_VERSION = "INSERT INTO drugsync_schema (version) VALUES (%(version)s)"
 
 INSERT_RUN = """
-INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges)
-VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s)
+INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges, mode, generation)
+VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s, %(mode)s,
+        %(generation)s)
 """
 
 COPY_RANGES = "COPY drugsync_ranges (run_id, first_id, last_id, expected_count) FROM STDIN"
@@ -88,7 +96,7 @@ SELECT r.run_id, r.started_at, r.range_size, r.eligible_drugs, r.total_ranges,
        (SELECT count(*) FROM drugsync_failures f
         WHERE f.run_id = r.run_id AND f.resolved_at IS NULL),
        r.enqueued_at, r.enqueue_error, r.sweep_requested_at, r.swept_at, r.documents_removed,
-       r.finished_at, r.announced_at
+       r.finished_at, r.announced_at, r.mode, r.generation, r.switched_at, r.switch_error
 FROM drugsync_runs r
 LEFT JOIN drugsync_ranges g ON g.run_id = r.run_id AND g.done_at IS NOT NULL
 WHERE r.run_id = %(run_id)s
@@ -175,6 +183,23 @@ RELEASE_ANNOUNCEMENT = "UPDATE drugsync_runs SET announce_claimed_at = NULL WHER
 
 MARK_ANNOUNCED = "UPDATE drugsync_runs SET announced_at = now() WHERE run_id = %(run_id)s"
 
+# One consumer switches readers to the run's generation, like the sweep's claim: it lapses after the
+# lease if its holder died, and is released at once when the verification refused the switch.
+CLAIM_SWITCH = """
+UPDATE drugsync_runs SET switch_claimed_at = now()
+WHERE run_id = %(run_id)s AND swept_at IS NOT NULL AND switched_at IS NULL
+  AND (switch_claimed_at IS NULL OR switch_claimed_at < now() - make_interval(secs => %(lease)s))
+RETURNING 1
+"""
+
+RELEASE_SWITCH = "UPDATE drugsync_runs SET switch_claimed_at = NULL WHERE run_id = %(run_id)s"
+
+RECORD_SWITCH_ERROR = """
+UPDATE drugsync_runs SET switch_error = %(error)s, switch_claimed_at = NULL WHERE run_id = %(run_id)s
+"""
+
+MARK_SWITCHED = "UPDATE drugsync_runs SET switched_at = now(), switch_error = NULL WHERE run_id = %(run_id)s"
+
 UNDONE_RANGES = """
 SELECT first_id, last_id, expected_count FROM drugsync_ranges
 WHERE run_id = %(run_id)s AND done_at IS NULL ORDER BY first_id
@@ -211,9 +236,18 @@ class PostgresLedger:
         return _first(conn.execute(READ_SCHEMA_VERSION).fetchone())
 
     def start_run(
-        self, run_id: UUID, range_size: int, max_drugs: int | None, ranges: Sequence[PlannedRange]
+        self,
+        run_id: UUID,
+        range_size: int,
+        max_drugs: int | None,
+        ranges: Sequence[PlannedRange],
+        *,
+        mode: str = "full",
+        generation: int | None = None,
     ) -> None:
         run = {
+            "mode": mode,
+            "generation": generation,
             "run_id": run_id,
             "range_size": range_size,
             "max_drugs": max_drugs,
@@ -276,6 +310,21 @@ class PostgresLedger:
 
     def mark_announced(self, run_id: UUID) -> None:
         self._execute(MARK_ANNOUNCED, {"run_id": run_id}, "recording the announcement")
+
+    def claim_switch(self, run_id: UUID, lease_seconds: float) -> bool:
+        """True for the one caller that should verify the run's generation and switch readers to it."""
+        params = {"run_id": run_id, "lease": lease_seconds}
+        return self._returns_row(CLAIM_SWITCH, params, "claiming the switch")
+
+    def release_switch(self, run_id: UUID) -> None:
+        self._execute(RELEASE_SWITCH, {"run_id": run_id}, "releasing the switch")
+
+    def record_switch_error(self, run_id: UUID, error: str) -> None:
+        params = {"run_id": run_id, "error": error[:2000]}
+        self._execute(RECORD_SWITCH_ERROR, params, "recording a refused switch")
+
+    def mark_switched(self, run_id: UUID) -> None:
+        self._execute(MARK_SWITCHED, {"run_id": run_id}, "recording the switch")
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         with translate_errors("reading ranges not done"):

@@ -3,13 +3,16 @@
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
 
-from shared.models import Fetched, PlannedRange, RowFailure
+from shared.models import Fetched, Generation, PlannedRange, RowFailure
+
+if TYPE_CHECKING:
+    from shared.generations import Registry
 
 Vectors = npt.NDArray[np.float32]
 
@@ -50,6 +53,10 @@ class RunProgress:
     documents_removed: int = 0
     finished_at: datetime | None = None
     announced_at: datetime | None = None
+    mode: str = "full"
+    generation: int | None = None
+    switched_at: datetime | None = None
+    switch_error: str | None = None
 
     @property
     def ranges_complete(self) -> bool:
@@ -67,6 +74,8 @@ class RunProgress:
             return "complete_with_failures" if self.open_failures else "complete"
         if self.enqueue_error is not None:
             return "enqueue_failed"
+        if self.switch_error is not None:
+            return "switch_refused"
         return "sweeping" if self.ranges_complete else "running"
 
     @property
@@ -82,7 +91,14 @@ class Ledger(Protocol):
     def ensure_schema(self) -> None: ...
 
     def start_run(
-        self, run_id: UUID, range_size: int, max_drugs: int | None, ranges: Sequence[PlannedRange]
+        self,
+        run_id: UUID,
+        range_size: int,
+        max_drugs: int | None,
+        ranges: Sequence[PlannedRange],
+        *,
+        mode: str = "full",
+        generation: int | None = None,
     ) -> None: ...
 
     def mark_range_done(self, run_id: UUID, first_id: int, drugs_written: int) -> bool: ...
@@ -112,6 +128,14 @@ class Ledger(Protocol):
     def release_announcement(self, run_id: UUID) -> None: ...
 
     def mark_announced(self, run_id: UUID) -> None: ...
+
+    def claim_switch(self, run_id: UUID, lease_seconds: float) -> bool: ...
+
+    def release_switch(self, run_id: UUID) -> None: ...
+
+    def record_switch_error(self, run_id: UUID, error: str) -> None: ...
+
+    def mark_switched(self, run_id: UUID) -> None: ...
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]: ...
 
@@ -160,6 +184,48 @@ class DocumentStore(Protocol):
     def server_id(self) -> str:
         """Which server process answers (its run id): SCAN cursors are valid only within it."""
         ...
+
+
+@dataclass(frozen=True)
+class GenerationCounts:
+    """A generation's own counts, read before readers are sent to it."""
+
+    documents: int
+    indexed: int
+    indexing_failures: int
+    canary_hits: int
+
+
+class Generations(Protocol):
+    """The generations of the Redis copy and the registry readers follow (shared/generations.py)."""
+
+    def read(self) -> "Registry": ...
+
+    def store(self, number: int) -> DocumentStore:
+        """The store of one generation: its own key prefix and index."""
+        ...
+
+    def begin(self, embedder: str, dimension: int, run_id: str) -> Generation: ...
+
+    def adopt(self, number: int, run_id: str) -> None: ...
+
+    def mark_retiring(self, number: int) -> None: ...
+
+    def switch(self, number: int) -> Generation | None:
+        """Send readers to this generation; returns the one it replaced (now retiring), if any."""
+        ...
+
+    def counts(self, number: int, canary_k: int, wait_seconds: float) -> GenerationCounts:
+        """Its documents, index and a canary query's hits, once indexing caught up (or time is up)."""
+        ...
+
+    def drop_index(self, number: int) -> bool: ...
+
+    def unlink_page(self, number: int, cursor: int, count: int) -> tuple[int, int]: ...
+
+    def forget(self, number: int) -> None: ...
+
+    def server_id(self) -> str: ...
 
 
 class WorkQueue(Protocol):
