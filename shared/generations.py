@@ -172,6 +172,9 @@ class RedisGenerations:
                 reply = execute(self._client, "COMMAND", "INFO", "FT.ALIASUPDATE")
         except redis.ResponseError:
             return False
+        # redis-py parses COMMAND INFO into {name: details}; an unknown command has no details.
+        if isinstance(reply, dict):
+            return any(reply.values())
         return bool(reply) and reply[0] is not None
 
     def begin(self, embedder: str, dimension: int, run_id: str) -> Generation:
