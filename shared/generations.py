@@ -84,9 +84,10 @@ def matches(generation: Generation, embedder: str) -> bool:
 
 
 def choose_generation(mode: str, registry: Registry, embedder: str) -> Choice:
-    """A full run writes the current generation if it matches the settings, else continues a matching
-    unswitched one, else rebuilds; a rebuild always begins anew (older unswitched ones are retired);
-    an incremental run writes the current generation."""
+    """A full run continues a matching generation whose switch is still to come (a rebuild refused or
+    cut short: finishing it is what was asked), else writes the current one if it matches the
+    settings, else rebuilds; a rebuild always begins anew (older unswitched ones are retired); an
+    incremental run writes the current generation."""
     live = registry.live
     building = registry.building()
     if mode == "incremental":
@@ -94,12 +95,12 @@ def choose_generation(mode: str, registry: Registry, embedder: str) -> Choice:
             raise ConfigError("no current generation to update incrementally: run `drugsync sync` first")
         return Choice(mode, live.number)
     if mode == "full":
-        if live is not None and matches(live, embedder):
-            return Choice(mode, live.number)
         resumable = [g for g in building if matches(g, embedder)]
         if resumable:
             keep = resumable[-1].number
             return Choice("rebuild", keep, tuple(g.number for g in building if g.number != keep))
+        if live is not None and matches(live, embedder):
+            return Choice(mode, live.number)
     return Choice("rebuild", None, tuple(g.number for g in building))
 
 
@@ -165,17 +166,19 @@ class RedisGenerations:
             None, "live", "",
         )  # fmt: skip
 
-    def supports_aliases(self) -> bool:
-        """Whether the server knows FT.ALIASUPDATE (MemoryDB does; ElastiCache for Valkey documents none)."""
+    def supports_aliases(self, index: str) -> bool:
+        """Whether the server moves aliases (MemoryDB does; ElastiCache for Valkey documents none):
+        tried for real on a scratch alias of `index`, which is removed again."""
+        probe = f"{self.alias}@probe"
         try:
-            with translate_errors("asking for FT.ALIASUPDATE", self._client):
-                reply = execute(self._client, "COMMAND", "INFO", "FT.ALIASUPDATE")
-        except redis.ResponseError:
-            return False
-        # redis-py parses COMMAND INFO into {name: details}; an unknown command has no details.
-        if isinstance(reply, dict):
-            return any(reply.values())
-        return bool(reply) and reply[0] is not None
+            with translate_errors("trying FT.ALIASUPDATE", self._client):
+                execute(self._client, "FT.ALIASUPDATE", probe, index)
+                execute(self._client, "FT.ALIASDEL", probe)
+        except redis.ResponseError as error:
+            if "unknown command" in str(error).lower():
+                return False
+            raise
+        return True
 
     def begin(self, embedder: str, dimension: int, run_id: str) -> Generation:
         """Record a new generation (state building) and create its index; readers do not see it."""
@@ -198,9 +201,10 @@ class RedisGenerations:
         with translate_errors("recording a generation", self._client):
             if not self._client.hsetnx(self.key, str(number), _encode(generation)):
                 raise ConfigError(f"generation {number} was begun by another run at the same moment: retry")
-            if registry.current is None and not registry.generations:
-                self._client.hset(self.key, ALIASES, "1" if self.supports_aliases() else "0")
         self.store(number).ensure_index(dimension)
+        # Asked at every new generation (two commands): a server upgrade or migration is noticed.
+        with translate_errors("recording alias support", self._client):
+            self._client.hset(self.key, ALIASES, "1" if self.supports_aliases(generation.index) else "0")
         return generation
 
     def adopt(self, number: int, run_id: str) -> None:

@@ -1,0 +1,126 @@
+"""Generations on the real Redis Stack: the registry, the switch under search load, retirement."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from shared.embedders.hashing import HashingEmbedder
+from shared.errors import ConfigError, GenerationMoved
+from shared.generations import RedisGenerations
+from shared.redis_store import RedisDocumentStore
+from shared.wiring import build_store
+from tests.conftest import Isolated
+from tests.integration.test_redis import _drugs, write_drugs
+
+pytestmark = pytest.mark.integration
+K = 10
+DOCUMENTS = len(_drugs(200))
+
+
+def _filled(store: RedisDocumentStore, count: int = 200, dimension: int = 128) -> None:
+    write_drugs(_drugs(count), HashingEmbedder(dimension, batch_size=256), store)
+    store.wait_until_indexed(len(_drugs(count)), seconds=30)
+
+
+def _searching(
+    client_store: RedisDocumentStore, alias: str, stop: threading.Event, answers: list[object]
+) -> None:
+    """Search the alias until stopped; record each answer's hit count, or the error it raised."""
+    vector = np.ones(128, dtype=np.float32) / np.sqrt(128)
+    while not stop.is_set():
+        try:
+            answers.append(len(client_store.search(vector, K, index=alias)))
+        except GenerationMoved:
+            answers.append("moved")  # a reader re-reads the registry; never a failure
+        except Exception as error:
+            answers.append(error)
+
+
+def _under_load(store: RedisDocumentStore, alias: str, action) -> list[object]:  # type: ignore[no-untyped-def]
+    stop, answers = threading.Event(), []  # type: ignore[var-annotated]
+    reader = RedisDocumentStore(build_store_client(store), store.key_prefix, store.index_name)
+    thread = threading.Thread(target=_searching, args=(reader, alias, stop, answers))
+    thread.start()
+    try:
+        while len(answers) < 50:
+            pass
+        action()
+        target = len(answers) + 50
+        while len(answers) < target:
+            pass
+    finally:
+        stop.set()
+        thread.join()
+    return answers
+
+
+def build_store_client(store: RedisDocumentStore):  # type: ignore[no-untyped-def]
+    """A second connection, as another reader process would have."""
+    import redis
+
+    return redis.Redis(connection_pool=redis.ConnectionPool(**store.client.connection_pool.connection_kwargs))
+
+
+def test_the_alias_moves_atomically_under_search_load_and_the_old_generation_is_retired(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current and generation 2 built beside it
+    gens = RedisGenerations(build_store(test_env.settings))
+    first = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(1))
+    gens.switch(first.number)
+    second = gens.begin("hashing-v1-128", 128, "run-2")
+    _filled(gens.store(2))
+
+    # WHEN readers search the alias while it moves
+    answers = _under_load(gens.store(1), gens.alias, lambda: gens.switch(second.number))
+
+    # THEN each answer was full (or told the reader to re-read), and the registry agrees with the alias
+    assert [a for a in answers if a not in (K, "moved")] == []
+    assert answers[0] == K and answers[-1] == "moved"  # the reader of generation 1 sees it moved
+    registry = gens.read()
+    assert (registry.current, registry.generations[1].state) == (2, "retiring")
+    assert gens.resolve_alias() == second.index
+    assert gens.supports_aliases(second.index)
+
+    # AND retiring generation 1 drops its index (documents kept), then unlinks them page by page
+    assert gens.drop_index(1)
+    assert gens.store(1).index_info() is None and gens.store(1).count_documents() == DOCUMENTS
+    cursor, removed = gens.unlink_page(1, 0, 50)
+    while cursor:
+        cursor, more = gens.unlink_page(1, cursor, 50)
+        removed += more
+    gens.forget(1)
+    assert (removed, gens.store(1).count_documents(), sorted(gens.read().generations)) == (DOCUMENTS, 0, [2])
+    assert gens.store(2).count_documents() == DOCUMENTS
+
+
+def test_a_deployment_from_before_generations_is_generation_0_and_its_switch_never_fails_a_search(
+    test_env: Isolated,
+) -> None:
+    # GIVEN the old layout: a real index named like the alias over the base prefix
+    legacy = build_store(test_env.settings)
+    legacy.ensure_index(128)
+    _filled(legacy)
+    gens = RedisGenerations(legacy)
+    registry = gens.read()
+    assert (registry.current, registry.generations[0].index) == (0, test_env.settings.index_name)
+    new = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(new.number))
+
+    # WHEN its index is dropped and the alias added in one MULTI while readers search the name
+    answers = _under_load(legacy, gens.alias, lambda: gens.switch(new.number))
+
+    # THEN no search failed or came back short, and the name now leads to generation 1
+    assert [a for a in answers if a not in (K, "moved")] == []
+    assert gens.resolve_alias() == new.index
+    assert gens.read().current == 1
+    assert legacy.count_documents() == DOCUMENTS  # its documents wait for the retire message
+
+
+def test_a_key_prefix_whose_generations_would_nest_is_refused(test_env: Isolated) -> None:
+    settings = test_env.settings.model_copy(update={"key_prefix": test_env.settings.key_prefix.rstrip(":")})
+    gens = RedisGenerations(build_store(settings))
+    with pytest.raises(ConfigError, match="starts with.*end DRUGSYNC_KEY_PREFIX with ':'"):
+        gens.begin("hashing-v1-128", 128, "run-1")
