@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -455,19 +456,19 @@ def test_a_second_full_run_over_an_unchanged_catalog_embeds_nothing(
     )
 
 
-def _redis(user_env: dict[str, str]):  # type: ignore[no-untyped-def]
+def _redis(user_env: dict[str, str]):
     import redis
 
     state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())
     return redis.Redis.from_url(state["env"]["REDIS_URL"], protocol=2)
 
 
-def _alias_target(client, alias: str) -> str:  # type: ignore[no-untyped-def]
+def _alias_target(client, alias: str) -> str:
     info = client.execute_command("FT.INFO", alias)
-    return dict(zip(info[::2], info[1::2], strict=True))[b"index_name"].decode()
+    return str(dict(zip(info[::2], info[1::2], strict=True))[b"index_name"].decode())
 
 
-def _generation(client, alias: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+def _generation(client, alias: str) -> dict[str, Any]:
     registry = client.hgetall(f"{alias}@generations")
     return dict(json.loads(registry[registry[b"current"]]))
 

@@ -37,7 +37,7 @@ def _searching(
             answers.append(error)
 
 
-def _under_load(store: RedisDocumentStore, alias: str, action) -> list[object]:  # type: ignore[no-untyped-def]
+def _under_load(store: RedisDocumentStore, alias: str, action) -> list[object]:
     stop, answers = threading.Event(), []  # type: ignore[var-annotated]
     reader = RedisDocumentStore(build_store_client(store), store.key_prefix, store.index_name)
     thread = threading.Thread(target=_searching, args=(reader, alias, stop, answers))
@@ -55,7 +55,7 @@ def _under_load(store: RedisDocumentStore, alias: str, action) -> list[object]: 
     return answers
 
 
-def build_store_client(store: RedisDocumentStore):  # type: ignore[no-untyped-def]
+def build_store_client(store: RedisDocumentStore):
     """A second connection, as another reader process would have."""
     import redis
 
@@ -78,7 +78,8 @@ def test_the_alias_moves_atomically_under_search_load_and_the_old_generation_is_
 
     # THEN each answer was full (or told the reader to re-read), and the registry agrees with the alias
     assert [a for a in answers if a not in (K, "moved")] == []
-    assert answers[0] == K and answers[-1] == "moved"  # the reader of generation 1 sees it moved
+    assert answers[0] == K
+    assert answers[-1] == "moved"
     registry = gens.read()
     assert (registry.current, registry.generations[1].state) == (2, "retiring")
     assert gens.resolve_alias() == second.index
@@ -86,7 +87,8 @@ def test_the_alias_moves_atomically_under_search_load_and_the_old_generation_is_
 
     # AND retiring generation 1 drops its index (documents kept), then unlinks them page by page
     assert gens.drop_index(1)
-    assert gens.store(1).index_info() is None and gens.store(1).count_documents() == DOCUMENTS
+    assert gens.store(1).index_info() is None
+    assert gens.store(1).count_documents() == DOCUMENTS
     cursor, removed = gens.unlink_page(1, 0, 50)
     while cursor:
         cursor, more = gens.unlink_page(1, cursor, 50)
@@ -122,5 +124,5 @@ def test_a_deployment_from_before_generations_is_generation_0_and_its_switch_nev
 def test_a_key_prefix_whose_generations_would_nest_is_refused(test_env: Isolated) -> None:
     settings = test_env.settings.model_copy(update={"key_prefix": test_env.settings.key_prefix.rstrip(":")})
     gens = RedisGenerations(build_store(settings))
-    with pytest.raises(ConfigError, match="starts with.*end DRUGSYNC_KEY_PREFIX with ':'"):
+    with pytest.raises(ConfigError, match=r"starts with.*end DRUGSYNC_KEY_PREFIX with ':'"):
         gens.begin("hashing-v1-128", 128, "run-1")

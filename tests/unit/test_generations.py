@@ -54,7 +54,7 @@ def _registry(current: int | None, *generations: Generation) -> Registry:
                 _generation(3, "building"),
             ),
             ("rebuild", 3, (2,)),
-        ),  # fmt: skip
+        ),
         # even beside a matching current one: the rebuild asked for is finished
         ("full", _registry(1, _generation(1), _generation(2, "building")), ("rebuild", 2, ())),
         # a rebuild always begins anew and retires what was being built
@@ -117,9 +117,9 @@ def _rebuilding_world(count: int = 12) -> tuple[World, FakeGenerations]:
     return world, gens
 
 
-def _start(world: World, gens: FakeGenerations, mode: str = "full"):  # type: ignore[no-untyped-def]
+def _start(world: World, gens: FakeGenerations, mode: str = "full"):
     return start_sync(
-        SyncRequest(mode=mode), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,  # type: ignore[arg-type]
+        SyncRequest(mode=mode), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,
         generations=gens, embedder_name=world.embedder.name, embedding_dim=32, default_range_size=5,
     )  # fmt: skip
 
@@ -146,7 +146,8 @@ def test_a_rebuild_writes_its_own_generation_and_readers_move_only_at_its_end() 
     for body in bodies[:-1]:
         sync_message(parse_message(body), world.env, FakeDeadline(world.clock, 1000))
     assert gens.read().current == 1  # readers still on generation 1
-    assert len(gens.store(2).documents) > 0 and len(gens.store(1).documents) == 12
+    assert len(gens.store(2).documents) > 0
+    assert len(gens.store(1).documents) == 12
     world.work_queue.bodies[:0] = bodies[-1:]
     _drain(world)
 
@@ -197,11 +198,11 @@ def test_a_later_full_run_continues_the_refused_generation_and_switches() -> Non
 def test_a_consumer_with_another_embedder_refuses_to_write_the_generation() -> None:
     world, gens = _rebuilding_world()
     summary = start_sync(
-        SyncRequest(), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,  # type: ignore[arg-type]
+        SyncRequest(), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,
         generations=gens, embedder_name="bedrock-titan-1024", embedding_dim=1024, default_range_size=5,
     )  # fmt: skip
     assert summary.generation == 1
-    with pytest.raises(ConfigError, match="embedded by bedrock-titan-1024.*embeds with hashing"):
+    with pytest.raises(ConfigError, match=r"embedded by bedrock-titan-1024.*embeds with hashing"):
         _drain(world)
 
 
