@@ -154,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         interval = args.interval or DEFAULT_INTERVAL
         return watch_run(
-            found.ledger, found.catalog, found.current_store, queue, found.dead_letter, run_id, interval
+            found.ledger, found.catalog, found.read_current_store, queue, found.dead_letter, run_id, interval
         )
     report = gather_status(
         found.ledger, found.catalog, found.current_store, queue, found.dead_letter, run_id, found.generations

@@ -50,6 +50,10 @@ class Services:
     @cached_property
     def current_store(self) -> RedisDocumentStore:
         """The store of the generation readers use now (the alias's target); the base store if none."""
+        return self.read_current_store()
+
+    def read_current_store(self) -> RedisDocumentStore:
+        """The current generation's store, read from the registry again at each call."""
         live = self.generations.read().live
         return self.store if live is None else self.generations.store(live.number)
 

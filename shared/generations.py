@@ -21,6 +21,7 @@ import redis
 
 from shared.documents import TEXT_TEMPLATE_VERSION
 from shared.errors import ConfigError
+from shared.index_schema import index_differences
 from shared.models import Generation
 from shared.ports import GenerationCounts
 from shared.redis_errors import translate_errors
@@ -157,14 +158,24 @@ class RedisGenerations:
         return Registry(current, generations, aliases)
 
     def _legacy(self) -> Generation | None:
-        """A real index named like the alias: the deployment from before generations, as generation 0."""
+        """A real index named like the alias: the deployment from before generations, as generation 0.
+
+        One drugsync did not build is refused: its switch would drop someone else's index.
+        """
         info = self.base.index_info()
         if info is None or str(info.get("index_name")) != self.alias:
             return None
+        dimension = self.base.index_dimension() or 0
+        differences = index_differences(info, self.base.key_prefix, dimension)
+        if differences:
+            raise ConfigError(
+                f"index {self.alias} is not the one drugsync builds: {'; '.join(differences)}."
+                f" Drop it with `FT.DROPINDEX {self.alias}` (its documents are kept) or choose"
+                " another DRUGSYNC_INDEX_NAME"
+            )
         return Generation(
-            LEGACY, LEGACY_EMBEDDER, self.base.index_dimension() or 0, 0, self.base.key_prefix, self.alias,
-            None, "live", "",
-        )  # fmt: skip
+            LEGACY, LEGACY_EMBEDDER, dimension, 0, self.base.key_prefix, self.alias, None, "live", ""
+        )
 
     def supports_aliases(self, index: str) -> bool:
         """Whether the server moves aliases (MemoryDB does; ElastiCache for Valkey documents none):

@@ -101,8 +101,11 @@ def test_verify_finds_exactly_the_drift_planted_and_repair_removes_it(user_env: 
         conn.execute("DELETE FROM drugs WHERE id = %s", [deleted])
         conn.execute("UPDATE drugs SET strength = '750 mg' WHERE id = %s", [changed])
     stray = 987_654_321
-    redis.Redis.from_url(state["REDIS_URL"]).execute_command(  # type: ignore[no-untyped-call]
-        "JSON.SET", f"drug:{stray}", "$", json.dumps({"id": stray, "name": "stray", "fingerprint": "x"})
+    client = redis.Redis.from_url(state["REDIS_URL"])
+    prefix = _generation(client, "idx:drugs")["prefix"]  # the generation readers use: drug@1:
+    assert prefix == "drug@1:"
+    client.execute_command(  # type: ignore[no-untyped-call]
+        "JSON.SET", f"{prefix}{stray}", "$", json.dumps({"id": stray, "name": "stray", "fingerprint": "x"})
     )
 
     drift = drugsync(user_env, "verify", "--json")
