@@ -1,6 +1,9 @@
 """Generations on the real Redis Stack: the registry, the switch under search load, retirement."""
 
+import textwrap
 import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,3 +129,31 @@ def test_a_key_prefix_whose_generations_would_nest_is_refused(test_env: Isolated
     gens = RedisGenerations(build_store(settings))
     with pytest.raises(ConfigError, match=r"starts with.*end DRUGSYNC_KEY_PREFIX with ':'"):
         gens.begin("hashing-v1-128", 128, "run-1")
+
+
+def test_the_readme_reader_example_searches_the_current_generation_through_the_alias(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current, and the README's reader with the hashing embedder as its embed()
+    gens = RedisGenerations(build_store(test_env.settings))
+    first = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(first.number))
+    gens.switch(first.number)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
+    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
+    namespace: dict[str, Any] = {
+        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
+    }
+    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+
+    # WHEN it searches
+    keys = namespace["search"](gens.store(1).client, "amoxicillin 500 mg capsule", 5, gens.alias)
+
+    # THEN it answers from generation 1, as drugsync's own search does
+    assert len(keys) == 5
+    assert all(key.startswith(first.prefix) for key in keys)
+    vector = HashingEmbedder(128, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    assert [
+        gens.store(1).key(hit.drug_id) for hit in gens.store(1).search(vector, 5, index=gens.alias)
+    ] == keys
