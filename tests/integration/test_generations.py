@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from console.demo import search
+from console.services import Services
 from shared.embedders.hashing import HashingEmbedder
 from shared.errors import ConfigError, GenerationMoved
 from shared.generations import RedisGenerations
@@ -123,6 +125,10 @@ def test_a_deployment_from_before_generations_is_generation_0_and_its_switch_nev
     assert gens.read().current == 1
     assert legacy.count_documents() == DOCUMENTS  # its documents wait for the retire message
 
+    # AND retiring generation 0 never drops what its name now leads to (the alias's target)
+    assert gens.drop_index(0) is False
+    assert gens.resolve_alias() == new.index
+
 
 def test_a_key_prefix_whose_generations_would_nest_is_refused(test_env: Isolated) -> None:
     settings = test_env.settings.model_copy(update={"key_prefix": test_env.settings.key_prefix.rstrip(":")})
@@ -157,3 +163,23 @@ def test_the_readme_reader_example_searches_the_current_generation_through_the_a
     assert [
         gens.store(1).key(hit.drug_id) for hit in gens.store(1).search(vector, 5, index=gens.alias)
     ] == keys
+
+
+def test_a_search_mid_rebuild_embeds_as_the_current_generation_not_as_the_settings(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current at 128 dimensions, and settings already at 256 for a rebuild
+    gens = RedisGenerations(build_store(test_env.settings))
+    first = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(first.number))
+    gens.switch(first.number)
+    wider = test_env.settings.model_copy(update={"embedding_dim": 256})
+
+    # WHEN drugsync's search runs with those settings
+    with Services(wider) as services:
+        hits = search(services, "amoxicillin 500 mg capsule", K)
+
+    # THEN it embedded the query at 128 dimensions and answered from generation 1
+    vector = HashingEmbedder(128, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    assert len(hits) == K
+    assert hits == gens.store(1).search(vector, K)
