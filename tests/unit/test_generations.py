@@ -114,6 +114,7 @@ def _rebuilding_world(count: int = 12) -> tuple[World, FakeGenerations]:
     world = World(count=count)
     gens = FakeGenerations()
     world.env.generations = gens
+    world.env.sweep_page_size = 5  # a retirement takes several SCAN pages
     return world, gens
 
 
