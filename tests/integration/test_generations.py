@@ -183,3 +183,29 @@ def test_a_search_mid_rebuild_embeds_as_the_current_generation_not_as_the_settin
     vector = HashingEmbedder(128, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
     assert len(hits) == K
     assert hits == gens.store(1).search(vector, K)
+
+
+@pytest.mark.parametrize("new_dimension", [128, 256])
+def test_a_search_whose_alias_moved_after_the_registry_was_read_reads_again(
+    test_env: Isolated, new_dimension: int
+) -> None:
+    # GIVEN the registry read while generation 1 was current, then the alias moved to generation 2
+    gens = RedisGenerations(build_store(test_env.settings))
+    first = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(first.number))
+    gens.switch(first.number)
+    second = gens.begin(f"hashing-v1-{new_dimension}", new_dimension, "run-2")
+    _filled(gens.store(second.number), dimension=new_dimension)
+    with Services(test_env.settings) as services:
+        before = services.generations.read()
+        gens.switch(second.number)
+        reads = iter([before])
+        real_read = services.generations.read
+        services.generations.read = lambda: next(reads, None) or real_read()  # type: ignore[method-assign]
+
+        # WHEN drugsync's search embeds for generation 1 and meets generation 2 behind the alias
+        hits = search(services, "amoxicillin 500 mg capsule", K)
+
+    # THEN it read the registry again and answered from generation 2, with its dimension
+    vector = HashingEmbedder(new_dimension, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    assert hits == gens.store(second.number).search(vector, K)
