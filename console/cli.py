@@ -25,6 +25,7 @@ from console.watch import DEFAULT_INTERVAL, interval_seconds, watch_run
 from producer.plan import range_size_that_fits, resume_run
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError
+from shared.generations import RedisGenerations
 from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest, SyncSummary
 from shared.postgres import free_connections
 from shared.redact import redact_text
@@ -278,8 +279,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
         redis_limit=found.store.memory_limit(), postgres_free=free_connections(found.db),
         redis_eviction=(policy, durability),
     )  # fmt: skip
-    print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
+    aliases = describe_aliases(found.generations)
+    print(json.dumps({**plan.to_json(), "aliases": aliases}, indent=2) if args.json else render_plan(plan))
+    if not args.json:
+        print(f"index alias: {aliases}")
     return 0
+
+
+def describe_aliases(generations: RedisGenerations) -> str:
+    """Whether readers switch with the alias, on this server: tried on the current generation's index."""
+    live = generations.read().live
+    if live is None:
+        return "tried when the first generation is begun (FT.ALIASUPDATE on a scratch alias)"
+    if generations.supports_aliases(live.index):
+        return f"FT.ALIASUPDATE works: readers of {generations.alias} move to a rebuild at once"
+    return (
+        "this server has no FT.ALIASUPDATE: the registry's current is the switch; readers that follow"
+        f" it (drugsync search) move at once, a reader of {generations.alias} by name finds no index"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

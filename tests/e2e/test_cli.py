@@ -147,6 +147,7 @@ def test_plan_prints_the_figures_for_the_table_and_for_494000_drugs(user_env: di
         "Redis eviction: maxmemory-policy noeviction",
         "cost estimate (USD):",
         "price assumptions:",
+        "index alias: FT.ALIASUPDATE works: readers of idx:drugs move to a rebuild at once",
     ):
         assert figure in table.stdout
     big = json.loads(drugsync(user_env, "plan", "--drugs", "494000", "--json").stdout)
@@ -563,3 +564,6 @@ def test_a_new_embedding_dimension_rebuilds_into_a_new_generation_by_itself(user
     status = json.loads(drugsync(wider, "status", "--json").stdout)
     assert status["run"]["state"] == "complete"
     assert status["generations"]["current"]["number"] == 2
+    assert (status["run"]["mode"], status["run"]["generation"]) == ("rebuild", 2)
+    text = drugsync(wider, "status").stdout
+    assert f"generation 2 current (hashing-v1-256, {alias}@2)" in text
