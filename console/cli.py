@@ -237,6 +237,8 @@ def cmd_redrive(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     found = services()
     report = verify(found.catalog, found.current_store, found.current_embedder.name)
+    if args.repair and not report.clean and found.generations.read().current is None:
+        raise ConfigError("nothing is synced yet, so nothing to repair: run `drugsync sync` first")
     if args.repair and not report.clean:
         waiting = (
             dead_lettered_ids(list_dead_letters(found.sqs_client(), found.dead_letter.queue_url))

@@ -59,7 +59,10 @@ def switch_generation(progress: RunProgress, env: SyncEnv, deadline: Deadline) -
     if not retried(env, deadline, lambda: env.ledger.claim_switch(run_id, env.claim_seconds)):
         return False
     try:
-        refusal = _refusal(gens, number, progress, env, deadline)
+        if number not in retried(env, deadline, gens.read).generations:
+            refusal: str | None = f"generation {number} was retired (a later rebuild replaced it)"
+        else:
+            refusal = _refusal(gens, number, progress, env, deadline)
         if refusal is not None:
             retried(env, deadline, lambda: env.ledger.record_switch_error(run_id, refusal))
             env.telemetry.count("SwitchesRefused")

@@ -29,6 +29,7 @@ from shared.redis_store import RedisDocumentStore, execute
 
 CURRENT = "current"
 ALIASES = "aliases"
+NEXT = "next"
 LEGACY = 0
 LEGACY_EMBEDDER = "unknown (from before generations)"
 
@@ -194,7 +195,7 @@ class RedisGenerations:
     def begin(self, embedder: str, dimension: int, run_id: str) -> Generation:
         """Record a new generation (state building) and create its index; readers do not see it."""
         registry = self.read()
-        number = max([0, *registry.generations]) + 1
+        number = self._next_number(registry)
         prefix = generation_prefix(self.base.key_prefix, number)
         others = [g.prefix for g in registry.generations.values()] + [self.base.key_prefix]
         clashes = nesting([*dict.fromkeys([*others, prefix])])
@@ -217,6 +218,17 @@ class RedisGenerations:
         with translate_errors("recording alias support", self._client):
             self._client.hset(self.key, ALIASES, "1" if self.supports_aliases(generation.index) else "0")
         return generation
+
+    def _next_number(self, registry: Registry) -> int:
+        """A number never used before, even by a generation retired and forgotten since: a late
+        message of the run that wrote it must not find a new generation under its number."""
+        with translate_errors("numbering a generation", self._client):
+            number = int(self._client.hincrby(self.key, NEXT, 1))
+            highest = max([0, *registry.generations])
+            if number <= highest:
+                self._client.hset(self.key, NEXT, str(highest + 1))
+                number = highest + 1
+        return number
 
     def adopt(self, number: int, run_id: str) -> None:
         """A run continues a generation begun by an earlier one: it is now the run that switches it."""

@@ -101,6 +101,9 @@ def test_the_alias_moves_atomically_under_search_load_and_the_old_generation_is_
     gens.forget(1)
     assert (removed, gens.store(1).count_documents(), sorted(gens.read().generations)) == (DOCUMENTS, 0, [2])
     assert gens.store(2).count_documents() == DOCUMENTS
+    # AND a number is never used twice, not even that of a generation retired and forgotten
+    gens.forget(gens.begin("hashing-v1-128", 128, "run-3").number)
+    assert gens.begin("hashing-v1-128", 128, "run-4").number == 4
 
 
 def test_a_deployment_from_before_generations_is_generation_0_and_its_switch_never_fails_a_search(

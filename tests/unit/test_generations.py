@@ -216,3 +216,26 @@ def test_the_current_generation_is_never_retired() -> None:
             RetireMessage(run_id=summary.run_id, generation=1), world.env, FakeDeadline(world.clock, 1000)
         )
     assert len(gens.store(1).documents) == 12
+
+
+def test_a_run_whose_generation_was_retired_meanwhile_never_switches_to_it() -> None:
+    # GIVEN a rebuild whose generation is retired (a later rebuild replaced it) before its end
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    rebuild = _start(world, gens, mode="rebuild")
+    bodies = list(world.work_queue.bodies)
+    world.work_queue.bodies.clear()
+    for body in bodies[:-1]:
+        sync_message(parse_message(body), world.env, FakeDeadline(world.clock, 1000))
+    gens.forget(2)
+
+    # WHEN its last range and sweep are done
+    world.work_queue.bodies[:0] = bodies[-1:]
+    _drain(world)
+
+    # THEN readers stay on generation 1 and the run says why it did not switch
+    progress = world.ledger.progress(rebuild.run_id)
+    assert progress is not None
+    assert (gens.read().current, gens.switches) == (1, [1])
+    assert progress.switch_error == "generation 2 was retired (a later rebuild replaced it)"
