@@ -15,7 +15,7 @@ from shared.generations import (
     nesting,
     switch_refusal,
 )
-from shared.models import Generation, RetireMessage, SyncRequest, parse_message
+from shared.models import AnyMessage, Generation, RetireMessage, SyncRequest, parse_message
 from shared.ports import GenerationCounts
 from tests.fakes import FakeDeadline, FakeGenerations
 from tests.unit.test_sync_range import World
@@ -239,3 +239,64 @@ def test_a_run_whose_generation_was_retired_meanwhile_never_switches_to_it() -> 
     assert progress is not None
     assert (gens.read().current, gens.switches) == (1, [1])
     assert progress.switch_error == "generation 2 was retired (a later rebuild replaced it)"
+
+
+def test_a_retirement_short_of_time_continues_from_its_cursor_and_removes_every_key() -> None:
+    # GIVEN generation 1 replaced by generation 2, its retirement not yet run
+    world, gens = _rebuilding_world(count=30)
+    _start(world, gens)
+    _drain(world)
+    rebuild = _start(world, gens, mode="rebuild")
+    messages = [parse_message(body) for body in world.work_queue.bodies]
+    world.work_queue.bodies.clear()
+    for message in messages:
+        sync_message(message, world.env, FakeDeadline(world.clock, 1000))
+    while not any('"retire"' in body for body in world.work_queue.bodies):
+        sync_message(
+            parse_message(world.work_queue.bodies.pop(0)), world.env, FakeDeadline(world.clock, 1000)
+        )
+    retire = parse_message(world.work_queue.bodies.pop())
+    assert isinstance(retire, RetireMessage)
+    assert (retire.run_id, retire.generation) == (rebuild.run_id, 1)
+
+    # WHEN each invocation has time for about two pages of 5 keys
+    world.env.sweep_page_size = 5
+    world.env.margin_seconds = 0
+    clock = world.clock
+    real_unlink = gens.unlink_page
+
+    def slow_unlink(number: int, cursor: int, count: int) -> tuple[int, int]:
+        clock.sleep(1.0)
+        return real_unlink(number, cursor, count)
+
+    gens.unlink_page = slow_unlink  # type: ignore[method-assign]
+    invocations, pending = 0, list[AnyMessage]([retire])
+    while pending:
+        outcome = sync_message(pending.pop(), world.env, FakeDeadline(clock, 2.5))
+        invocations += 1
+        pending += [parse_message(body) for body in world.work_queue.bodies]
+        world.work_queue.bodies.clear()
+
+    # THEN it took several invocations, continued from its cursor, and generation 1 is gone
+    assert invocations >= 3
+    assert outcome.continued_at is None
+    assert gens.store(1).documents == {}
+    assert sorted(gens.read().generations) == [2]
+
+
+def test_a_new_run_retires_what_an_earlier_switch_left_retiring() -> None:
+    # GIVEN generation 1 left retiring (its retire message was lost) and generation 2 current
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    _start(world, gens, mode="rebuild")
+    _drain(world)
+    gens._put(_generation(1, "retiring"))  # as switch() leaves it, before the retire message
+    world.work_queue.bodies.clear()
+
+    # WHEN the next run starts
+    summary = _start(world, gens)
+
+    # THEN a retire message for generation 1 goes out with its ranges
+    retires = [m for m in map(parse_message, world.work_queue.bodies) if isinstance(m, RetireMessage)]
+    assert [(m.run_id, m.generation) for m in retires] == [(summary.run_id, 1)]
