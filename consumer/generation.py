@@ -90,7 +90,13 @@ def _refusal(
             f"generation {number}'s index holds {counts.indexed:,} of {counts.documents:,} documents:"
             " still indexing; the switch is tried again"
         )
-    eligible = retried(env, deadline, env.catalog.count_eligible)
+    # A capped run (only ever the first generation: the producer refuses others) holds what Postgres
+    # had in its ranges when each was done; a whole run, every eligible drug now.
+    capped = retried(env, deadline, lambda: env.ledger.max_drugs(progress.run_id)) is not None
+    if capped:
+        eligible = progress.drugs_done + progress.open_failures
+    else:
+        eligible = retried(env, deadline, env.catalog.count_eligible)
     return switch_refusal(counts, eligible, progress.open_failures, env.canary_k)
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError, EnqueueFailed
-from shared.generations import Choice, choose_generation
+from shared.generations import Choice, Registry, choose_generation
 from shared.models import (
     BIGINT_MAX,
     BIGINT_MIN,
@@ -46,6 +46,7 @@ def start_sync(
     run_id = uuid.uuid4()
     registry = generations.read()
     choice = choose_generation(request.mode, registry, embedder_name)
+    refuse_partial_switch(request, registry, choice)
     number = open_generation(choice, run_id, generations, embedder_name, embedding_dim)
     retiring = [*choice.retire, *(g.number for g in registry.retiring())]
     for old in retiring:
@@ -69,6 +70,18 @@ def start_sync(
         enqueue_seconds=round(enqueued - planned, 3),
         mode=choice.mode,
         generation=number,
+    )
+
+
+def refuse_partial_switch(request: SyncRequest, registry: Registry, choice: Choice) -> None:
+    """A capped run may build the first generation or write the current one, never replace it:
+    readers would switch from the whole catalog to part of it."""
+    live = registry.live
+    if request.max_drugs is None or live is None or choice.number == live.number:
+        return
+    raise ConfigError(
+        f"a run capped at {request.max_drugs} drugs cannot {choice.mode} generation {live.number}"
+        " (readers would switch to part of the catalog): run it without --max-drugs"
     )
 
 

@@ -205,6 +205,8 @@ SELECT first_id, last_id, expected_count FROM drugsync_ranges
 WHERE run_id = %(run_id)s AND done_at IS NULL ORDER BY first_id
 """
 
+RUN_MAX_DRUGS = "SELECT max_drugs FROM drugsync_runs WHERE run_id = %(run_id)s"
+
 LATEST_RUN = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT 1"
 
 RECENT_RUNS = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT %(limit)s"
@@ -325,6 +327,12 @@ class PostgresLedger:
 
     def mark_switched(self, run_id: UUID) -> None:
         self._execute(MARK_SWITCHED, {"run_id": run_id}, "recording the switch")
+
+    def max_drugs(self, run_id: UUID) -> int | None:
+        """The cap of a proof-of-concept run (`sync --max-drugs`), None for a run of the whole catalog."""
+        with translate_errors("reading a run's cap"):
+            row = self._db.connection().execute(RUN_MAX_DRUGS, {"run_id": run_id}).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         with translate_errors("reading ranges not done"):

@@ -121,6 +121,7 @@ class FakeLedger:
             "started": datetime.now(UTC),
             "mode": mode,
             "generation": generation,
+            "max_drugs": max_drugs,
         }
 
     def _planned(self, run_id: UUID, first_id: int) -> PlannedRange | None:
@@ -240,6 +241,10 @@ class FakeLedger:
     def mark_switched(self, run_id: UUID) -> None:
         self._set(run_id, "switched", datetime.now(UTC))
         self._set(run_id, "switch_error", None)
+
+    def max_drugs(self, run_id: UUID) -> int | None:
+        cap: int | None = self.runs.get(run_id, {}).get("max_drugs")
+        return cap
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         ranges = self.runs.get(run_id, {}).get("ranges", [])

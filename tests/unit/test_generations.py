@@ -300,3 +300,30 @@ def test_a_new_run_retires_what_an_earlier_switch_left_retiring() -> None:
     # THEN a retire message for generation 1 goes out with its ranges
     retires = [m for m in map(parse_message, world.work_queue.bodies) if isinstance(m, RetireMessage)]
     assert [(m.run_id, m.generation) for m in retires] == [(summary.run_id, 1)]
+
+
+def test_a_capped_first_run_switches_readers_to_what_it_synced() -> None:
+    world, gens = _rebuilding_world(count=30)
+    summary = start_sync(
+        SyncRequest(max_drugs=10), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,
+        generations=gens, embedder_name=world.embedder.name, embedding_dim=32, default_range_size=5,
+    )  # fmt: skip
+
+    _drain(world)
+
+    progress = world.ledger.progress(summary.run_id)
+    assert progress is not None
+    assert (progress.state, gens.read().current, len(gens.store(1).documents)) == ("complete", 1, 10)
+
+
+def test_a_capped_run_that_would_replace_the_current_generation_is_refused() -> None:
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    with pytest.raises(ConfigError, match=r"capped at 10 drugs cannot rebuild generation 1"):
+        start_sync(
+            SyncRequest(max_drugs=10, mode="rebuild"), catalog=world.catalog, ledger=world.ledger,
+            queue=world.work_queue, generations=gens, embedder_name=world.embedder.name, embedding_dim=32,
+            default_range_size=5,
+        )  # fmt: skip
+    assert sorted(gens.read().generations) == [1]  # nothing begun
