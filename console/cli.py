@@ -25,6 +25,7 @@ from console.watch import DEFAULT_INTERVAL, interval_seconds, watch_run
 from producer.plan import range_size_that_fits, resume_run
 from shared.describe import describe_error
 from shared.errors import ConfigError, DrugSyncError
+from shared.generations import RedisGenerations
 from shared.models import MAX_ROWS_PER_MESSAGE, SyncRequest, SyncSummary
 from shared.postgres import free_connections
 from shared.redact import redact_text
@@ -74,8 +75,14 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """A sync into a new generation, whatever the current one holds: readers move when it is verified."""
+    args.mode = "rebuild"
+    return cmd_sync(args)
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
-    mode = "incremental" if args.incremental else "full"
+    mode = "incremental" if args.incremental else getattr(args, "mode", "full")
     request = SyncRequest(
         range_size=args.range_size, max_drugs=args.max_drugs, mode=mode, supersede=args.supersede
     )
@@ -115,7 +122,7 @@ def print_summary(summary: SyncSummary, as_json: bool) -> None:
         print(
             f"run {summary.run_id}: {summary.eligible_drugs:,} drugs in {summary.ranges:,} ranges,"
             f" {summary.messages_sent:,} messages (plan {summary.plan_seconds}s,"
-            f" enqueue {summary.enqueue_seconds}s)"
+            f" enqueue {summary.enqueue_seconds}s); {summary.mode} into generation {summary.generation}"
         )
         for superseded in summary.superseded:
             print(f"superseded run {superseded}: its remaining messages are dropped")
@@ -204,8 +211,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     run_id = UUID(args.run) if args.run else None
     if args.watch:
         interval = args.interval or DEFAULT_INTERVAL
-        return watch_run(found.ledger, found.catalog, found.store, queue, found.dead_letter, run_id, interval)
-    report = gather_status(found.ledger, found.catalog, found.store, queue, found.dead_letter, run_id)
+        return watch_run(
+            found.ledger, found.catalog, found.read_current_store, queue, found.dead_letter, run_id, interval
+        )
+    report = gather_status(
+        found.ledger, found.catalog, found.current_store, queue, found.dead_letter, run_id, found.generations
+    )
     print(json.dumps(report.to_json(), indent=2) if args.json else render_status(report))
     return 0
 
@@ -282,7 +293,9 @@ def cmd_redrive(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     found = services()
-    report = verify(found.catalog, found.store, found.embedder.name)
+    report = verify(found.catalog, found.current_store, found.current_embedder.name)
+    if args.repair and not report.clean and found.generations.read().current is None:
+        raise ConfigError("nothing is synced yet, so nothing to repair: run `drugsync sync` first")
     if args.repair and not report.clean:
         waiting = (
             dead_lettered_ids(list_dead_letters(found.sqs_client(), found.dead_letter.queue_url))
@@ -291,13 +304,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
         report.repair = repair(
             report,
-            found.store,
+            found.current_store,
             found.ledger,
             found.queue,
-            found.embedder.dimension,
+            found.current_embedder.dimension,
             found.settings.range_size,
             waiting,
             source_table=found.catalog.table_name,
+            generation=found.generations.read().current,
         )
     print(json.dumps(report.to_json(), indent=2) if args.json else render_report(report))
     return 0 if report.clean else 1
@@ -325,8 +339,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
         redis_limit=found.store.memory_limit(), postgres_free=free_connections(found.db),
         redis_eviction=(policy, durability),
     )  # fmt: skip
-    print(json.dumps(plan.to_json(), indent=2) if args.json else render_plan(plan))
+    aliases = describe_aliases(found.generations)
+    print(json.dumps({**plan.to_json(), "aliases": aliases}, indent=2) if args.json else render_plan(plan))
+    if not args.json:
+        print(f"index alias: {aliases}")
     return 0
+
+
+def describe_aliases(generations: RedisGenerations) -> str:
+    """Whether readers switch with the alias, on this server: tried on the current generation's index."""
+    live = generations.read().live
+    if live is None:
+        return "tried when the first generation is begun (FT.ALIASUPDATE on a scratch alias)"
+    if generations.supports_aliases(live.index):
+        return f"FT.ALIASUPDATE works: readers of {generations.alias} move to a rebuild at once"
+    return (
+        "this server has no FT.ALIASUPDATE: the registry's current is the switch; readers that follow"
+        f" it (drugsync search) move at once, a reader of {generations.alias} by name finds no index"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -385,6 +415,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     capture_status.add_argument("--json", action="store_true")
     capture.set_defaults(handler=cmd_capture)
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="sync every drug into a new generation; readers move to it once it is complete and verified",
+        parents=[on_stack],
+    )
+    rebuild.add_argument("--range-size", type=_positive)
+    rebuild.add_argument("--json", action="store_true")
+    rebuild.add_argument(
+        "--supersede",
+        action="store_true",
+        help="take over from an active run instead of being refused (its remaining messages are dropped)",
+    )
+    rebuild.set_defaults(handler=cmd_rebuild, max_drugs=None, code=None, incremental=False)
 
     work = commands.add_parser("work", help="run consumers the way Lambda's SQS trigger does")
     work.add_argument("--batch-size", type=_positive, default=1, help="records per invocation")

@@ -17,6 +17,7 @@ from shared.errors import InvalidMessage, UnavailableError
 from shared.models import (
     MAX_ROWS_PER_MESSAGE,
     ChangesMessage,
+    RetireMessage,
     RowsMessage,
     SweepMessage,
     pack_rows_messages,
@@ -57,6 +58,8 @@ class DeadLetter:
             return f"sweep from cursor {message.cursor}"
         if isinstance(message, ChangesMessage):
             return ",".join(str(i) for i in message.ids)
+        if isinstance(message, RetireMessage):
+            return f"retire generation {message.generation} from cursor {message.cursor}"
         return f"{message.first_id}..{message.last_id}"
 
     @property

@@ -12,6 +12,9 @@ from console.paths import state_dir
 from console.seed import seed_drugs
 from console.services import Services
 from console.status import Counts, describe_run, gather_counts, render_run_line
+from shared.embedders import build_embedder_for
+from shared.errors import ConfigError, GenerationMoved
+from shared.generations import LEGACY
 from shared.models import SyncRequest
 from shared.redis_store import SearchHit
 
@@ -63,7 +66,7 @@ def run_demo(
     eligible = seed_drugs(services.conn, settings, drugs)
     out.write(f"seeded {drugs:,} drugs ({eligible:,} eligible) in {time.perf_counter() - began:.1f}s\n")
     # A new synthetic catalog replaces the old one, so its Redis copy starts from nothing too.
-    removed = services.store.clear()
+    removed = services.generations.clear_all()
     if removed:
         out.write(f"cleared {removed:,} documents of an earlier demo from Redis\n")
 
@@ -93,7 +96,7 @@ def run_demo(
         f" (ranges, continuations, the sweep), {stats.failed} failed,"
         f" {stats.timeouts} timeouts (logs: {logs})\n"
     )
-    counts = gather_counts(services.catalog, services.store)
+    counts = gather_counts(services.catalog, services.current_store)
     out.write(render_counts(counts) + "\n")
     out.write(render_search(services, DEMO_QUERY, 5) + "\n")
     return counts
@@ -112,8 +115,30 @@ def render_counts(counts: Counts) -> str:
 
 
 def search(services: Services, text: str, k: int) -> list[SearchHit]:
-    """The k drugs nearest to `text`, embedded as the documents were."""
-    return services.store.search(services.embedder.embed_texts([text])[0], k)
+    """The k drugs nearest to `text` through the alias, embedded as the current generation's documents were.
+
+    The registry names the generation (and its embedder) the alias points at; if the alias moved
+    between that read and the search (another dimension, hits under another prefix), read again once.
+    """
+    for attempt in (1, 2):
+        registry = services.generations.read()
+        live = registry.live
+        if live is None:
+            raise ConfigError("nothing is synced yet: run `drugsync sync` and `drugsync work` first")
+        embedder = (
+            services.embedder
+            if live.number == LEGACY
+            else build_embedder_for(services.settings, live.embedder, live.dimension)
+        )
+        store = services.generations.store(live.number)
+        # Without aliases (a server lacking FT.ALIASUPDATE) the registry's current is the switch.
+        index = services.generations.alias if registry.aliases else live.index
+        try:
+            return store.search(embedder.embed_texts([text])[0], k, index=index)
+        except GenerationMoved:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def render_search(services: Services, text: str, k: int) -> str:

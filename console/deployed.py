@@ -196,7 +196,7 @@ def invoke_producer(lambda_client: Any, function_name: str, request: SyncRequest
     """Start a run with the deployed producer (RequestResponse) and return its summary."""
     # Only what differs from the defaults: a producer deployed before a field existed still accepts
     # every request that does not use it (its event model forbids unknown fields).
-    payload = request.model_dump_json(exclude_defaults=True).encode()
+    payload = request.model_dump_json(exclude_none=True, exclude_defaults=True).encode()
     try:
         with _aws_errors(f"function {function_name}"):
             response = _invoke_once(lambda_client, function_name, payload)

@@ -8,7 +8,8 @@ import psycopg
 
 from producer.handler import Producer
 from shared.capture import ChangeCapture
-from shared.embedders import BatchingEmbedder, build_embedder
+from shared.embedders import BatchingEmbedder, build_embedder, build_embedder_for
+from shared.generations import LEGACY, RedisGenerations
 from shared.ledger import PostgresLedger
 from shared.postgres import Database, PostgresCatalog
 from shared.queue import SqsQueue
@@ -49,6 +50,28 @@ class Services:
     @cached_property
     def store(self) -> RedisDocumentStore:
         return build_store(self.settings)
+
+    @cached_property
+    def generations(self) -> RedisGenerations:
+        return RedisGenerations(self.store)
+
+    @cached_property
+    def current_store(self) -> RedisDocumentStore:
+        """The store of the generation readers use now (the alias's target); the base store if none."""
+        return self.read_current_store()
+
+    def read_current_store(self) -> RedisDocumentStore:
+        """The current generation's store, read from the registry again at each call."""
+        live = self.generations.read().live
+        return self.store if live is None else self.generations.store(live.number)
+
+    @cached_property
+    def current_embedder(self) -> BatchingEmbedder:
+        """The embedder that made the current generation's documents (the settings' if none is recorded)."""
+        live = self.generations.read().live
+        if live is None or live.number == LEGACY:
+            return self.embedder
+        return build_embedder_for(self.settings, live.embedder, live.dimension)
 
     @cached_property
     def queue(self) -> SqsQueue:

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from shared.generations import RedisGenerations, describe
 from shared.ledger import PostgresLedger
 from shared.ports import Catalog, RunProgress
 from shared.queue import QueueDepth, SqsQueue
@@ -38,9 +39,11 @@ class StatusReport:
     queue: QueueDepth | None
     dead_letter: QueueDepth | None
     counts: Counts | None  # None while `status --watch` refreshes the run and queues only
+    generations: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "generations": self.generations,
             "run": self.run,
             "queue": asdict(self.queue) if self.queue else None,
             "dead_letter": asdict(self.dead_letter) if self.dead_letter else None,
@@ -77,6 +80,11 @@ def advice(run: dict[str, Any]) -> str | None:
         )
     if run["state"] == "superseded":
         return "another run took over its claim: its messages are dropped and it will not finish"
+    if run["state"] == "switch_refused":
+        return (
+            f"readers stay on the current generation: {run['switch_error']}; once fixed, `drugsync sync`"
+            f" continues generation {run['generation']} (unchanged drugs are skipped) and switches again"
+        )
     if run["state"] == "stalled":
         return (
             f"nothing of it is queued or in flight and nothing moved for {STALL_SECONDS // 60} min:"
@@ -94,6 +102,9 @@ def describe_run(progress: RunProgress, now: datetime, queue: QueueDepth | None 
         "mode": progress.mode,
         "state": run_state(progress, queue, now),
         "enqueue_error": progress.enqueue_error,
+        "generation": progress.generation,
+        "switched_at": progress.switched_at.isoformat() if progress.switched_at else None,
+        "switch_error": progress.switch_error,
         "documents_removed": progress.documents_removed,
         "announced": progress.announced_at is not None,
         "failed_drugs": progress.open_failures,
@@ -120,6 +131,7 @@ def gather_status(
     queue: SqsQueue | None,
     dead_letter: SqsQueue | None,
     run_id: UUID | None = None,
+    generations: RedisGenerations | None = None,
 ) -> StatusReport:
     ledger.ensure_schema()
     chosen = run_id or ledger.latest_run_id()
@@ -128,7 +140,8 @@ def gather_status(
     if run is not None and run["failed_drugs"]:
         failures = ledger.open_failures(UUID(run["run_id"]))[:MAX_LISTED_FAILURES]
         run = {**run, "failures": [asdict(failure) for failure in failures]}
-    return replace(report, run=run, counts=gather_counts(catalog, store))
+    described = describe(generations.read()) if generations is not None else None
+    return replace(report, run=run, counts=gather_counts(catalog, store), generations=described)
 
 
 def gather_progress(
@@ -190,9 +203,26 @@ def render_status(report: StatusReport) -> str:
             f" {report.queue.delayed} delayed"
             + (f"; dead-letter: {report.dead_letter.visible}" if report.dead_letter else "")
         )
+    if report.generations is not None:
+        lines.append(render_generations(report.generations))
     if report.counts is not None:
         lines.append(render_counts(report.counts))
     return "\n".join(lines)
+
+
+def render_generations(generations: dict[str, Any]) -> str:
+    """Which generation readers use, and which are being built or removed."""
+    current = generations["current"]
+    parts = [
+        "generation: none yet"
+        if current is None
+        else f"generation {current['number']} current ({current['embedder']}, {current['index']})"
+    ]
+    parts += [f"{g['number']} building ({g['embedder']})" for g in generations["building"]]
+    parts += [f"{g['number']} retiring" for g in generations["retiring"]]
+    if not generations["aliases"]:
+        parts.append("no FT.ALIASUPDATE on this server: readers follow the registry's current")
+    return "; ".join(parts)
 
 
 def render_counts(counts: Counts) -> str:

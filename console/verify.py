@@ -1,4 +1,7 @@
-"""`drugsync verify [--repair]`: does Redis hold every eligible drug, current, and nothing else?"""
+"""`drugsync verify [--repair]`: does Redis hold every eligible drug, current, and nothing else?
+
+Redis here is the generation readers use now (the alias's target); a repair writes into it.
+"""
 
 import bisect
 import time
@@ -111,6 +114,7 @@ def repair(
     range_size: int,
     waiting: set[int],
     source_table: str | None = None,
+    generation: int | None = None,
 ) -> dict[str, Any]:
     """Start a run of the fewest ranges that fix missing and stale drugs; its sweep removes extras.
 
@@ -125,7 +129,7 @@ def repair(
     # A repair run covers only some ranges: its own mode, so it is never the base of an incremental run.
     run_id, _ = enqueue_run(
         ranges, range_size, None, ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
-        mode="repair", source_table=source_table,
+        mode="repair", source_table=source_table, generation=generation,
     )  # fmt: skip
     return {
         "extras_to_remove": len(report.drift.extra),

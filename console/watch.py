@@ -239,21 +239,24 @@ def watch(
 def watch_run(
     ledger: PostgresLedger,
     catalog: Catalog,
-    store: RedisDocumentStore,
+    store: Callable[[], RedisDocumentStore],
     queue: SqsQueue | None,
     dead_letter: SqsQueue | None,
     run_id: UUID | None,
     interval: float,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Watch `run_id` (default: the latest run, chosen once) on the real ledger, queues and stores."""
+    """Watch `run_id` (default: the latest run, chosen once) on the real ledger, queues and stores.
+
+    `store` gives the generation readers use when the counts are taken: a rebuild moves them at its end.
+    """
     ledger.ensure_schema()
     chosen = run_id or ledger.latest_run_id()
     if chosen is None:
         raise ConfigError("no sync run recorded yet: nothing to watch (start one with `drugsync sync`)")
     return watch(
         read=lambda now: gather_progress(ledger, queue, dead_letter, chosen, now),
-        count=lambda: gather_counts(catalog, store),
+        count=lambda: gather_counts(catalog, store()),
         screen=Screen(out, in_place=out.isatty()),
         interval=interval,
         clock=lambda: datetime.now(UTC),

@@ -4,9 +4,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
+from uuid import UUID
 
 from consumer.pacing import Deadline
-from shared.ports import Catalog, DocumentStore, Embedder, Ledger, WorkQueue
+from shared.ports import Catalog, DocumentStore, Embedder, Generations, Ledger, WorkQueue
 from shared.retry import RetryPolicy
 from shared.telemetry import Announcer, NoAnnouncer, NoTelemetry, Telemetry
 
@@ -35,6 +36,12 @@ class SyncEnv:
     # it: two consumer timeouts, so a dead holder's message, redelivered after the visibility
     # timeout (at least six), finds it lapsed, and a live holder is never doubled.
     claim_seconds: float = 240.0
+    # The generations of the Redis copy: each run writes its own (recorded in the ledger), and its
+    # end sends readers there. None: `store` is the only one (the unit tests' single store).
+    generations: Generations | None = None
+    # Run id -> the store of its generation, kept by the process: one ledger read per run.
+    run_stores: dict[UUID, DocumentStore] = field(default_factory=dict)
+    canary_k: int = 10
 
 
 @dataclass(frozen=True)

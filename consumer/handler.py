@@ -1,9 +1,10 @@
 """Consumer Lambda: SQS partial batch responses over consumer.sync.sync_message."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+from uuid import UUID
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -16,8 +17,9 @@ from consumer.sync import Outcome, SyncEnv, sync_message
 from shared.describe import describe_error
 from shared.embedders import build_embedder
 from shared.errors import InvalidMessage, ThrottledError
-from shared.models import AnyMessage, ChangesMessage, RowsMessage, SweepMessage, parse_message
-from shared.ports import Catalog, DocumentStore, Embedder, Ledger, RunProgress, WorkQueue
+from shared.generations import RedisGenerations
+from shared.models import AnyMessage, ChangesMessage, RetireMessage, RowsMessage, SweepMessage, parse_message
+from shared.ports import Catalog, DocumentStore, Embedder, Generations, Ledger, RunProgress, WorkQueue
 from shared.postgres import Database
 from shared.retry import RetryPolicy
 from shared.settings import Settings, get_settings
@@ -86,6 +88,8 @@ class Consumer:
     dead_letters: WorkQueue
     notifier: Notifier | None = None
     database: Database | None = None
+    generations: Generations | None = None
+    run_stores: dict[UUID, DocumentStore] = field(default_factory=dict)
 
     def close(self) -> None:
         """Close the database connection (a Lambda container never needs to; a test measuring does)."""
@@ -113,6 +117,8 @@ class Consumer:
             telemetry=telemetry,
             announcer=RunAnnouncer(self.notifier),
             claim_seconds=2 * self.settings.consumer_timeout_seconds,
+            generations=self.generations,
+            run_stores=self.run_stores,
         )
 
 
@@ -120,7 +126,10 @@ def build_consumer(settings: Settings) -> Consumer:
     db = open_database(settings)
     embedder = build_embedder(settings)
     store = build_store(settings)
-    store.ensure_index(embedder.dimension)
+    # Each run's generation has its index from the producer; the consumer checks durability only.
+    warning = store.check_durability()
+    if warning:
+        logger.warning(warning)
     ledger = build_ledger(db)
     ledger.ensure_schema()  # messages of runs in flight during an upgrade meet the columns they need
     return Consumer(
@@ -133,6 +142,7 @@ def build_consumer(settings: Settings) -> Consumer:
         dead_letters=build_queue(settings.dlq_url, "DLQ_URL"),
         notifier=SnsNotifier(settings.completion_topic_arn) if settings.completion_topic_arn else None,
         database=db,
+        generations=RedisGenerations(store),
     )
 
 
@@ -201,6 +211,8 @@ def _message_keys(message: AnyMessage) -> dict[str, Any]:
     if isinstance(message, ChangesMessage):
         keys = {"kind": "changes", "range": message.range_key, "ids": len(message.ids)}
         return {"run_id": str(message.run_id), **keys}
+    if isinstance(message, RetireMessage):
+        return {"run_id": str(message.run_id), "kind": "retire", "cursor": message.cursor}
     return {
         "run_id": str(message.run_id),
         "kind": "range",

@@ -1,4 +1,5 @@
-"""A run's definite end: after its ranges, a sweep; after the sweep, one finish and its announcement.
+"""A run's definite end: after its ranges, a sweep; after the sweep, the switch of readers to the
+run's generation (if it is not current yet), then one finish and its announcement.
 
 Any message of the run (a range done now, a redelivered range already done, a sweep, rows back
 from the DLQ) calls advance_run, so the end is reached by whoever gets there, and never lost with
@@ -8,6 +9,7 @@ the one consumer that happened to mark the last range.
 from uuid import UUID
 
 from consumer.env import SyncEnv, retried
+from consumer.generation import needs_switch, switch_generation
 from consumer.pacing import Deadline
 from shared.models import SweepMessage
 
@@ -19,6 +21,10 @@ def advance_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
         return None  # not due yet, or over: a late message costs one read, no claim
     if progress.swept_at is None:
         request_sweep(run_id, env, deadline)
+        return None
+    # Readers move to the run's generation before it finishes; a refused switch leaves it unfinished.
+    switch_due = progress.finished_at is None and needs_switch(progress, env, deadline)
+    if switch_due and not switch_generation(progress, env, deadline):
         return None
     if progress.finished_at is None:
         retried(env, deadline, lambda: env.ledger.finish_run(run_id))  # exactly one caller succeeds

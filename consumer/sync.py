@@ -13,6 +13,7 @@ from functools import partial
 from uuid import UUID
 
 from consumer.env import Outcome, SyncEnv, retried
+from consumer.generation import retire, run_store
 from consumer.pacing import Deadline, Pacer
 from consumer.run_end import advance_run
 from shared.documents import build_document, build_embedding_text, fingerprint
@@ -24,6 +25,7 @@ from shared.models import (
     ChangesMessage,
     Drug,
     RangeMessage,
+    RetireMessage,
     RowFailure,
     RowsMessage,
     SweepMessage,
@@ -36,7 +38,7 @@ MAX_SWEEP_RESTARTS = 3  # walks begun again in one invocation before the server 
 
 
 def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
-    """Do what the message asks, then take the run's next step if it is due.
+    """Do what the message asks in the run's generation, then take the run's next step if it is due.
 
     One ledger round trip first heartbeats the run (its one-writer claim stays alive) and tells
     whether another run superseded it: then the message is dropped, neither written nor failed.
@@ -47,6 +49,10 @@ def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outco
     if touched is not None and touched.superseded:
         env.telemetry.count("MessagesDropped")
         return Outcome(0, dropped=True)
+    if isinstance(message, RetireMessage):
+        outcome = retire(message, env, deadline)
+        return outcome if outcome.continued_at is not None else _advanced(message, env, deadline, outcome)
+    env = replace(env, store=run_store(message.run_id, env, deadline))
     if isinstance(message, RowsMessage):
         outcome = sync_rows(message, env, deadline)
     elif isinstance(message, ChangesMessage):
@@ -57,6 +63,10 @@ def sync_message(message: AnyMessage, env: SyncEnv, deadline: Deadline) -> Outco
         outcome = sync_range(message, env, deadline)
     if outcome.continued_at is not None:
         return outcome  # the rest of this message's work is still queued
+    return _advanced(message, env, deadline, outcome)
+
+
+def _advanced(message: AnyMessage, env: SyncEnv, deadline: Deadline, outcome: Outcome) -> Outcome:
     announced = advance_run(message.run_id, env, deadline)
     return replace(outcome, announced=announced) if announced else outcome
 

@@ -11,7 +11,9 @@ from pydantic import ValidationError
 from producer.plan import range_size_that_fits, start_sync
 from shared.capture import ChangeCapture
 from shared.describe import validation_problems
+from shared.embedders import embedder_name
 from shared.errors import ConfigError
+from shared.generations import RedisGenerations
 from shared.ledger import PostgresLedger
 from shared.models import SyncRequest, SyncSummary
 from shared.postgres import PostgresCatalog
@@ -47,7 +49,8 @@ class Producer:
             catalog=self.catalog,
             ledger=self.ledger,
             queue=self.queue,
-            store=self.store,
+            generations=RedisGenerations(self.store),
+            embedder_name=embedder_name(self.settings),
             embedding_dim=self.settings.embedding_dim,
             default_range_size=self.settings.range_size,
             max_range_size=range_size_that_fits(

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 from producer.send import send_run_messages
 from shared.errors import ConfigError
+from shared.generations import matches
 from shared.models import ChangesMessage, PlannedRange, SweepMessage, SyncSummary, pack_changes
-from shared.ports import Catalog, ChangeFeed, DocumentStore, Ledger, WorkQueue
+from shared.ports import Catalog, ChangeFeed, Generations, Ledger, WorkQueue
 
 FULL_SYNC_FIRST = (
     "no complete full sync of {table} {since}: an incremental run syncs only what changed after one;"
@@ -20,9 +21,9 @@ def start_incremental(
     catalog: Catalog,
     ledger: Ledger,
     queue: WorkQueue,
-    store: DocumentStore,
+    generations: Generations,
     changes: ChangeFeed,
-    embedding_dim: int,
+    embedder_name: str,
     overlap_seconds: float,
     supersede: bool = False,
     claim_seconds: float = 3600.0,
@@ -34,7 +35,7 @@ def start_incremental(
     de-listings whose updated_at was not touched).
     """
     began = time.perf_counter()
-    store.ensure_index(embedding_dim)
+    generation = current_generation(generations, embedder_name)
     ledger.ensure_schema()
     run_id = uuid.uuid4()
     ids, source, sweep = changed_ids(run_id, catalog.table_name, ledger, changes, overlap_seconds)
@@ -44,8 +45,8 @@ def start_incremental(
     planned = time.perf_counter()
     superseded = ledger.start_run(
         run_id, max((len(unit) for unit in units), default=1), None, ranges,
-        mode="incremental", source_table=catalog.table_name, changes_source=source, swept=not sweep,
-        supersede=supersede, claim_seconds=claim_seconds,
+        mode="incremental", generation=generation, source_table=catalog.table_name, changes_source=source,
+        swept=not sweep, supersede=supersede, claim_seconds=claim_seconds,
     )  # fmt: skip
     # Nothing changed: the run still ends, through the one message that takes it to its end.
     bodies = bodies or [SweepMessage(run_id=run_id).model_dump_json()]
@@ -60,10 +61,27 @@ def start_incremental(
         plan_seconds=round(planned - began, 3),
         enqueue_seconds=round(time.perf_counter() - planned, 3),
         mode="incremental",
+        generation=generation,
         changed_ids=len(ids),
         changes_source=source,
         superseded=superseded,
     )
+
+
+def current_generation(generations: Generations, embedder_name: str) -> int:
+    """The generation readers use, which an incremental run writes; refused when there is none, or
+    when it was embedded otherwise than this producer would (a full run rebuilds it first)."""
+    live = generations.read().live
+    if live is None:
+        raise ConfigError("no generation is current in Redis: run a full `drugsync sync` first")
+    if not matches(live, embedder_name):
+        raise ConfigError(
+            f"generation {live.number}, which readers use, was embedded by"
+            f" {live.embedder or 'an unrecorded embedder'} (text template {live.template_version}), not as"
+            f" this producer embeds ({embedder_name}): a full `drugsync sync` rebuilds it first; incremental"
+            " runs follow"
+        )
+    return live.number
 
 
 def changed_ids(

@@ -7,17 +7,20 @@ from dataclasses import replace
 
 from producer.incremental import start_incremental
 from producer.send import send_run_messages
-from shared.errors import ConfigError
+from shared.describe import describe_error
+from shared.errors import ConfigError, DrugSyncError
+from shared.generations import Choice, Registry, choose_generation
 from shared.models import (
     BIGINT_MAX,
     BIGINT_MIN,
     PlannedRange,
     RangeMessage,
+    RetireMessage,
     SweepMessage,
     SyncRequest,
     SyncSummary,
 )
-from shared.ports import Catalog, ChangeFeed, DocumentStore, Ledger, WorkQueue
+from shared.ports import Catalog, ChangeFeed, DocumentStore, Generations, Ledger, WorkQueue
 
 
 def start_sync(
@@ -26,7 +29,8 @@ def start_sync(
     catalog: Catalog,
     ledger: Ledger,
     queue: WorkQueue,
-    store: DocumentStore,
+    generations: Generations,
+    embedder_name: str,
     embedding_dim: int,
     default_range_size: int,
     max_range_size: int | None = None,
@@ -34,21 +38,19 @@ def start_sync(
     changes: ChangeFeed | None = None,
     overlap_seconds: float = 3600.0,
 ) -> SyncSummary:
-    """Start one run of the mode asked for; the index exists before any consumer can write."""
+    """Start one run of the mode asked for, into the generation it writes; its index exists first."""
     if request.mode == "incremental":
         if changes is None:
             raise ConfigError("an incremental run needs the change feed (shared/capture.py)")
         return start_incremental(
-            catalog=catalog, ledger=ledger, queue=queue, store=store, changes=changes,
-            embedding_dim=embedding_dim, overlap_seconds=overlap_seconds,
+            catalog=catalog, ledger=ledger, queue=queue, generations=generations, changes=changes,
+            embedder_name=embedder_name, overlap_seconds=overlap_seconds,
             supersede=request.supersede, claim_seconds=claim_seconds,
         )  # fmt: skip
-    if request.mode != "full":
-        raise ConfigError(f"mode {request.mode!r} is not available in this version: 'full' or 'incremental'")
     return start_full(
-        request, catalog=catalog, ledger=ledger, queue=queue, store=store,
-        embedding_dim=embedding_dim, default_range_size=default_range_size, max_range_size=max_range_size,
-        claim_seconds=claim_seconds,
+        request, catalog=catalog, ledger=ledger, queue=queue, generations=generations,
+        embedder_name=embedder_name, embedding_dim=embedding_dim, default_range_size=default_range_size,
+        max_range_size=max_range_size, claim_seconds=claim_seconds,
     )  # fmt: skip
 
 
@@ -58,13 +60,18 @@ def start_full(
     catalog: Catalog,
     ledger: Ledger,
     queue: WorkQueue,
-    store: DocumentStore,
+    generations: Generations,
+    embedder_name: str,
     embedding_dim: int,
     default_range_size: int,
     max_range_size: int | None = None,
     claim_seconds: float = 3600.0,
 ) -> SyncSummary:
-    """Plan, record and enqueue a full run; the index exists before any consumer can write."""
+    """Plan, record and enqueue a full run (or rebuild) into the generation it writes.
+
+    The one-writer claim is taken (and the run recorded) before any generation is begun or marked
+    retiring: a refused run leaves nothing behind, in the ledger or in Redis.
+    """
     range_size = min(request.range_size or default_range_size, max_range_size or 10**9)
     began = time.perf_counter()
     ranges = catalog.plan_ranges(range_size, request.max_drugs)
@@ -72,26 +79,68 @@ def start_full(
         ranges = cover_id_space(ranges)
     planned = time.perf_counter()
 
-    run_id, superseded = enqueue_run(
-        ranges, range_size, request.max_drugs,
-        ledger=ledger, queue=queue, store=store, embedding_dim=embedding_dim,
-        mode=request.mode, supersede=request.supersede, claim_seconds=claim_seconds,
-        source_table=catalog.table_name,
+    run_id = uuid.uuid4()
+    registry = generations.read()
+    choice = choose_generation(request.mode, registry, embedder_name)
+    refuse_partial_switch(request, registry, choice)
+    ledger.ensure_schema()
+    superseded = ledger.start_run(
+        run_id, range_size, request.max_drugs, ranges,
+        mode=choice.mode, generation=choice.number, source_table=catalog.table_name,
+        supersede=request.supersede, claim_seconds=claim_seconds,
     )  # fmt: skip
+    try:
+        number = open_generation(choice, run_id, generations, embedder_name, embedding_dim)
+        if choice.number is None:
+            ledger.set_generation(run_id, number)
+        retiring = [*choice.retire, *(g.number for g in registry.retiring())]
+        for old in retiring:
+            generations.mark_retiring(old)
+    except DrugSyncError as error:
+        ledger.record_enqueue_error(run_id, f"its generation could not be opened: {describe_error(error)}")
+        raise
+    retire = [RetireMessage(run_id=run_id, generation=old).model_dump_json() for old in retiring]
+    send_run_messages(run_id, [*run_messages(run_id, ranges), *retire], swept_now=not ranges,
+                      ledger=ledger, queue=queue)  # fmt: skip
     enqueued = time.perf_counter()
 
     return SyncSummary(
         run_id=run_id,
         eligible_drugs=sum(planned.drug_count for planned in ranges),
         ranges=len(ranges),
-        messages_sent=max(len(ranges), 1),
+        messages_sent=max(len(ranges), 1) + len(retire),
         range_size=range_size,
         max_drugs=request.max_drugs,
         plan_seconds=round(planned - began, 3),
         enqueue_seconds=round(enqueued - planned, 3),
-        mode=request.mode,
+        mode=choice.mode,
+        generation=number,
         superseded=superseded,
     )
+
+
+def refuse_partial_switch(request: SyncRequest, registry: Registry, choice: Choice) -> None:
+    """A capped run may build the first generation or write the current one, never replace it:
+    readers would switch from the whole catalog to part of it."""
+    live = registry.live
+    if request.max_drugs is None or live is None or choice.number == live.number:
+        return
+    raise ConfigError(
+        f"a run capped at {request.max_drugs} drugs cannot {choice.mode} generation {live.number}"
+        " (readers would switch to part of the catalog): run it without --max-drugs"
+    )
+
+
+def open_generation(
+    choice: Choice, run_id: uuid.UUID, generations: Generations, embedder_name: str, dimension: int
+) -> int:
+    """The number of the generation the run writes: begun now for a new one (its index created),
+    else the one chosen, now switched by this run if it is not yet current."""
+    if choice.number is None:
+        return generations.begin(embedder_name, dimension, str(run_id)).number
+    if choice.mode == "rebuild":
+        generations.adopt(choice.number, str(run_id))
+    return choice.number
 
 
 def enqueue_run(
@@ -104,11 +153,13 @@ def enqueue_run(
     store: DocumentStore,
     embedding_dim: int,
     mode: str = "full",
+    generation: int | None = None,
     source_table: str | None = None,
     supersede: bool = False,
     claim_seconds: float = 3600.0,
 ) -> tuple[uuid.UUID, list[uuid.UUID]]:
-    """Record a new run of these ranges, then send its messages; returns it and the runs it superseded.
+    """Record a new run of these ranges into `store` (its generation's), then send its messages;
+    returns it and the runs it superseded.
 
     Whatever can be checked is checked before the run is recorded (the index, the ledger, every
     message, the one-writer claim), so a refused run leaves nothing behind; a run whose enqueue
@@ -119,8 +170,8 @@ def enqueue_run(
     run_id = uuid.uuid4()
     bodies = run_messages(run_id, ranges)
     superseded = ledger.start_run(
-        run_id, range_size, max_drugs, ranges,
-        mode=mode, supersede=supersede, claim_seconds=claim_seconds, source_table=source_table,
+        run_id, range_size, max_drugs, ranges, mode=mode, generation=generation,
+        supersede=supersede, claim_seconds=claim_seconds, source_table=source_table,
     )  # fmt: skip
     send_run_messages(run_id, bodies, swept_now=not ranges, ledger=ledger, queue=queue)
     return run_id, superseded

@@ -81,6 +81,16 @@ class ProviderError(DrugSyncError):
     """
 
 
+class GenerationMoved(DrugSyncError):
+    """The alias moved to another generation between reading the registry and searching: read again."""
+
+    retryable = True
+
+
+class SwitchRefused(DrugSyncError):
+    """A generation failed its verification: the alias stays where it is; the message says why."""
+
+
 @contextmanager
 def unavailable_on(transient: tuple[type[BaseException], ...], system: str, action: str) -> Iterator[None]:
     """Re-raise an adapter's transient failures (connection loss, timeouts) as UnavailableError."""

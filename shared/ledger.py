@@ -66,10 +66,15 @@ CREATE TABLE IF NOT EXISTS drugsync_failures (
     resolved_at    timestamptz,
     PRIMARY KEY (run_id, drug_id)
 );
--- v3: one writer at a time (the run's mode, its heartbeat, who superseded it), skipped drugs per range,
--- incremental runs (their source table and where their changes came from).
+-- v3: what a run is (full, incremental, rebuild, repair) and the Redis generation it writes; the
+-- switch of readers to that generation at its end (claimed by one consumer; refused with a reason);
+-- one writer at a time (its heartbeat, who superseded it); skipped drugs per range; incremental
+-- runs (their source table and where their changes came from).
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS mode text NOT NULL DEFAULT 'full';
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS generation integer;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS switched_at timestamptz;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS switch_error text;
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS switch_claimed_at timestamptz;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS superseded_at timestamptz;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS superseded_by uuid;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS touched_at timestamptz;
@@ -99,12 +104,13 @@ LOCK_WRITER = "SELECT pg_advisory_xact_lock(hashtext('drugsync_writer'))"
 # Active runs of the same source table (one writer per catalog: two catalogs in one database, each
 # with its own Redis copy, do not wait for each other), newest first, with their last sign of life:
 # the heartbeat of their messages, a range done, their enqueue, their sweep (greatest() ignores
-# NULLs), and whether that is older than the claim.
+# NULLs), and whether that is older than the claim. A rebuild whose switch was refused writes no
+# more: its claim is over, and the next run (which continues its generation) supersedes it.
 ACTIVE_RUNS = """
 SELECT run_id, mode, started_at, last_activity,
-       last_activity < now() - make_interval(secs => %(claim)s) AS expired
+       last_activity < now() - make_interval(secs => %(claim)s) OR switch_refused AS expired
 FROM (
-    SELECT r.run_id, r.mode, r.started_at,
+    SELECT r.run_id, r.mode, r.started_at, r.switch_error IS NOT NULL AS switch_refused,
            greatest(r.started_at, r.touched_at, r.enqueued_at, r.sweep_requested_at, r.swept_at,
                     (SELECT max(g.done_at) FROM drugsync_ranges g WHERE g.run_id = r.run_id))
                AS last_activity
@@ -145,7 +151,7 @@ SELECT r.run_id, r.started_at, r.range_size, r.eligible_drugs, r.total_ranges,
         WHERE f.run_id = r.run_id AND f.resolved_at IS NULL),
        r.enqueued_at, r.enqueue_error, r.sweep_requested_at, r.swept_at, r.documents_removed,
        r.finished_at, r.announced_at, r.mode, r.generation, r.superseded_at,
-       coalesce(sum(g.drugs_skipped), 0)
+       coalesce(sum(g.drugs_skipped), 0), r.switched_at, r.switch_error
 FROM drugsync_runs r
 LEFT JOIN drugsync_ranges g ON g.run_id = r.run_id AND g.done_at IS NOT NULL
 WHERE r.run_id = %(run_id)s
@@ -196,9 +202,12 @@ RETURNING r.changes_source
 LAST_COMPLETE_RUN = """
 SELECT run_id, started_at FROM drugsync_runs
 WHERE source_table = %(source_table)s AND finished_at IS NOT NULL AND superseded_at IS NULL
-  AND max_drugs IS NULL AND mode IN ('full', 'incremental') AND started_at > %(after)s
+  AND max_drugs IS NULL AND mode IN ('full', 'rebuild', 'incremental') AND started_at > %(after)s
 ORDER BY started_at DESC LIMIT 1
 """
+
+# A new generation's number is known only once it is begun, after the run (and its claim) is recorded.
+SET_GENERATION = "UPDATE drugsync_runs SET generation = %(generation)s WHERE run_id = %(run_id)s"
 
 MARK_ENQUEUED = "UPDATE drugsync_runs SET enqueued_at = now(), enqueue_error = NULL WHERE run_id = %(run_id)s"
 
@@ -243,10 +252,29 @@ RELEASE_ANNOUNCEMENT = "UPDATE drugsync_runs SET announce_claimed_at = NULL WHER
 
 MARK_ANNOUNCED = "UPDATE drugsync_runs SET announced_at = now() WHERE run_id = %(run_id)s"
 
+# One consumer switches readers to the run's generation, like the sweep's claim: it lapses after the
+# lease if its holder died, and is released at once when the verification refused the switch.
+CLAIM_SWITCH = """
+UPDATE drugsync_runs SET switch_claimed_at = now()
+WHERE run_id = %(run_id)s AND swept_at IS NOT NULL AND switched_at IS NULL
+  AND (switch_claimed_at IS NULL OR switch_claimed_at < now() - make_interval(secs => %(lease)s))
+RETURNING 1
+"""
+
+RELEASE_SWITCH = "UPDATE drugsync_runs SET switch_claimed_at = NULL WHERE run_id = %(run_id)s"
+
+RECORD_SWITCH_ERROR = """
+UPDATE drugsync_runs SET switch_error = %(error)s, switch_claimed_at = NULL WHERE run_id = %(run_id)s
+"""
+
+MARK_SWITCHED = "UPDATE drugsync_runs SET switched_at = now(), switch_error = NULL WHERE run_id = %(run_id)s"
+
 UNDONE_RANGES = """
 SELECT first_id, last_id, expected_count FROM drugsync_ranges
 WHERE run_id = %(run_id)s AND done_at IS NULL ORDER BY first_id
 """
+
+RUN_MAX_DRUGS = "SELECT max_drugs FROM drugsync_runs WHERE run_id = %(run_id)s"
 
 LATEST_RUN = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT 1"
 
@@ -405,6 +433,30 @@ class PostgresLedger:
 
     def mark_announced(self, run_id: UUID) -> None:
         self._execute(MARK_ANNOUNCED, {"run_id": run_id}, "recording the announcement")
+
+    def claim_switch(self, run_id: UUID, lease_seconds: float) -> bool:
+        """True for the one caller that should verify the run's generation and switch readers to it."""
+        params = {"run_id": run_id, "lease": lease_seconds}
+        return self._returns_row(CLAIM_SWITCH, params, "claiming the switch")
+
+    def release_switch(self, run_id: UUID) -> None:
+        self._execute(RELEASE_SWITCH, {"run_id": run_id}, "releasing the switch")
+
+    def record_switch_error(self, run_id: UUID, error: str) -> None:
+        params = {"run_id": run_id, "error": error[:2000]}
+        self._execute(RECORD_SWITCH_ERROR, params, "recording a refused switch")
+
+    def set_generation(self, run_id: UUID, generation: int) -> None:
+        self._execute(SET_GENERATION, {"run_id": run_id, "generation": generation}, "recording a generation")
+
+    def mark_switched(self, run_id: UUID) -> None:
+        self._execute(MARK_SWITCHED, {"run_id": run_id}, "recording the switch")
+
+    def max_drugs(self, run_id: UUID) -> int | None:
+        """The cap of a proof-of-concept run (`sync --max-drugs`), None for a run of the whole catalog."""
+        with translate_errors("reading a run's cap"):
+            row = self._db.connection().execute(RUN_MAX_DRUGS, {"run_id": run_id}).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         with translate_errors("reading ranges not done"):

@@ -217,6 +217,24 @@ class ChangesMessage(BaseModel):
         return self.ids[-1]
 
 
+class RetireMessage(BaseModel):
+    """Remove a generation readers no longer use: its index (documents kept), then its keys by SCAN.
+
+    Sent once the alias has moved to the run's generation; continues itself from `cursor` (valid
+    only on `server`, as for the sweep) when the invocation runs short of time.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1] = 1
+    kind: Literal["retire"] = "retire"
+    run_id: UUID
+    generation: int = Field(ge=0)
+    cursor: int = Field(0, ge=0, le=2**64 - 1)
+    server: str | None = Field(None, max_length=100)
+    continuations: int = Field(0, ge=0, le=1_000_000)
+
+
 def _message_kind(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("kind", "range"))
@@ -227,10 +245,11 @@ WorkMessage = Annotated[
     Annotated[RangeMessage, Tag("range")]
     | Annotated[RowsMessage, Tag("rows")]
     | Annotated[SweepMessage, Tag("sweep")]
-    | Annotated[ChangesMessage, Tag("changes")],
+    | Annotated[ChangesMessage, Tag("changes")]
+    | Annotated[RetireMessage, Tag("retire")],
     Discriminator(_message_kind),
 ]
-AnyMessage = RangeMessage | RowsMessage | SweepMessage | ChangesMessage
+AnyMessage = RangeMessage | RowsMessage | SweepMessage | ChangesMessage | RetireMessage
 _WORK_MESSAGE: TypeAdapter[AnyMessage] = TypeAdapter(WorkMessage)
 MAX_BODY_BYTES = 16_384
 
@@ -300,15 +319,17 @@ def parse_message(body: str) -> AnyMessage:
     try:
         return _WORK_MESSAGE.validate_json(body)
     except ValidationError as error:
-        # The union's tags ("range", "rows", "sweep") are not fields a sender wrote: leave them out.
+        # The union's tags are not fields a sender wrote: leave them out.
         raise InvalidMessage(
-            validation_problems(error, skip=("range", "rows", "sweep", "changes"))
+            validation_problems(error, skip=("range", "rows", "sweep", "changes", "retire"))
         ) from error
 
 
 class SyncRequest(BaseModel):
     """The producer's event: which run, how to cut the work, and an optional cap for proof-of-concept runs.
 
+    mode "rebuild" writes a new generation (own prefix and index) that readers see only once it is
+    complete and verified; a "full" run rebuilds by itself when the embedder or text template changed.
     `supersede` takes the one-writer claim from an active run instead of being refused.
     """
 
@@ -357,3 +378,24 @@ class RangeResult:
     last_id: int
     drugs_written: int
     newly_done: bool
+
+
+GenerationState = Literal["building", "live", "retiring"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation of the Redis copy: its own key prefix and index, and what embedded it.
+
+    Number 0 is a deployment from before generations: its index bears the alias's own name.
+    """
+
+    number: int
+    embedder: str
+    dimension: int
+    template_version: int
+    prefix: str
+    index: str
+    run_id: str | None
+    state: GenerationState
+    created_at: str

@@ -3,14 +3,17 @@
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import numpy as np
 import numpy.typing as npt
 
 from shared.capture import CaptureStatus
-from shared.models import Fetched, PlannedRange, RowFailure
+from shared.models import Fetched, Generation, PlannedRange, RowFailure
+
+if TYPE_CHECKING:
+    from shared.generations import Registry
 
 Vectors = npt.NDArray[np.float32]
 
@@ -60,6 +63,8 @@ class RunProgress:
     generation: int | None = None
     superseded_at: datetime | None = None
     drugs_skipped: int = 0
+    switched_at: datetime | None = None
+    switch_error: str | None = None
 
     @property
     def ranges_complete(self) -> bool:
@@ -84,6 +89,8 @@ class RunProgress:
             return "superseded"
         if self.enqueue_error is not None:
             return "enqueue_failed"
+        if self.switch_error is not None:
+            return "switch_refused"
         return "sweeping" if self.ranges_complete else "running"
 
     @property
@@ -151,6 +158,8 @@ class Ledger(Protocol):
 
     def finish_run(self, run_id: UUID) -> bool: ...
 
+    def set_generation(self, run_id: UUID, generation: int) -> None: ...
+
     def mark_enqueued(self, run_id: UUID) -> None: ...
 
     def record_enqueue_error(self, run_id: UUID, error: str) -> None: ...
@@ -170,6 +179,16 @@ class Ledger(Protocol):
     def release_announcement(self, run_id: UUID) -> None: ...
 
     def mark_announced(self, run_id: UUID) -> None: ...
+
+    def claim_switch(self, run_id: UUID, lease_seconds: float) -> bool: ...
+
+    def release_switch(self, run_id: UUID) -> None: ...
+
+    def record_switch_error(self, run_id: UUID, error: str) -> None: ...
+
+    def mark_switched(self, run_id: UUID) -> None: ...
+
+    def max_drugs(self, run_id: UUID) -> int | None: ...
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]: ...
 
@@ -228,6 +247,48 @@ class DocumentStore(Protocol):
     def server_id(self) -> str:
         """Which server process answers (its run id): SCAN cursors are valid only within it."""
         ...
+
+
+@dataclass(frozen=True)
+class GenerationCounts:
+    """A generation's own counts, read before readers are sent to it."""
+
+    documents: int
+    indexed: int
+    indexing_failures: int
+    canary_hits: int
+
+
+class Generations(Protocol):
+    """The generations of the Redis copy and the registry readers follow (shared/generations.py)."""
+
+    def read(self) -> "Registry": ...
+
+    def store(self, number: int) -> DocumentStore:
+        """The store of one generation: its own key prefix and index."""
+        ...
+
+    def begin(self, embedder: str, dimension: int, run_id: str) -> Generation: ...
+
+    def adopt(self, number: int, run_id: str) -> None: ...
+
+    def mark_retiring(self, number: int) -> None: ...
+
+    def switch(self, number: int) -> Generation | None:
+        """Send readers to this generation; returns the one it replaced (now retiring), if any."""
+        ...
+
+    def counts(self, number: int, canary_k: int, wait_seconds: float) -> GenerationCounts:
+        """Its documents, index and a canary query's hits, once indexing caught up (or time is up)."""
+        ...
+
+    def drop_index(self, number: int) -> bool: ...
+
+    def unlink_page(self, number: int, cursor: int, count: int) -> tuple[int, int]: ...
+
+    def forget(self, number: int) -> None: ...
+
+    def server_id(self) -> str: ...
 
 
 class WorkQueue(Protocol):

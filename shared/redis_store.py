@@ -14,7 +14,7 @@ import numpy as np
 import redis
 from redis import exceptions as redis_errors
 
-from shared.errors import ConfigError, UnavailableError
+from shared.errors import ConfigError, GenerationMoved, UnavailableError
 from shared.index_schema import VECTOR_FIELD, VECTOR_PATH, index_differences, pairs_to_dict, schema_arguments
 from shared.models import BIGINT_MAX, BIGINT_MIN, RowFailure
 from shared.ports import Vectors, WriteResult
@@ -113,8 +113,21 @@ class RedisDocumentStore:
         self._write_batch_size = write_batch_size
         self._allow_eviction = allow_eviction
 
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
     def key(self, drug_id: int) -> str:
         return f"{self.key_prefix}{drug_id}"
+
+    def at(self, key_prefix: str, index_name: str) -> "RedisDocumentStore":
+        """The same server and settings under another prefix and index (another generation's)."""
+        store = RedisDocumentStore(
+            self._client, key_prefix, index_name, write_batch_size=self._write_batch_size,
+            allow_eviction=self._allow_eviction,
+        )  # fmt: skip
+        store._hnsw = self._hnsw
+        return store
 
     def ensure_index(self, dimension: int) -> None:
         """Create the index if it is missing; refuse one that is not the index drugsync builds.
@@ -327,13 +340,23 @@ class RedisDocumentStore:
 
     def scratch(self, name: str) -> "RedisDocumentStore":
         """A store on the same server under its own prefix and index, for measuring; clear() it after."""
-        return RedisDocumentStore(
-            self._client,
-            f"{name}:",
-            name,
-            write_batch_size=self._write_batch_size,
-            allow_eviction=self._allow_eviction,
-        )
+        return self.at(f"{name}:", name)
+
+    def drop_index(self) -> bool:
+        """Drop the index, keeping its documents (DD would delete them all in one blocking command)."""
+        with translate_errors("dropping an index", self._client):
+            info = self.index_info()
+            if info is None or str(info.get("index_name")) != self.index_name:
+                return False  # gone already, or the name is an alias: never drop what it points at
+            _execute(self._client, "FT.DROPINDEX", self.index_name)
+        return True
+
+    def unlink_page(self, cursor: int, count: int) -> tuple[int, int]:
+        """One SCAN step over the prefix, unlinking what it finds: (next cursor, keys removed)."""
+        with translate_errors("removing a generation's documents", self._client):
+            next_cursor, keys = self._client.scan(cursor=cursor, match=f"{self.key_prefix}*", count=count)
+            removed = int(self._client.unlink(*keys)) if keys else 0
+        return int(next_cursor), removed
 
     def wait_until_indexed(self, count: int, seconds: float = 60) -> None:
         """Block until the index holds `count` documents (indexing of JSON is asynchronous)."""
@@ -372,24 +395,36 @@ class RedisDocumentStore:
             return 0, 0
         return int(info.get("num_docs", 0)), int(info.get("hash_indexing_failures", 0))
 
-    def search(self, vector: Vectors, k: int) -> list[SearchHit]:
-        """The k nearest documents to `vector` by cosine distance."""
+    def search(self, vector: Vectors, k: int, index: str | None = None) -> list[SearchHit]:
+        """The k nearest documents to `vector` by cosine distance, in this index or `index` (an alias).
+
+        Through an alias, GenerationMoved says the alias now points at another generation than this
+        store's: the vector has another dimension, or the hits lie under another prefix.
+        """
         blob = np.asarray(vector, dtype=np.float32).tobytes()
         query = f"*=>[KNN {int(k)} @{VECTOR_FIELD} $vector AS distance]"
-        with translate_errors("searching", self._client):
-            raw = _execute(
-                self._client, "FT.SEARCH", self.index_name, query, "PARAMS", "2", "vector", blob,
-                "SORTBY", "distance", "RETURN", str(len(RETURN_FIELDS) + 1), *RETURN_FIELDS,
-                "distance", "LIMIT", "0", str(int(k)), "DIALECT", "2",
-            )  # fmt: skip
-        return self._parse_hits(raw)
+        try:
+            with translate_errors("searching", self._client):
+                raw = _execute(
+                    self._client, "FT.SEARCH", index or self.index_name, query, "PARAMS", "2", "vector", blob,
+                    "SORTBY", "distance", "RETURN", str(len(RETURN_FIELDS) + 1), *RETURN_FIELDS,
+                    "distance", "LIMIT", "0", str(int(k)), "DIALECT", "2",
+                )  # fmt: skip
+        except redis.ResponseError as error:
+            if index is not None and "expected size" in str(error):
+                raise GenerationMoved(f"{index} now holds vectors of another dimension: {error}") from error
+            raise
+        return self._parse_hits(raw, index)
 
-    def _parse_hits(self, raw: Sequence[Any]) -> list[SearchHit]:
+    def _parse_hits(self, raw: Sequence[Any], alias: str | None = None) -> list[SearchHit]:
         """Hits named by their keys: RETURN gives `id` as the index's NUMERIC, a double that
         rounds ids beyond 2^53 (9223372036854775807 comes back as 9.22337203685e+18)."""
         hits = []
         for position in range(1, len(raw), 2):
-            drug_id = self.drug_id(raw[position])
+            key = raw[position].decode() if isinstance(raw[position], bytes) else str(raw[position])
+            if alias is not None and not key.startswith(self.key_prefix):
+                raise GenerationMoved(f"{alias} now answers from another generation ({key})")
+            drug_id = self.drug_id(key)
             if drug_id is None:
                 continue  # a key drugsync never writes, matched by a foreign document under the prefix
             fields = {key: str(value) for key, value in pairs_to_dict(raw[position + 1]).items()}
@@ -402,6 +437,9 @@ class RedisDocumentStore:
 def _execute(target: Any, *args: Any) -> Any:
     """redis-py's execute_command is untyped; this is the one place that admits it."""
     return target.execute_command(*args)
+
+
+execute = _execute
 
 
 def _pipelined(client: redis.Redis, writes: Sequence[_Write], command: str, script: str) -> list[Any]:

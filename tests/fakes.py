@@ -1,6 +1,7 @@
 """In-memory fakes of the ports, type-checked against the same Protocols as the adapters."""
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -8,15 +9,18 @@ from uuid import UUID
 import numpy as np
 
 from shared.capture import CaptureStatus
-from shared.documents import is_stale
+from shared.documents import TEXT_TEMPLATE_VERSION, is_stale
 from shared.embedders.hashing import HashingEmbedder
 from shared.errors import DrugSyncError, EmbeddingError, RunActive, UnavailableError
-from shared.models import Drug, Fetched, PlannedRange, RowFailure
+from shared.generations import Registry
+from shared.models import Drug, Fetched, Generation, PlannedRange, RowFailure
 from shared.ports import (
     Catalog,
     ChangeFeed,
     DocumentStore,
     Embedder,
+    GenerationCounts,
+    Generations,
     Ledger,
     RunProgress,
     RunTouch,
@@ -131,7 +135,10 @@ class FakeLedger:
             and run.get("source_table") == source_table
         ]
         expired = {
-            other for other in active if self._last_activity(other) < now - timedelta(seconds=claim_seconds)
+            other
+            for other in active
+            if self._last_activity(other) < now - timedelta(seconds=claim_seconds)
+            or self.runs[other].get("switch_error") is not None
         }
         holding = [other for other in active if other not in expired]
         if holding and not supersede:
@@ -172,7 +179,7 @@ class FakeLedger:
             for run_id, run in self.runs.items()
             if run["source_table"] == source_table and run.get("finished") and not run.get("superseded")
             and run["max_drugs"] is None
-            and run["mode"] in ("full", "incremental") and (after is None or run["started"] > after)
+            and run["mode"] in ("full", "rebuild", "incremental") and (after is None or run["started"] > after)
         ]  # fmt: skip
         return (max(bases)[1], max(bases)[0]) if bases else None
 
@@ -216,6 +223,8 @@ class FakeLedger:
             generation=run["generation"],
             superseded_at=run.get("superseded"),
             drugs_skipped=sum(value for key, value in self.skipped.items() if key[0] == run_id),
+            switched_at=run.get("switched"),
+            switch_error=run.get("switch_error"),
         )
 
     def latest_run_id(self) -> UUID | None:
@@ -238,6 +247,9 @@ class FakeLedger:
     def _set(self, run_id: UUID, key: str, value: Any) -> None:
         if run_id in self.runs:
             self.runs[run_id][key] = value
+
+    def set_generation(self, run_id: UUID, generation: int) -> None:
+        self._set(run_id, "generation", generation)
 
     def mark_enqueued(self, run_id: UUID) -> None:
         self._set(run_id, "enqueued", datetime.now(UTC))
@@ -285,6 +297,28 @@ class FakeLedger:
 
     def mark_announced(self, run_id: UUID) -> None:
         self._set(run_id, "announced", datetime.now(UTC))
+
+    def claim_switch(self, run_id: UUID, lease_seconds: float) -> bool:
+        run = self.runs.get(run_id, {})
+        if not run.get("swept") or run.get("switched") or run.get("switch_claimed"):
+            return False
+        run["switch_claimed"] = True
+        return True
+
+    def release_switch(self, run_id: UUID) -> None:
+        self._set(run_id, "switch_claimed", False)
+
+    def record_switch_error(self, run_id: UUID, error: str) -> None:
+        self._set(run_id, "switch_error", error)
+        self._set(run_id, "switch_claimed", False)
+
+    def mark_switched(self, run_id: UUID) -> None:
+        self._set(run_id, "switched", datetime.now(UTC))
+        self._set(run_id, "switch_error", None)
+
+    def max_drugs(self, run_id: UUID) -> int | None:
+        cap: int | None = self.runs.get(run_id, {}).get("max_drugs")
+        return cap
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
@@ -401,6 +435,75 @@ class FakeStore:
     def delete_documents(self, drug_ids: Sequence[int]) -> int:
         removed = [i for i in drug_ids if self.documents.pop(i, None) is not None]
         return len(removed)
+
+
+class FakeGenerations:
+    """Generations in memory, each a FakeStore; the switch moves `current` as the alias would.
+
+    `indexed_lag` documents of a generation are not indexed yet; `indexing_failures` failed to.
+    """
+
+    def __init__(self, shared: FakeStore | None = None) -> None:
+        self.registry = Registry(None, {})
+        self.stores: dict[int, FakeStore] = {}
+        self._shared = shared  # one store for every generation: for tests about something else
+        self.indexed_lag = 0
+        self.indexing_failures = 0
+        self.switches: list[int] = []
+
+    def read(self) -> Registry:
+        return self.registry
+
+    def store(self, number: int) -> FakeStore:
+        return self._shared or self.stores.setdefault(number, FakeStore())
+
+    def _put(self, generation: Generation, current: int | None = None) -> None:
+        generations = {**self.registry.generations, generation.number: generation}
+        self.registry = Registry(self.registry.current if current is None else current, generations)
+
+    def begin(self, embedder: str, dimension: int, run_id: str) -> Generation:
+        number = max([0, *self.registry.generations]) + 1
+        generation = Generation(
+            number, embedder, dimension, TEXT_TEMPLATE_VERSION, f"drug@{number}:", f"idx@{number}",
+            run_id, "building", "",
+        )  # fmt: skip
+        self._put(generation)
+        self.store(number).ensure_index(dimension)
+        return generation
+
+    def adopt(self, number: int, run_id: str) -> None:
+        self._put(replace(self.registry.generations[number], run_id=run_id))
+
+    def mark_retiring(self, number: int) -> None:
+        self._put(replace(self.registry.generations[number], state="retiring"))
+
+    def switch(self, number: int) -> Generation | None:
+        old = self.registry.live
+        if old is not None:
+            self._put(replace(old, state="retiring"))
+        self._put(replace(self.registry.generations[number], state="live"), current=number)
+        self.switches.append(number)
+        return None if old is None else replace(old, state="retiring")
+
+    def counts(self, number: int, canary_k: int, wait_seconds: float) -> GenerationCounts:
+        documents = len(self.store(number).documents)
+        indexed = max(documents - self.indexed_lag - self.indexing_failures, 0)
+        return GenerationCounts(documents, indexed, self.indexing_failures, min(canary_k, indexed))
+
+    def drop_index(self, number: int) -> bool:
+        return self.store(number).index_dimension is not None
+
+    def unlink_page(self, number: int, cursor: int, count: int) -> tuple[int, int]:
+        store = self.store(number)
+        next_cursor, ids = store.scan_ids(cursor, count)
+        return next_cursor, store.delete_documents(ids)
+
+    def forget(self, number: int) -> None:
+        generations = {n: g for n, g in self.registry.generations.items() if n != number}
+        self.registry = Registry(self.registry.current, generations)
+
+    def server_id(self) -> str:
+        return "server-1"
 
 
 SQS_MAX_BODY_BYTES = 262_144  # a message's body and attributes together
@@ -538,5 +641,6 @@ _ledger: Ledger = FakeLedger()
 _store: DocumentStore = FakeStore()
 _queue: WorkQueue = FakeQueue()
 _changes: ChangeFeed = FakeChangeFeed()
+_generations: Generations = FakeGenerations()
 _embedder: Embedder = CountingEmbedder()
 _telemetry: Telemetry = RecordingTelemetry()

@@ -5,6 +5,7 @@ import boto3
 from shared.embedders.base import BatchingEmbedder
 from shared.embedders.bedrock import TitanEmbedder
 from shared.embedders.hashing import HashingEmbedder
+from shared.errors import ConfigError
 from shared.settings import Settings
 
 
@@ -22,4 +23,31 @@ def build_embedder(settings: Settings) -> BatchingEmbedder:
     return HashingEmbedder(settings.embedding_dim, settings.embed_batch_size)
 
 
-__all__ = ["BatchingEmbedder", "HashingEmbedder", "TitanEmbedder", "build_embedder"]
+def embedder_name(settings: Settings) -> str:
+    """The name (model and dimension) of the embedder the settings name, without building its client:
+    what the producer records for a generation and compares with the current one's."""
+    if settings.embedder == "bedrock":
+        return f"{settings.bedrock_model_id}-{settings.embedding_dim}"
+    return f"hashing-v1-{settings.embedding_dim}"
+
+
+def build_embedder_for(settings: Settings, name: str, dimension: int) -> BatchingEmbedder:
+    """The embedder that made a generation (recorded as `name`, `dimension`), to embed queries as its
+    documents were; ConfigError when these settings cannot make it (another model or kind)."""
+    embedder = build_embedder(settings.model_copy(update={"embedding_dim": dimension}))
+    if embedder.name != name:
+        raise ConfigError(
+            f"the current generation was embedded by {name}, but these settings make {embedder.name}:"
+            " set DRUGSYNC_EMBEDDER / DRUGSYNC_BEDROCK_MODEL_ID as the deployment's"
+        )
+    return embedder
+
+
+__all__ = [
+    "BatchingEmbedder",
+    "HashingEmbedder",
+    "TitanEmbedder",
+    "build_embedder",
+    "build_embedder_for",
+    "embedder_name",
+]

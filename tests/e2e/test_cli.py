@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,8 +101,11 @@ def test_verify_finds_exactly_the_drift_planted_and_repair_removes_it(user_env: 
         conn.execute("DELETE FROM drugs WHERE id = %s", [deleted])
         conn.execute("UPDATE drugs SET strength = '750 mg' WHERE id = %s", [changed])
     stray = 987_654_321
-    redis.Redis.from_url(state["REDIS_URL"]).execute_command(  # type: ignore[no-untyped-call]
-        "JSON.SET", f"drug:{stray}", "$", json.dumps({"id": stray, "name": "stray", "fingerprint": "x"})
+    client = redis.Redis.from_url(state["REDIS_URL"])
+    prefix = _generation(client, "idx:drugs")["prefix"]  # the generation readers use: drug@1:
+    assert prefix == "drug@1:"
+    client.execute_command(  # type: ignore[no-untyped-call]
+        "JSON.SET", f"{prefix}{stray}", "$", json.dumps({"id": stray, "name": "stray", "fingerprint": "x"})
     )
 
     drift = drugsync(user_env, "verify", "--json")
@@ -143,6 +147,7 @@ def test_plan_prints_the_figures_for_the_table_and_for_494000_drugs(user_env: di
         "Redis eviction: maxmemory-policy noeviction",
         "cost estimate (USD):",
         "price assumptions:",
+        "index alias: FT.ALIASUPDATE works: readers of idx:drugs move to a rebuild at once",
     ):
         assert figure in table.stdout
     big = json.loads(drugsync(user_env, "plan", "--drugs", "494000", "--json").stdout)
@@ -492,3 +497,112 @@ def test_a_second_full_run_over_an_unchanged_catalog_embeds_nothing(
     print(
         f"full run over {eligible:,} drugs: first {first_seconds:.1f}s, unchanged again {second_seconds:.1f}s"
     )
+
+
+def _redis(user_env: dict[str, str]):
+    import redis
+
+    state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())
+    return redis.Redis.from_url(state["env"]["REDIS_URL"], protocol=2)
+
+
+def _alias_target(client, alias: str) -> str:
+    info = client.execute_command("FT.INFO", alias)
+    return str(dict(zip(info[::2], info[1::2], strict=True))[b"index_name"].decode())
+
+
+def _generation(client, alias: str) -> dict[str, Any]:
+    registry = client.hgetall(f"{alias}@generations")
+    return dict(json.loads(registry[registry[b"current"]]))
+
+
+def test_a_rebuild_under_continuous_search_never_answers_empty_partial_or_failing(
+    user_env: dict[str, str],
+) -> None:
+    from console.demo import search
+    from console.services import Services
+    from shared.settings import Settings
+
+    # GIVEN a synced catalog read through the alias, generation 1
+    env = own_catalog(user_env, "rebuild", 1500)
+    sync_and_verify(env)
+    client = _redis(user_env)
+    alias = env["DRUGSYNC_INDEX_NAME"]
+    assert _alias_target(client, alias) == f"{alias}@1"
+    old_keys = len(list(client.scan_iter("rebuild@1:*", count=5000)))
+    assert old_keys > 1000
+    state = json.loads((Path(user_env["DRUGSYNC_STATE_DIR"]) / "stack.json").read_text())["env"]
+    settings = Settings(**{"DATABASE_URL": state["DATABASE_URL"], "REDIS_URL": state["REDIS_URL"]},
+                        table="drugs_rebuild", key_prefix="rebuild:", index_name=alias)  # fmt: skip
+
+    # WHEN a reader searches through drugsync's search path all along a rebuild
+    answers: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        with Services(settings) as services:
+            while not stop.is_set():
+                try:
+                    answers.append(len(search(services, "amoxicillin 500 mg capsule", 10)))
+                except Exception as error:  # every failure counts against the rebuild
+                    errors.append(f"{type(error).__name__}: {error}")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        rebuilt = drugsync(env, "rebuild", "--range-size", "100", "--json")
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert json.loads(rebuilt.stdout)["generation"] == 2
+        assert json.loads(rebuilt.stdout)["mode"] == "rebuild"
+        work = drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull)
+        assert work.returncode == 0, work.stderr
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        reader.join(timeout=30)
+
+    # THEN every answer was full, the alias is on generation 2 and generation 1 is gone
+    assert errors == []
+    assert len(answers) > 20, answers
+    assert set(answers) == {10}
+    assert _alias_target(client, alias) == f"{alias}@2"
+    assert _generation(client, alias)["number"] == 2
+    assert list(client.scan_iter("rebuild@1:*", count=5000)) == []
+    assert f"{alias}@1".encode() not in client.execute_command("FT._LIST")
+    assert set(client.hkeys(f"{alias}@generations")) == {b"current", b"aliases", b"next", b"2"}
+    verified = json.loads(drugsync(env, "verify", "--json").stdout)
+    assert (verified["missing"], verified["extra"], verified["stale"]) == (0, 0, 0)
+    print(f"{len(answers)} searches during the rebuild, all of 10 hits")
+
+
+def test_a_new_embedding_dimension_rebuilds_into_a_new_generation_by_itself(user_env: dict[str, str]) -> None:
+    # GIVEN a catalog synced at 128 dimensions
+    env = {**own_catalog(user_env, "dimension", 600), "DRUGSYNC_EMBEDDING_DIM": "128"}
+    sync_and_verify(env)
+    client = _redis(user_env)
+    alias = env["DRUGSYNC_INDEX_NAME"]
+    assert _generation(client, alias)["dimension"] == 128
+
+    # WHEN the dimension changes and a plain sync runs
+    wider = {**env, "DRUGSYNC_EMBEDDING_DIM": "256"}
+    sync = drugsync(wider, "sync", "--range-size", "100", "--json")
+    assert sync.returncode == 0, sync.stderr
+    assert (json.loads(sync.stdout)["mode"], json.loads(sync.stdout)["generation"]) == ("rebuild", 2)
+    assert drugsync(wider, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
+
+    # THEN readers are on a 256-dimensional generation 2, the old one is gone, and nothing drifts
+    assert _alias_target(client, alias) == f"{alias}@2"
+    assert _generation(client, alias)["dimension"] == 256
+    assert list(client.scan_iter("dimension@1:*", count=5000)) == []
+    verified = drugsync(wider, "verify", "--json")
+    report = json.loads(verified.stdout)
+    assert (report["missing"], report["extra"], report["stale"]) == (0, 0, 0), report
+    hits = json.loads(drugsync(wider, "search", "lipitor 40 mg tablet", "-k", "3", "--json").stdout)
+    assert len(hits) == 3
+    status = json.loads(drugsync(wider, "status", "--json").stdout)
+    assert status["run"]["state"] == "complete"
+    assert status["generations"]["current"]["number"] == 2
+    assert (status["run"]["mode"], status["run"]["generation"]) == ("rebuild", 2)
+    text = drugsync(wider, "status").stdout
+    assert f"generation 2 current (hashing-v1-256, {alias}@2)" in text

@@ -110,8 +110,10 @@ class Scenario:
         return list_dead_letters(self.sqs, str(self.env.settings.dlq_url))
 
     def compare(self) -> VerifyReport:
-        """`drugsync verify` on this scenario's table and index."""
-        return verify(self.services.catalog, self.services.store, self.services.embedder.name)
+        """`drugsync verify` on this scenario's table and the generation readers use now."""
+        current = self.services.generations.read().current
+        store = self.services.store if current is None else self.services.generations.store(current)
+        return verify(self.services.catalog, store, self.services.embedder.name)
 
     def verdict(self, wait_for_index: float = 30) -> VerifyReport:
         deadline = time.monotonic() + wait_for_index
@@ -403,12 +405,13 @@ def test_a_timeout_far_below_a_range_finishes_by_continuation_without_re_embeddi
 
 def measured_first_invocation_seconds(scenario: Scenario) -> float:
     """What a cold consumer pays inside its first invocation here: building its clients and
-    checking the index, measured on this machine now (the slowest of three)."""
+    reading the generations, measured on this machine now (the slowest of three)."""
     times = []
     for _ in range(3):
         began = time.monotonic()
         consumer = build_consumer(scenario.env.settings)
-        consumer.store.ensure_index(scenario.services.embedder.dimension)
+        assert consumer.generations is not None
+        consumer.generations.read()  # what its first message of a run reads
         times.append(time.monotonic() - began)
         consumer.close()
     return max(times)

@@ -12,6 +12,7 @@ from console.services import Services
 from console.status import gather_counts
 from shared.documents import fingerprint
 from shared.models import RangeMessage, SyncRequest
+from shared.redis_store import RedisDocumentStore
 from tests.conftest import Isolated
 
 pytestmark = pytest.mark.integration
@@ -44,8 +45,16 @@ def _consume(sqs, queue_url: str | None, **overrides: Any) -> LocalEventSource:
     return source
 
 
+def _current(services: Services) -> RedisDocumentStore:
+    """The store of the generation readers use now: where a run's documents are once it is complete."""
+    current = services.generations.read().current
+    assert current is not None
+    return services.generations.store(current)
+
+
 def _stored(services: Services, drug_id: int) -> dict[str, Any]:
-    raw = services.store._client.execute_command("JSON.GET", services.store.key(drug_id))  # type: ignore[no-untyped-call]
+    store = _current(services)
+    raw = store.client.execute_command("JSON.GET", store.key(drug_id))  # type: ignore[no-untyped-call]
     document: dict[str, Any] = json.loads(raw)
     return document
 
@@ -60,7 +69,7 @@ def test_a_run_puts_every_eligible_drug_in_redis_current(
     summary = services.producer.start(SyncRequest(range_size=250))
     source = _consume(sqs, test_env.settings.queue_url, log_path=str(log))
 
-    counts = gather_counts(services.catalog, services.store)
+    counts = gather_counts(services.catalog, _current(services))
     assert (counts.postgres_eligible, counts.redis_documents, counts.index_documents) == (eligible,) * 3
     assert counts.index_failures == 0
     progress = services.ledger.progress(summary.run_id)
@@ -122,7 +131,7 @@ def test_a_redelivered_range_changes_neither_documents_nor_ledger(
 
     assert services.ledger.progress(summary.run_id) == before
     assert before is not None
-    assert gather_counts(services.catalog, services.store).redis_documents == before.drugs_done
+    assert gather_counts(services.catalog, _current(services)).redis_documents == before.drugs_done
 
 
 def test_a_malformed_message_goes_straight_to_the_dlq_and_the_rest_succeed(

@@ -374,3 +374,42 @@ def test_a_row_without_updated_at_is_read_as_a_drug_not_a_broken_row(
 
     assert fetched.broken == []
     assert [(drug.id, drug.updated_at) for drug in fetched.drugs] == [(7, None)]
+
+
+def test_one_caller_claims_a_runs_switch_and_a_refusal_lets_a_later_one_try_again(
+    db: Database, test_env: Isolated
+) -> None:
+    # GIVEN a rebuild into generation 3, its one range done but not yet swept
+    ledger = PostgresLedger(db)
+    ledger.ensure_schema()
+    run_id = uuid.uuid4()
+    ledger.start_run(run_id, 10, None, [PlannedRange(1, 10, 10)], mode="rebuild", generation=3)
+    ledger.mark_range_done(run_id, 1, 10)
+    assert ledger.claim_switch(run_id, lease_seconds=60) is False  # not before the sweep
+
+    # WHEN it is swept and eight callers claim the switch at once
+    ledger.mark_swept(run_id)
+    claims: list[bool] = []
+
+    def claim() -> None:
+        own = Database(test_env.env["DATABASE_URL"])  # a consumer of its own
+        try:
+            claims.append(PostgresLedger(own).claim_switch(run_id, 60))
+        finally:
+            own.close()
+
+    run_at_once([claim] * 8)
+
+    # THEN exactly one holds it; a refusal releases it with its reason, and a switch records the moment
+    assert sorted(claims) == [False] * 7 + [True]
+    ledger.record_switch_error(run_id, "the index holds 9 of the 10 documents")
+    refused = ledger.progress(run_id)
+    assert refused is not None
+    assert (refused.mode, refused.generation, refused.state) == ("rebuild", 3, "switch_refused")
+    assert refused.switch_error == "the index holds 9 of the 10 documents"
+    assert ledger.claim_switch(run_id, lease_seconds=60) is True
+    ledger.mark_switched(run_id)
+    switched = ledger.progress(run_id)
+    assert switched is not None
+    assert (switched.switch_error, switched.switched_at is not None) == (None, True)
+    assert ledger.claim_switch(run_id, lease_seconds=0) is False  # switched: never again

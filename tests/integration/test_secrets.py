@@ -34,7 +34,7 @@ def test_a_run_syncs_through_the_secrets_alone(test_env: Isolated, stack, sqs, m
         source = _consume(sqs, settings.queue_url)
 
         # THEN every eligible drug is in the real Redis the secret names, and the run is complete
-        counts = gather_counts(services.catalog, services.store)
+        counts = gather_counts(services.catalog, services.read_current_store())
         assert (counts.postgres_eligible, counts.redis_documents, counts.index_documents) == (eligible,) * 3
         progress = services.ledger.progress(summary.run_id)
         assert progress is not None

@@ -32,6 +32,7 @@ from tests.fakes import (
     FakeChangeFeed,
     FakeClock,
     FakeDeadline,
+    FakeGenerations,
     FakeLedger,
     FakeQueue,
     FakeStore,
@@ -40,6 +41,7 @@ from tests.fakes import (
 
 INCREMENTAL = SyncRequest(mode="incremental")
 NOW = datetime.now(UTC)
+EMBEDDER = "hashing-32"
 
 
 class Producer:
@@ -49,11 +51,13 @@ class Producer:
         self.catalog = FakeCatalog([make_drug(i) for i in range(1, 21)])
         self.changes = FakeChangeFeed(installed_at)
         self.ledger, self.queue, self.store = FakeLedger(self.changes), FakeQueue(), FakeStore()
+        self.generations = FakeGenerations(self.store)
+        self.generations.switch(self.generations.begin(EMBEDDER, 32, "the first full run").number)
 
     def start(self, request: SyncRequest = INCREMENTAL):
         return start_sync(
-            request, catalog=self.catalog, ledger=self.ledger, queue=self.queue, store=self.store,
-            embedding_dim=32, default_range_size=100, changes=self.changes, overlap_seconds=600,
+            request, catalog=self.catalog, ledger=self.ledger, queue=self.queue, generations=self.generations,
+            embedder_name=EMBEDDER, embedding_dim=32, default_range_size=100, changes=self.changes, overlap_seconds=600,
         )  # fmt: skip
 
     def complete_full_run(self, started: datetime) -> uuid.UUID:

@@ -16,7 +16,7 @@ from shared.ports import RunProgress
 from shared.queue import QueueDepth
 from shared.settings import Settings, get_settings
 from tests.factories import lambda_context, range_body, sqs_event
-from tests.fakes import FakeQueue, RecordingTelemetry
+from tests.fakes import FakeGenerations, FakeQueue, RecordingTelemetry
 from tests.unit.test_consumer_handler import emitted_metrics
 from tests.unit.test_sync_range import RUN, World
 
@@ -24,7 +24,8 @@ from tests.unit.test_sync_range import RUN, World
 def start(world: World, **request: object) -> SyncSummary:
     return start_sync(
         SyncRequest.model_validate(request), catalog=world.catalog, ledger=world.ledger,
-        queue=world.work_queue, store=world.store, embedding_dim=32, default_range_size=10,
+        queue=world.work_queue, generations=FakeGenerations(world.store), embedder_name="hashing-32",
+        embedding_dim=32, default_range_size=10,
     )  # fmt: skip
 
 
@@ -62,7 +63,8 @@ def test_a_run_that_showed_no_life_for_the_claim_is_superseded_by_the_next_witho
     world.ledger.runs[RUN]["started"] = long_ago  # a crashed run: nothing happened since
     with pytest.raises(RunActive):  # a claim of 3 hours still holds
         start_sync(SyncRequest(), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,
-                   store=world.store, embedding_dim=32, default_range_size=10, claim_seconds=3 * 3600)  # fmt: skip
+                   generations=FakeGenerations(world.store), embedder_name="hashing-32", embedding_dim=32,
+                   default_range_size=10, claim_seconds=3 * 3600)  # fmt: skip
 
     summary = start(world)  # the default claim, one hour, has lapsed
 
@@ -140,13 +142,6 @@ def test_skipped_drugs_are_counted_once_per_range_through_continuations_and_rede
     assert (progress.drugs_skipped, progress.ranges_done, progress.state) == (50, 10, "complete")
     assert any(RangeMessage.model_validate_json(b).drugs_skipped for b in world.work_queue.bodies
                if '"kind":"range"' in b)  # fmt: skip
-
-
-def test_a_rebuild_request_is_refused_plainly_until_rebuilds_exist() -> None:
-    world = World(count=5, run_started=False)
-    with pytest.raises(ConfigError, match="mode 'rebuild' is not available"):
-        start(world, mode="rebuild")
-    assert world.ledger.runs == {}
 
 
 def test_a_claim_shorter_than_a_consumer_timeout_plus_a_deferral_is_refused(monkeypatch) -> None:

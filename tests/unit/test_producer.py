@@ -7,7 +7,9 @@ from producer.handler import parse_request
 from producer.plan import range_size_that_fits, resume_run, start_sync
 from shared.errors import ConfigError, EnqueueFailed, UnavailableError
 from shared.models import RangeMessage, SweepMessage, SyncRequest, parse_message
-from tests.fakes import FakeCatalog, FakeLedger, FakeQueue, FakeStore, make_drug
+from tests.fakes import FakeCatalog, FakeGenerations, FakeLedger, FakeQueue, FakeStore, make_drug
+
+EMBEDDER = "hashing-v1-64"
 
 
 def _catalog() -> FakeCatalog:
@@ -20,7 +22,7 @@ def test_one_message_per_range_recorded_in_the_ledger_and_index_created_first() 
 
     summary = start_sync(
         SyncRequest(range_size=500),
-        catalog=catalog, ledger=ledger, queue=queue, store=store, embedding_dim=64, default_range_size=1000,
+        catalog=catalog, ledger=ledger, queue=queue, generations=FakeGenerations(store), embedder_name=EMBEDDER, embedding_dim=64, default_range_size=1000,
     )  # fmt: skip
 
     messages = [RangeMessage.model_validate_json(body) for body in queue.bodies]
@@ -36,7 +38,7 @@ def test_max_drugs_caps_a_proof_of_concept_run() -> None:
     queue = FakeQueue()
     summary = start_sync(
         SyncRequest(max_drugs=120),
-        catalog=_catalog(), ledger=FakeLedger(), queue=queue, store=FakeStore(),
+        catalog=_catalog(), ledger=FakeLedger(), queue=queue, generations=FakeGenerations(), embedder_name=EMBEDDER,
         embedding_dim=64, default_range_size=50,
     )  # fmt: skip
     assert summary.eligible_drugs == 120
@@ -56,7 +58,7 @@ def test_ranges_are_sized_to_finish_well_inside_the_consumer_timeout() -> None:
     fit = range_size_that_fits(120, 10, 0.1)
     summary = start_sync(
         SyncRequest(range_size=1000),
-        catalog=_catalog(), ledger=FakeLedger(), queue=queue, store=FakeStore(),
+        catalog=_catalog(), ledger=FakeLedger(), queue=queue, generations=FakeGenerations(), embedder_name=EMBEDDER,
         embedding_dim=64, default_range_size=1000, max_range_size=fit,
     )  # fmt: skip
     assert fit == 550
@@ -84,7 +86,7 @@ def test_a_run_whose_enqueue_fails_is_recorded_as_such_and_resumes_to_every_rang
     with pytest.raises(EnqueueFailed, match="drugsync resume") as failed:
         start_sync(
             SyncRequest(range_size=500),
-            catalog=catalog, ledger=ledger, queue=queue, store=store, embedding_dim=64,
+            catalog=catalog, ledger=ledger, queue=queue, generations=FakeGenerations(store), embedder_name=EMBEDDER, embedding_dim=64,
             default_range_size=1000,
         )  # fmt: skip
     run_id = ledger.latest_run_id()
@@ -111,7 +113,7 @@ def test_a_run_with_every_range_done_resumes_with_its_sweep() -> None:
     catalog, ledger, queue, store = _catalog(), FakeLedger(), FakeQueue(), FakeStore()
     summary = start_sync(
         SyncRequest(range_size=1000),
-        catalog=catalog, ledger=ledger, queue=queue, store=store, embedding_dim=64, default_range_size=1000,
+        catalog=catalog, ledger=ledger, queue=queue, generations=FakeGenerations(store), embedder_name=EMBEDDER, embedding_dim=64, default_range_size=1000,
     )  # fmt: skip
     for planned in ledger.undone_ranges(summary.run_id):
         ledger.mark_range_done(summary.run_id, planned.first_id, planned.drug_count)
@@ -132,7 +134,7 @@ def test_a_full_run_covers_the_whole_bigint_space_and_a_capped_one_only_what_it_
     queue = FakeQueue()
     start_sync(
         SyncRequest(range_size=500),
-        catalog=_catalog(), ledger=FakeLedger(), queue=queue, store=FakeStore(),
+        catalog=_catalog(), ledger=FakeLedger(), queue=queue, generations=FakeGenerations(), embedder_name=EMBEDDER,
         embedding_dim=64, default_range_size=1000,
     )  # fmt: skip
     full = [RangeMessage.model_validate_json(body) for body in queue.bodies]
@@ -142,7 +144,7 @@ def test_a_full_run_covers_the_whole_bigint_space_and_a_capped_one_only_what_it_
     capped_queue = FakeQueue()
     start_sync(
         SyncRequest(range_size=500, max_drugs=120),
-        catalog=_catalog(), ledger=FakeLedger(), queue=capped_queue, store=FakeStore(),
+        catalog=_catalog(), ledger=FakeLedger(), queue=capped_queue, generations=FakeGenerations(), embedder_name=EMBEDDER,
         embedding_dim=64, default_range_size=1000,
     )  # fmt: skip
     capped = RangeMessage.model_validate_json(capped_queue.bodies[0])

@@ -9,7 +9,7 @@ from producer.plan import start_sync
 from shared.errors import InvalidMessage, UnavailableError
 from shared.models import RangeMessage, RowsMessage, SweepMessage, SyncRequest, parse_message
 from shared.ports import RunProgress
-from tests.fakes import FakeCatalog, FakeDeadline, FakeQueue, make_drug
+from tests.fakes import FakeCatalog, FakeDeadline, FakeGenerations, FakeQueue, make_drug
 from tests.unit.test_sync_range import RUN, World
 
 
@@ -95,7 +95,8 @@ def test_a_run_over_zero_eligible_rows_finishes_and_removes_every_document() -> 
     world, announcer = announcing_world(count=3, run_started=False)
     world.catalog.eligible.clear()
     summary = start_sync(
-        SyncRequest(), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue, store=world.store,
+        SyncRequest(), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,
+        generations=FakeGenerations(world.store), embedder_name="hashing-v1-32",
         embedding_dim=32, default_range_size=100,
     )  # fmt: skip
     world.store.documents[1] = stale_document(1)

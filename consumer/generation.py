@@ -1,0 +1,132 @@
+"""Which generation a message writes, the switch of readers to a run's generation at its end, and
+the retirement of the generation it replaced.
+
+The switch is the last check before readers see a rebuild: every range done and swept (the caller
+saw to it), the index caught up with the documents under its prefix and free of indexing failures,
+its count what Postgres holds now minus the run's failing drugs, and a canary query answering in
+full. Otherwise the alias stays where it is and the run records why.
+"""
+
+from functools import partial
+from uuid import UUID
+
+from consumer.env import Outcome, SyncEnv, retried
+from consumer.pacing import Deadline
+from shared.errors import ConfigError, InvalidMessage, UnavailableError
+from shared.generations import switch_refusal
+from shared.models import RetireMessage
+from shared.ports import DocumentStore, Generations, RunProgress
+
+INDEXING_WAIT_SECONDS = 30.0
+
+
+def run_store(run_id: UUID, env: SyncEnv, deadline: Deadline) -> DocumentStore:
+    """The store of the generation the run writes (looked up once per process and run)."""
+    gens = env.generations
+    if gens is None:
+        return env.store
+    if run_id in env.run_stores:
+        return env.run_stores[run_id]
+    progress = retried(env, deadline, lambda: env.ledger.progress(run_id))
+    if progress is None or progress.generation is None:
+        return env.store  # a run from before generations (or unknown: its message is refused later)
+    generation = retried(env, deadline, gens.read).generations.get(progress.generation)
+    if generation is None:
+        raise InvalidMessage(f"run {run_id} writes generation {progress.generation}, which is retired")
+    if generation.embedder != env.embedder.name:
+        raise ConfigError(
+            f"run {run_id} writes generation {generation.number}, embedded by {generation.embedder}, but"
+            f" this consumer embeds with {env.embedder.name}: deploy the consumer with the producer's"
+            " embedder settings"
+        )
+    env.run_stores[run_id] = gens.store(generation.number)
+    return env.run_stores[run_id]
+
+
+def needs_switch(progress: RunProgress, env: SyncEnv, deadline: Deadline) -> bool:
+    """Whether readers must still be sent to the run's generation before it can finish."""
+    gens = env.generations
+    if gens is None or progress.generation is None or progress.switched_at is not None:
+        return False
+    return retried(env, deadline, gens.read).current != progress.generation
+
+
+def switch_generation(progress: RunProgress, env: SyncEnv, deadline: Deadline) -> bool:
+    """Verify the run's generation and send readers to it; True once switched. One caller at a time."""
+    gens, run_id, number = env.generations, progress.run_id, progress.generation
+    assert gens is not None  # needs_switch said so
+    assert number is not None
+    if not retried(env, deadline, lambda: env.ledger.claim_switch(run_id, env.claim_seconds)):
+        return False
+    try:
+        if number not in retried(env, deadline, gens.read).generations:
+            refusal: str | None = f"generation {number} was retired (a later rebuild replaced it)"
+        else:
+            refusal = _refusal(gens, number, progress, env, deadline)
+        if refusal is not None:
+            retried(env, deadline, lambda: env.ledger.record_switch_error(run_id, refusal))
+            env.telemetry.count("SwitchesRefused")
+            return False
+        replaced = retried(env, deadline, lambda: gens.switch(number))
+        retried(env, deadline, lambda: env.ledger.mark_switched(run_id))
+    except Exception:
+        retried(env, deadline, lambda: env.ledger.release_switch(run_id))
+        raise
+    env.telemetry.count("GenerationsSwitched")
+    if replaced is not None:
+        body = RetireMessage(run_id=run_id, generation=replaced.number).model_dump_json()
+        retried(env, deadline, lambda: env.work_queue.send_messages([body]))
+    return True
+
+
+def _refusal(
+    gens: Generations, number: int, progress: RunProgress, env: SyncEnv, deadline: Deadline
+) -> str | None:
+    """Why the generation may not be switched to; UnavailableError while its index is still catching up."""
+    wait = max(0.0, min(INDEXING_WAIT_SECONDS, deadline.remaining_seconds() - env.margin_seconds))
+    counts = retried(env, deadline, lambda: gens.counts(number, env.canary_k, wait))
+    if counts.indexed + counts.indexing_failures < counts.documents:
+        raise UnavailableError(
+            f"generation {number}'s index holds {counts.indexed:,} of {counts.documents:,} documents:"
+            " still indexing; the switch is tried again"
+        )
+    # A capped run (only ever the first generation: the producer refuses others) holds what Postgres
+    # had in its ranges when each was done; a whole run, every eligible drug now.
+    capped = retried(env, deadline, lambda: env.ledger.max_drugs(progress.run_id)) is not None
+    if capped:
+        eligible = progress.drugs_done + progress.open_failures
+    else:
+        eligible = retried(env, deadline, env.catalog.count_eligible)
+    return switch_refusal(counts, eligible, progress.open_failures, env.canary_k)
+
+
+def retire(message: RetireMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
+    """Drop a replaced generation's index (documents kept), then unlink its keys page by page,
+    continuing itself before time runs out; the registry forgets it at the end."""
+    gens, number = env.generations, message.generation
+    if gens is None:
+        raise InvalidMessage("a retire message reached a consumer without generations")
+    if retried(env, deadline, gens.read).current == number:
+        raise InvalidMessage(f"generation {number} is current: readers use it, it is never retired")
+    retried(env, deadline, lambda: gens.drop_index(number))
+    cursor, server, removed, page_seconds = message.cursor, message.server, 0, 0.0
+    while True:
+        if page_seconds and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds:
+            rest = message.model_copy(
+                update={"cursor": cursor, "server": server, "continuations": message.continuations + 1}
+            )
+            retried(env, deadline, partial(env.work_queue.send_messages, [rest.model_dump_json()]))
+            return Outcome(0, documents_removed=removed, continued_at=cursor)
+        began = env.clock()
+        now_serving = retried(env, deadline, gens.server_id)
+        if server != now_serving:  # a new walk, or a restart: its cursors mean nothing now
+            cursor, server = 0, now_serving
+        page = partial(gens.unlink_page, number, cursor, env.sweep_page_size)
+        cursor, unlinked = retried(env, deadline, page)
+        removed += unlinked
+        page_seconds = max(env.clock() - began, 1e-6)
+        if cursor == 0:
+            break
+    retried(env, deadline, lambda: gens.forget(number))
+    env.telemetry.count("GenerationsRetired")
+    return Outcome(0, documents_removed=removed)

@@ -1,0 +1,214 @@
+"""Generations on the real Redis Stack: the registry, the switch under search load, retirement."""
+
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from console.demo import search
+from console.services import Services
+from shared.embedders.hashing import HashingEmbedder
+from shared.errors import ConfigError, GenerationMoved
+from shared.generations import RedisGenerations
+from shared.redis_store import RedisDocumentStore
+from shared.wiring import build_store
+from tests.conftest import Isolated
+from tests.integration.test_redis import _drugs, write_drugs
+
+pytestmark = pytest.mark.integration
+K = 10
+DOCUMENTS = len(_drugs(200))
+
+
+def _filled(store: RedisDocumentStore, count: int = 200, dimension: int = 128) -> None:
+    write_drugs(_drugs(count), HashingEmbedder(dimension, batch_size=256), store)
+    store.wait_until_indexed(len(_drugs(count)), seconds=30)
+
+
+def _searching(
+    client_store: RedisDocumentStore, alias: str, stop: threading.Event, answers: list[object]
+) -> None:
+    """Search the alias until stopped; record each answer's hit count, or the error it raised."""
+    vector = np.ones(128, dtype=np.float32) / np.sqrt(128)
+    while not stop.is_set():
+        try:
+            answers.append(len(client_store.search(vector, K, index=alias)))
+        except GenerationMoved:
+            answers.append("moved")  # a reader re-reads the registry; never a failure
+        except Exception as error:
+            answers.append(error)
+
+
+def _under_load(store: RedisDocumentStore, alias: str, action) -> list[object]:
+    stop, answers = threading.Event(), []  # type: ignore[var-annotated]
+    reader = RedisDocumentStore(build_store_client(store), store.key_prefix, store.index_name)
+    thread = threading.Thread(target=_searching, args=(reader, alias, stop, answers))
+    thread.start()
+    try:
+        while len(answers) < 50:
+            pass
+        action()
+        target = len(answers) + 50
+        while len(answers) < target:
+            pass
+    finally:
+        stop.set()
+        thread.join()
+    return answers
+
+
+def build_store_client(store: RedisDocumentStore):
+    """A second connection, as another reader process would have."""
+    import redis
+
+    return redis.Redis(connection_pool=redis.ConnectionPool(**store.client.connection_pool.connection_kwargs))
+
+
+def test_the_alias_moves_atomically_under_search_load_and_the_old_generation_is_retired(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current and generation 2 built beside it
+    gens = RedisGenerations(build_store(test_env.settings))
+    first = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(1))
+    gens.switch(first.number)
+    second = gens.begin("hashing-v1-128", 128, "run-2")
+    _filled(gens.store(2))
+
+    # WHEN readers search the alias while it moves
+    answers = _under_load(gens.store(1), gens.alias, lambda: gens.switch(second.number))
+
+    # THEN each answer was full (or told the reader to re-read), and the registry agrees with the alias
+    assert [a for a in answers if a not in (K, "moved")] == []
+    assert answers[0] == K
+    assert answers[-1] == "moved"
+    registry = gens.read()
+    assert (registry.current, registry.generations[1].state) == (2, "retiring")
+    assert gens.resolve_alias() == second.index
+    assert gens.supports_aliases(second.index)
+
+    # AND retiring generation 1 drops its index (documents kept), then unlinks them page by page
+    assert gens.drop_index(1)
+    assert gens.store(1).index_info() is None
+    assert gens.store(1).count_documents() == DOCUMENTS
+    cursor, removed = gens.unlink_page(1, 0, 50)
+    while cursor:
+        cursor, more = gens.unlink_page(1, cursor, 50)
+        removed += more
+    gens.forget(1)
+    assert (removed, gens.store(1).count_documents(), sorted(gens.read().generations)) == (DOCUMENTS, 0, [2])
+    assert gens.store(2).count_documents() == DOCUMENTS
+    # AND a number is never used twice, not even that of a generation retired and forgotten
+    gens.forget(gens.begin("hashing-v1-128", 128, "run-3").number)
+    assert gens.begin("hashing-v1-128", 128, "run-4").number == 4
+
+
+def test_a_deployment_from_before_generations_is_generation_0_and_its_switch_never_fails_a_search(
+    test_env: Isolated,
+) -> None:
+    # GIVEN the old layout: a real index named like the alias over the base prefix
+    legacy = build_store(test_env.settings)
+    legacy.ensure_index(128)
+    _filled(legacy)
+    gens = RedisGenerations(legacy)
+    registry = gens.read()
+    assert (registry.current, registry.generations[0].index) == (0, test_env.settings.index_name)
+    new = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(new.number))
+
+    # WHEN its index is dropped and the alias added in one MULTI while readers search the name
+    answers = _under_load(legacy, gens.alias, lambda: gens.switch(new.number))
+
+    # THEN no search failed or came back short, and the name now leads to generation 1
+    assert [a for a in answers if a not in (K, "moved")] == []
+    assert gens.resolve_alias() == new.index
+    assert gens.read().current == 1
+    assert legacy.count_documents() == DOCUMENTS  # its documents wait for the retire message
+
+    # AND retiring generation 0 never drops what its name now leads to (the alias's target)
+    assert gens.drop_index(0) is False
+    assert gens.resolve_alias() == new.index
+
+
+def test_a_key_prefix_whose_generations_would_nest_is_refused(test_env: Isolated) -> None:
+    settings = test_env.settings.model_copy(update={"key_prefix": test_env.settings.key_prefix.rstrip(":")})
+    gens = RedisGenerations(build_store(settings))
+    with pytest.raises(ConfigError, match=r"starts with.*end DRUGSYNC_KEY_PREFIX with ':'"):
+        gens.begin("hashing-v1-128", 128, "run-1")
+
+
+def test_the_readme_reader_example_searches_the_current_generation_through_the_alias(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current, and the README's reader with the hashing embedder as its embed()
+    gens = RedisGenerations(build_store(test_env.settings))
+    first = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(first.number))
+    gens.switch(first.number)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
+    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
+    namespace: dict[str, Any] = {
+        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
+    }
+    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+
+    # WHEN it searches
+    keys = namespace["search"](gens.store(1).client, "amoxicillin 500 mg capsule", 5, gens.alias)
+
+    # THEN it answers from generation 1, as drugsync's own search does
+    assert len(keys) == 5
+    assert all(key.startswith(first.prefix) for key in keys)
+    vector = HashingEmbedder(128, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    assert [
+        gens.store(1).key(hit.drug_id) for hit in gens.store(1).search(vector, 5, index=gens.alias)
+    ] == keys
+
+
+def test_a_search_mid_rebuild_embeds_as_the_current_generation_not_as_the_settings(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current at 128 dimensions, and settings already at 256 for a rebuild
+    gens = RedisGenerations(build_store(test_env.settings))
+    first = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(first.number))
+    gens.switch(first.number)
+    wider = test_env.settings.model_copy(update={"embedding_dim": 256})
+
+    # WHEN drugsync's search runs with those settings
+    with Services(wider) as services:
+        hits = search(services, "amoxicillin 500 mg capsule", K)
+
+    # THEN it embedded the query at 128 dimensions and answered from generation 1
+    vector = HashingEmbedder(128, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    assert len(hits) == K
+    assert hits == gens.store(1).search(vector, K)
+
+
+@pytest.mark.parametrize("new_dimension", [128, 256])
+def test_a_search_whose_alias_moved_after_the_registry_was_read_reads_again(
+    test_env: Isolated, new_dimension: int
+) -> None:
+    # GIVEN the registry read while generation 1 was current, then the alias moved to generation 2
+    gens = RedisGenerations(build_store(test_env.settings))
+    first = gens.begin("hashing-v1-128", 128, "run-1")
+    _filled(gens.store(first.number))
+    gens.switch(first.number)
+    second = gens.begin(f"hashing-v1-{new_dimension}", new_dimension, "run-2")
+    _filled(gens.store(second.number), dimension=new_dimension)
+    with Services(test_env.settings) as services:
+        before = services.generations.read()
+        gens.switch(second.number)
+        reads = iter([before])
+        real_read = services.generations.read
+        services.generations.read = lambda: next(reads, None) or real_read()  # type: ignore[method-assign]
+
+        # WHEN drugsync's search embeds for generation 1 and meets generation 2 behind the alias
+        hits = search(services, "amoxicillin 500 mg capsule", K)
+
+    # THEN it read the registry again and answered from generation 2, with its dimension
+    vector = HashingEmbedder(new_dimension, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    assert hits == gens.store(second.number).search(vector, K)
