@@ -375,6 +375,7 @@ def _row_failure(drug: Drug, error: EmbeddingError) -> RowFailure:
 def _timed_embedding(texts: Sequence[str], env: SyncEnv) -> Vectors:
     began = env.clock()
     env.telemetry.count("EmbeddingCalls")
+    env.telemetry.count("TextsEmbedded", len(texts))  # what a one-text-per-request API bills as requests
     vectors = env.embedder.embed_texts(texts)
     env.telemetry.milliseconds("EmbeddingLatency", (env.clock() - began) * 1000)
     return vectors

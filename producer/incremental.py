@@ -73,7 +73,7 @@ def current_generation(generations: Generations, embedder_name: str) -> int:
     when it was embedded otherwise than this producer would (a full run rebuilds it first)."""
     live = generations.read().live
     if live is None:
-        raise ConfigError("no generation is current in Redis: run a full `drugsync sync` first")
+        raise ConfigError("no generation is current in Redis: run `drugsync sync` first (a full run)")
     if not matches(live, embedder_name):
         raise ConfigError(
             f"generation {live.number}, which readers use, was embedded by"

@@ -408,7 +408,7 @@ def test_a_wrong_setting_is_reported_plainly(user_env: dict[str, str]) -> None:
 def test_a_second_run_is_refused_naming_the_first_and_supersede_takes_over(
     user_env: dict[str, str], tmp_path: Path
 ) -> None:
-    # GIVEN a run enqueued and not consumed yet
+    # GIVEN a run enqueued and not consumed yet (the catalog's first: it builds generation 1, a rebuild)
     env = own_catalog(user_env, "writer", 300)
     first = drugsync(env, "sync", "--range-size", "100", "--json")
     assert first.returncode == 0, first.stderr
@@ -421,7 +421,9 @@ def test_a_second_run_is_refused_naming_the_first_and_supersede_takes_over(
     # THEN the first ask is refused on one line naming the active run and the way out
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1, refused.stderr
-    assert refused.stderr.startswith(f"drugsync: RunActive: a full run cannot start: run {first_id} (full,")
+    assert refused.stderr.startswith(
+        f"drugsync: RunActive: a rebuild run cannot start: run {first_id} (rebuild,"
+    )
     assert "--supersede" in refused.stderr
     assert "Traceback" not in refused.stderr
     # AND the second takes over: the first run's messages are dropped, the new run completes alone

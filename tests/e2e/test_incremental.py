@@ -10,6 +10,7 @@ import pytest
 import redis
 from psycopg import sql
 
+from shared.generations import generation_prefix
 from tests.e2e.test_cli import drugsync, own_catalog
 from tests.e2e.test_cli import user_env as user_env  # the module's own stack and state folder
 
@@ -27,21 +28,29 @@ def captured(user_env: dict[str, str]) -> dict[str, str]:
 
 
 def _work(env: dict[str, str], log: Path) -> dict[str, int]:
-    """`work --until-empty`; the consumers' summed drugs written, skipped and documents removed."""
+    """`work --until-empty`; the consumers' summed drugs written, skipped and documents removed, and
+    the texts they sent to the embedder (the TextsEmbedded metric of their EMF lines)."""
     assert drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", str(log)).returncode == 0
     totals = {"drugs": 0, "drugs_skipped": 0, "documents_removed": 0}
+    embedded = 0
     for line in log.read_text().splitlines():
         if '"message synced"' in line:
             entry = json.loads(line)
             totals = {key: totals[key] + entry.get(key, 0) for key in totals}
+        elif '"TextsEmbedded"' in line:
+            value = json.loads(line)["TextsEmbedded"]
+            embedded += sum(value) if isinstance(value, list) else value
+    totals["texts_embedded"] = embedded
     log.unlink()
     return totals
 
 
 def _documents(env: dict[str, str]) -> dict[int, bytes]:
-    """Every stored document under the catalog's prefix, as the bytes Redis returns."""
+    """Every stored document of the current generation, as the bytes Redis returns."""
     client = redis.Redis.from_url(_stack_env(env)["REDIS_URL"])
-    prefix = env["DRUGSYNC_KEY_PREFIX"]
+    current = client.hget(f"{env['DRUGSYNC_INDEX_NAME']}@generations", "current")
+    assert current is not None, "no current generation"
+    prefix = generation_prefix(env["DRUGSYNC_KEY_PREFIX"], int(current))
     keys = sorted(client.scan_iter(match=f"{prefix}*", count=1000))
     values = [client.execute_command("JSON.GET", key) for key in keys]  # type: ignore[no-untyped-call]
     return {int(key.decode()[len(prefix) :]): value for key, value in zip(keys, values, strict=True)}
@@ -111,7 +120,10 @@ def test_an_incremental_run_from_capture_syncs_exactly_what_changed_and_touches_
     # THEN Redis is exactly in line, only the changed eligible rows were embedded and written, and
     # every other document is byte for byte what it was
     _verified(env)
-    assert work == {"drugs": len(upserted), "drugs_skipped": 0, "documents_removed": len(removed)}
+    assert work == {
+        "drugs": len(upserted), "drugs_skipped": 0, "documents_removed": len(removed),
+        "texts_embedded": len(upserted),  # the embedding calls carried exactly the changed eligible rows
+    }  # fmt: skip
     after = _documents(env)
     assert set(before) - set(after) == removed
     assert set(after) - set(before) == {5000001, 5000002, 5000004, *relisted}
@@ -124,7 +136,8 @@ def test_an_incremental_run_from_capture_syncs_exactly_what_changed_and_touches_
     # AND an incremental run with nothing changed still ends, complete, having synced nothing
     empty = json.loads(drugsync(env, "sync", "--incremental", "--json").stdout)
     assert empty["changed_ids"] == 0
-    assert _work(env, tmp_path / "empty.log") == {"drugs": 0, "drugs_skipped": 0, "documents_removed": 0}
+    nothing = {"drugs": 0, "drugs_skipped": 0, "documents_removed": 0, "texts_embedded": 0}
+    assert _work(env, tmp_path / "empty.log") == nothing
     assert json.loads(drugsync(env, "status", "--json").stdout)["run"]["state"] == "complete"
     assert _documents(env) == after
 
@@ -154,8 +167,9 @@ def test_an_abandoned_incremental_run_releases_nothing_and_the_next_one_syncs_it
     stale = json.loads(drugsync(env, "verify", "--json").stdout)
     assert stale["stale_ids"] == edited
 
-    # THEN the next incremental run claims the same changes and brings Redis in line
-    again = json.loads(drugsync(env, "sync", "--incremental", "--json").stdout)
+    # THEN the next incremental run (taking over the abandoned run's claim) claims the same changes
+    # and brings Redis in line
+    again = json.loads(drugsync(env, "sync", "--incremental", "--supersede", "--json").stdout)
     assert again["changed_ids"] == 3
     assert _work(env, tmp_path / "again.log")["drugs"] == 3
     _verified(env)
