@@ -98,8 +98,8 @@ def make_changes(services: Services, changes: int) -> dict[str, int]:
                             sql.Identifier(names.eligible_column))  # fmt: skip
     edits, each = changes * 7 // 10, changes // 10
     conn = services.conn
-    pick = sql.SQL("SELECT {k} FROM {t} WHERE {e} ORDER BY random() LIMIT %s")
-    pick = pick.format(k=key, t=table, e=eligible)
+    template = sql.SQL("SELECT {k} FROM {t} WHERE {e} ORDER BY random() LIMIT %s")
+    pick = template.format(k=key, t=table, e=eligible)
     picked = [row[0] for row in conn.execute(pick, [edits + 3 * each])]
     edited, deleted, delisted, copied = (
         picked[:edits],
