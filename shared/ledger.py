@@ -155,7 +155,7 @@ SELECT r.run_id, r.started_at, r.range_size, r.eligible_drugs, r.total_ranges,
         WHERE f.run_id = r.run_id AND f.resolved_at IS NULL),
        r.enqueued_at, r.enqueue_error, r.sweep_requested_at, r.swept_at, r.documents_removed,
        r.finished_at, r.announced_at, r.mode, r.generation, r.superseded_at,
-       coalesce(sum(g.drugs_skipped), 0), r.switched_at, r.switch_error
+       coalesce(sum(g.drugs_skipped), 0), r.switched_at, r.switch_error, r.source_table
 FROM drugsync_runs r
 LEFT JOIN drugsync_ranges g ON g.run_id = r.run_id AND g.done_at IS NOT NULL
 WHERE r.run_id = %(run_id)s

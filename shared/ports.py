@@ -65,6 +65,13 @@ class RunProgress:
     drugs_skipped: int = 0
     switched_at: datetime | None = None
     switch_error: str | None = None
+    source_table: str | None = None  # None for a run recorded before schema v3
+
+    @property
+    def without_its_generation(self) -> bool:
+        """A full run or rebuild recorded (since v3) with no generation: its generation could not be
+        opened, and its documents would go to keys no index reads. Runs from before v3 have none."""
+        return self.mode in ("full", "rebuild") and self.generation is None and self.source_table is not None
 
     @property
     def ranges_complete(self) -> bool:

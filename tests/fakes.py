@@ -229,6 +229,7 @@ class FakeLedger:
             drugs_skipped=sum(value for key, value in self.skipped.items() if key[0] == run_id),
             switched_at=run.get("switched"),
             switch_error=run.get("switch_error"),
+            source_table=run["source_table"],
         )
 
     def latest_run_id(self) -> UUID | None:
