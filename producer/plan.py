@@ -194,7 +194,7 @@ def resume_run(run_id: uuid.UUID, *, ledger: Ledger, queue: WorkQueue) -> int:
     progress = ledger.progress(run_id)
     if progress is None:
         raise ConfigError(f"no run {run_id} in the ledger: `drugsync runs` lists the recent ones")
-    if progress.without_its_generation:  # refused before its claim is renewed by the touch below
+    if progress.without_its_generation and progress.superseded_at is None:  # before the touch renews a claim
         raise ConfigError(
             f"run {run_id} ({progress.mode}) was recorded with no generation to write"
             f" ({progress.enqueue_error or 'none was opened'}) and cannot be resumed: its documents would"
