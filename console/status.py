@@ -71,6 +71,8 @@ def advice(run: dict[str, Any]) -> str | None:
             "an incremental run: `drugsync sync --incremental --supersede` starts a new one that takes up"
             " this run's changes"
         )
+    if run.get("without_generation") and run["state"] in ("enqueue_failed", "stalled"):
+        return "its generation could not be opened, so it cannot be resumed: `drugsync sync --supersede`"
     if run["state"] == "enqueue_failed":
         return f"its messages were not all sent: `drugsync resume {run['run_id']}` sends what is not done"
     if run["state"].startswith("complete") and not run["announced"]:
@@ -103,6 +105,7 @@ def describe_run(progress: RunProgress, now: datetime, queue: QueueDepth | None 
         "state": run_state(progress, queue, now),
         "enqueue_error": progress.enqueue_error,
         "generation": progress.generation,
+        "without_generation": progress.without_its_generation,
         "switched_at": progress.switched_at.isoformat() if progress.switched_at else None,
         "switch_error": progress.switch_error,
         "documents_removed": progress.documents_removed,

@@ -2,7 +2,8 @@
 
 import time
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from producer.send import send_run_messages
 from shared.errors import ConfigError
@@ -38,16 +39,22 @@ def start_incremental(
     generation = current_generation(generations, embedder_name)
     ledger.ensure_schema()
     run_id = uuid.uuid4()
-    ids, source, sweep = changed_ids(run_id, catalog.table_name, ledger, changes, overlap_seconds)
-    units = pack_changes(run_id, ids)
+    source = change_source(catalog.table_name, ledger, changes, overlap_seconds)
+    units: list[list[int]] = []
+
+    def plan() -> list[PlannedRange]:
+        units[:] = pack_changes(run_id, source.read(run_id))  # under the claim: a refused run takes none
+        return [PlannedRange(unit[0], unit[-1], len(unit)) for unit in units]
+
+    superseded = ledger.start_run(
+        run_id, 1, None, [], mode="incremental", generation=generation, source_table=catalog.table_name,
+        changes_source=source.name, swept=not source.sweep, supersede=supersede, claim_seconds=claim_seconds,
+        plan=plan,
+    )  # fmt: skip
+    ids = [drug_id for unit in units for drug_id in unit]
     ranges = [PlannedRange(unit[0], unit[-1], len(unit)) for unit in units]
     bodies = [ChangesMessage(run_id=run_id, ids=unit, total=len(unit)).model_dump_json() for unit in units]
     planned = time.perf_counter()
-    superseded = ledger.start_run(
-        run_id, max((len(unit) for unit in units), default=1), None, ranges,
-        mode="incremental", generation=generation, source_table=catalog.table_name, changes_source=source,
-        swept=not sweep, supersede=supersede, claim_seconds=claim_seconds,
-    )  # fmt: skip
     # Nothing changed: the run still ends, through the one message that takes it to its end.
     bodies = bodies or [SweepMessage(run_id=run_id).model_dump_json()]
     send_run_messages(run_id, bodies, swept_now=not ranges, ledger=ledger, queue=queue)
@@ -63,7 +70,7 @@ def start_incremental(
         mode="incremental",
         generation=generation,
         changed_ids=len(ids),
-        changes_source=source,
+        changes_source=source.name,
         superseded=superseded,
     )
 
@@ -84,11 +91,28 @@ def current_generation(generations: Generations, embedder_name: str) -> int:
     return live.number
 
 
-def changed_ids(
-    run_id: uuid.UUID, table: str, ledger: Ledger, changes: ChangeFeed, overlap_seconds: float
-) -> tuple[list[int], str, bool]:
-    """The sorted changed ids, their source, and whether the run must sweep; refused without a
-    complete run to build on."""
+@dataclass(frozen=True)
+class Source:
+    """Where an incremental run's changes come from, and how to read them (once the run holds the claim)."""
+
+    name: str  # 'capture' | 'watermark'
+    sweep: bool  # the run must sweep: deletions were not all captured
+    changes: ChangeFeed
+    since: datetime | None  # the watermark's, less the overlap
+    failing: frozenset[int]  # ids still failing in the base run, tried again
+
+    def read(self, run_id: uuid.UUID) -> list[int]:
+        """The sorted changed ids: claimed from capture, or updated since the watermark."""
+        found = self.changes.claim(run_id) if self.since is None else self.changes.changed_since(self.since)
+        return sorted(set(found) | self.failing)
+
+
+def change_source(table: str, ledger: Ledger, changes: ChangeFeed, overlap_seconds: float) -> Source:
+    """Where the run finds its changes; refused without a complete run to build on.
+
+    Rows still failing in that run are tried again: a full run's failures are in no change table,
+    and the watermark would not see them (a capture run's are kept in its change table anyway).
+    """
     status = changes.status()
     if status.broken:
         raise ConfigError(status.broken)
@@ -98,12 +122,13 @@ def changed_ids(
             installed = f"since change capture was installed ({status.installed_at:%Y-%m-%d %H:%M:%S %Z})"
             raise ConfigError(FULL_SYNC_FIRST.format(table=table, since=installed))
         truncated = status.truncated_at is not None and status.truncated_at >= base[1]
-        return changes.claim(run_id), "capture", truncated
+        return Source("capture", truncated, changes, None, failing_in(ledger, base[0]))
     base = ledger.last_complete_run(table)
     if base is None:
         raise ConfigError(FULL_SYNC_FIRST.format(table=table, since="in the ledger"))
-    base_id, started_at = base
-    since = started_at - timedelta(seconds=overlap_seconds)
-    # Rows still failing in that run are tried again, as change capture keeps them for the next run.
-    failing = {failure.drug_id for failure in ledger.open_failures(base_id)}
-    return sorted(set(changes.changed_since(since)) | failing), "watermark", True
+    since = base[1] - timedelta(seconds=overlap_seconds)
+    return Source("watermark", True, changes, since, failing_in(ledger, base[0]))
+
+
+def failing_in(ledger: Ledger, run_id: uuid.UUID) -> frozenset[int]:
+    return frozenset(failure.drug_id for failure in ledger.open_failures(run_id))

@@ -194,6 +194,12 @@ def resume_run(run_id: uuid.UUID, *, ledger: Ledger, queue: WorkQueue) -> int:
     progress = ledger.progress(run_id)
     if progress is None:
         raise ConfigError(f"no run {run_id} in the ledger: `drugsync runs` lists the recent ones")
+    if progress.without_its_generation and progress.superseded_at is None:  # before the touch renews a claim
+        raise ConfigError(
+            f"run {run_id} ({progress.mode}) was recorded with no generation to write"
+            f" ({progress.enqueue_error or 'none was opened'}) and cannot be resumed: its documents would"
+            " go where no index reads them; start a new run (`drugsync sync --supersede`)"
+        )
     touched = ledger.touch_run(run_id)  # a resumed run shows life again: its claim is renewed
     if touched is not None and touched.superseded and progress.finished_at is None:
         raise ConfigError(

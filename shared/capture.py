@@ -107,10 +107,11 @@ CREATE OR REPLACE TRIGGER drugsync_capture_update AFTER UPDATE ON {table}
 FOR EACH ROW WHEN (({old_columns}) IS DISTINCT FROM ({new_columns}))
 EXECUTE FUNCTION drugsync_record_change({id_name}, {source})
 """
-# Installed again, capture counts from now: a full run must follow (see base_required).
+# Installed anew (or over a broken install), capture counts from now: a full run must follow. Over a
+# complete install nothing was missed, so it still counts from when it began (%(intact)s).
 RECORD_INSTALL = """
 INSERT INTO drugsync_capture (source_table) VALUES (%(source)s)
-ON CONFLICT (source_table) DO UPDATE SET installed_at = now()
+ON CONFLICT (source_table) DO UPDATE SET installed_at = now() WHERE NOT %(intact)s
 """
 
 DROP_TRIGGERS = """
@@ -223,6 +224,7 @@ class ChangeCapture:
         steps = (CREATE_RECORD_FUNCTION, CREATE_ROW_TRIGGER, CREATE_UPDATE_TRIGGER,
                  CREATE_TRUNCATE_FUNCTION, CREATE_TRUNCATE_TRIGGER)  # fmt: skip
         with self._locking("installing change capture", lock_timeout_seconds) as conn:
+            intact = self._intact(conn)
             conn.execute(CREATE_CHANGE_TABLES)
             schema = _first(conn.execute(CHANGE_TABLE_SCHEMA).fetchone())
             changes, capture = (
@@ -231,8 +233,16 @@ class ChangeCapture:
             )
             for step in steps:
                 conn.execute(sql.SQL(step).format(changes=changes, capture=capture, **self._names))
-            conn.execute(RECORD_INSTALL, {"source": self.source_table})
+            conn.execute(RECORD_INSTALL, {"source": self.source_table, "intact": intact})
         return self.status()
+
+    def _intact(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether every trigger is there and the install recorded: no change was missed since."""
+        table = self._names["table"].as_string(conn)
+        triggers = _first(conn.execute(TRIGGERS_ON_TABLE, {"table": table}).fetchone())
+        if triggers != TRIGGERS or not _first(conn.execute(CHANGE_TABLES_EXIST).fetchone()):
+            return False
+        return conn.execute(INSTALLED_AT, {"source": self.source_table}).fetchone() is not None
 
     def remove(self, lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> None:
         """Drop the triggers (and the functions, once unused); the change table and its rows stay."""

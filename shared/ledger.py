@@ -1,6 +1,6 @@
 """The run ledger, kept in PostgreSQL beside the catalog: runs, their ranges, and which are done."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -83,17 +83,21 @@ CREATE INDEX IF NOT EXISTS drugsync_runs_active ON drugsync_runs (started_at)
     WHERE finished_at IS NULL AND superseded_at IS NULL;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS changes_source text;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS source_table text;
+-- The database time before the run read its changes: the next watermark run reads from there.
+ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS watermark_at timestamptz;
 """
 
 CLEAR_SCHEMA_VERSION = "DELETE FROM drugsync_schema"
 RECORD_SCHEMA_VERSION = "INSERT INTO drugsync_schema (version) VALUES (%(version)s)"
 
 # A run that needs no sweep (an incremental run from change capture) is recorded as swept.
+# now() is the start of the recording transaction, taken before `plan` read the changes (an
+# incremental run reads them in it): whatever commits after that read has a later updated_at.
 INSERT_RUN = """
 INSERT INTO drugsync_runs (run_id, range_size, max_drugs, eligible_drugs, total_ranges, mode, generation,
-                           source_table, changes_source, swept_at)
+                           source_table, changes_source, swept_at, watermark_at)
 VALUES (%(run_id)s, %(range_size)s, %(max_drugs)s, %(eligible_drugs)s, %(total_ranges)s, %(mode)s,
-        %(generation)s, %(source_table)s, %(changes_source)s, CASE WHEN %(swept)s THEN now() END)
+        %(generation)s, %(source_table)s, %(changes_source)s, CASE WHEN %(swept)s THEN now() END, now())
 """
 
 # One writer at a time: whoever records a run holds this lock until its transaction commits, so
@@ -151,7 +155,7 @@ SELECT r.run_id, r.started_at, r.range_size, r.eligible_drugs, r.total_ranges,
         WHERE f.run_id = r.run_id AND f.resolved_at IS NULL),
        r.enqueued_at, r.enqueue_error, r.sweep_requested_at, r.swept_at, r.documents_removed,
        r.finished_at, r.announced_at, r.mode, r.generation, r.superseded_at,
-       coalesce(sum(g.drugs_skipped), 0), r.switched_at, r.switch_error
+       coalesce(sum(g.drugs_skipped), 0), r.switched_at, r.switch_error, r.source_table
 FROM drugsync_runs r
 LEFT JOIN drugsync_ranges g ON g.run_id = r.run_id AND g.done_at IS NOT NULL
 WHERE r.run_id = %(run_id)s
@@ -198,9 +202,10 @@ RETURNING r.changes_source
 """
 
 # The newest run that left Redis holding every eligible row of the table as of its start: complete,
-# neither capped nor superseded, full or incremental, and (for change capture) started after `after`.
+# neither capped nor superseded, full or incremental, and (for change capture) started after `after`;
+# with its watermark (runs recorded before the column have their start).
 LAST_COMPLETE_RUN = """
-SELECT run_id, started_at FROM drugsync_runs
+SELECT run_id, coalesce(watermark_at, started_at) FROM drugsync_runs
 WHERE source_table = %(source_table)s AND finished_at IS NOT NULL AND superseded_at IS NULL
   AND max_drugs IS NULL AND mode IN ('full', 'rebuild', 'incremental') AND started_at > %(after)s
 ORDER BY started_at DESC LIMIT 1
@@ -320,24 +325,15 @@ class PostgresLedger:
         swept: bool = False,
         supersede: bool = False,
         claim_seconds: float = 3600.0,
+        plan: Callable[[], Sequence[PlannedRange]] | None = None,
     ) -> list[UUID]:
         """Take the one-writer claim and record the run in one transaction; returns the runs superseded.
 
         An active run is superseded when asked to, or when its claim expired (no sign of life for
-        claim_seconds); otherwise RunActive names it and nothing is recorded.
+        claim_seconds); otherwise RunActive names it and nothing is recorded. `plan`, if given, plans
+        the ranges under the claim, in the same transaction (an incremental run claims its changes
+        there: a refused or failed start claims nothing); range_size is then the largest range.
         """
-        run = {
-            "run_id": run_id,
-            "range_size": range_size,
-            "max_drugs": max_drugs,
-            "eligible_drugs": sum(planned.drug_count for planned in ranges),
-            "total_ranges": len(ranges),
-            "mode": mode,
-            "generation": generation,
-            "source_table": source_table,
-            "changes_source": changes_source,
-            "swept": swept,
-        }
         conn = self._db.connection()
         with translate_errors("recording a run"), conn.transaction():
             conn.execute(LOCK_WRITER)
@@ -348,6 +344,15 @@ class PostgresLedger:
                 raise RunActive(describe_active(holding[0], mode, claim_seconds))
             superseded = [other.run_id for other in active]
             conn.execute(SUPERSEDE_RUNS, {"by": run_id, "run_ids": superseded})
+            if plan is not None:
+                ranges = plan()
+                range_size = max((planned.drug_count for planned in ranges), default=1)
+            run = {
+                "run_id": run_id, "range_size": range_size, "max_drugs": max_drugs,
+                "eligible_drugs": sum(planned.drug_count for planned in ranges), "total_ranges": len(ranges),
+                "mode": mode, "generation": generation, "source_table": source_table,
+                "changes_source": changes_source, "swept": swept,
+            }  # fmt: skip
             conn.execute(INSERT_RUN, run)
             with conn.cursor().copy(COPY_RANGES) as copy:
                 for planned in ranges:

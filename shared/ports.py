@@ -1,6 +1,6 @@
 """The collaborators the core needs, as Protocols; adapters and test fakes both satisfy them."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,6 +65,13 @@ class RunProgress:
     drugs_skipped: int = 0
     switched_at: datetime | None = None
     switch_error: str | None = None
+    source_table: str | None = None  # None for a run recorded before schema v3
+
+    @property
+    def without_its_generation(self) -> bool:
+        """A full run or rebuild recorded (since v3) with no generation: its generation could not be
+        opened, and its documents would go to keys no index reads. Runs from before v3 have none."""
+        return self.mode in ("full", "rebuild") and self.generation is None and self.source_table is not None
 
     @property
     def ranges_complete(self) -> bool:
@@ -133,9 +140,11 @@ class Ledger(Protocol):
         swept: bool = False,
         supersede: bool = False,
         claim_seconds: float = 3600.0,
+        plan: Callable[[], Sequence[PlannedRange]] | None = None,
     ) -> list[UUID]:
         """Record the run if it may write now, taking the one-writer claim; returns the runs it
-        superseded, or raises RunActive naming the run that holds the claim."""
+        superseded, or raises RunActive naming the run that holds the claim. `plan` plans the
+        ranges only once the claim is held, atomically with the run's record."""
         ...
 
     def touch_run(self, run_id: UUID) -> RunTouch | None:
@@ -145,7 +154,8 @@ class Ledger(Protocol):
     def last_complete_run(
         self, source_table: str, after: datetime | None = None
     ) -> tuple[UUID, datetime] | None:
-        """The newest complete full or incremental run of the table (started after `after`)."""
+        """The newest complete full or incremental run of the table (started after `after`), with
+        its watermark: the time before it read what changed."""
         ...
 
     def mark_range_done(

@@ -125,6 +125,7 @@ class FakeLedger:
         swept: bool = False,
         supersede: bool = False,
         claim_seconds: float = 3600.0,
+        plan: Callable[[], Sequence[PlannedRange]] | None = None,
     ) -> list[UUID]:
         now = datetime.now(UTC)
         active = [
@@ -145,10 +146,13 @@ class FakeLedger:
             raise RunActive(f"run {holding[-1]} ({self.runs[holding[-1]]['mode']}) is still active")
         for other in active:
             self.runs[other].update(superseded=now, superseded_by=run_id)
+        if plan is not None:  # under the claim, as the real ledger does, and before the watermark
+            ranges = plan()
+            range_size = max((planned.drug_count for planned in ranges), default=1)
         self.runs[run_id] = {
             "range_size": range_size, "ranges": list(ranges), "started": now, "max_drugs": max_drugs,
             "mode": mode, "generation": generation, "source_table": source_table,
-            "changes_source": changes_source, "swept": now if swept else None,
+            "changes_source": changes_source, "swept": now if swept else None, "watermark": now,
         }  # fmt: skip
         return active
 
@@ -175,13 +179,13 @@ class FakeLedger:
         self, source_table: str, after: datetime | None = None
     ) -> tuple[UUID, datetime] | None:
         bases = [
-            (run["started"], run_id)
+            (run["started"], run_id, run["watermark"])
             for run_id, run in self.runs.items()
             if run["source_table"] == source_table and run.get("finished") and not run.get("superseded")
             and run["max_drugs"] is None
             and run["mode"] in ("full", "rebuild", "incremental") and (after is None or run["started"] > after)
         ]  # fmt: skip
-        return (max(bases)[1], max(bases)[0]) if bases else None
+        return (max(bases)[1], max(bases)[2]) if bases else None
 
     def _planned(self, run_id: UUID, first_id: int) -> PlannedRange | None:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
@@ -225,6 +229,7 @@ class FakeLedger:
             drugs_skipped=sum(value for key, value in self.skipped.items() if key[0] == run_id),
             switched_at=run.get("switched"),
             switch_error=run.get("switch_error"),
+            source_table=run["source_table"],
         )
 
     def latest_run_id(self) -> UUID | None:

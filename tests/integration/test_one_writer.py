@@ -3,20 +3,23 @@
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from console.seed import seed_drugs
 from console.services import Services
+from console.status import advice, describe_run
 from consumer.env import SyncEnv
 from consumer.sync import sync_message
-from shared.errors import RunActive
+from producer.plan import resume_run, start_sync
+from shared.errors import ConfigError, RunActive, UnavailableError
 from shared.ledger import PostgresLedger
-from shared.models import PlannedRange, RangeMessage, SweepMessage, SyncRequest
+from shared.models import Generation, PlannedRange, RangeMessage, SweepMessage, SyncRequest
 from shared.postgres import Database
 from shared.retry import RetryPolicy
 from tests.conftest import Isolated
-from tests.fakes import FakeClock, FakeDeadline, FakeQueue, RecordingTelemetry
+from tests.fakes import FakeClock, FakeDeadline, FakeGenerations, FakeQueue, RecordingTelemetry
 
 pytestmark = pytest.mark.integration
 RANGES = [PlannedRange(1, 10, 10), PlannedRange(11, 20, 10)]
@@ -194,3 +197,43 @@ def test_a_superseded_runs_messages_are_dropped_by_the_consumer_and_write_nothin
     for r in services.ledger.undone_ranges(second.run_id):
         sync_message(RangeMessage.for_range(second.run_id, r), env, FakeDeadline(FakeClock(), 60))
     assert services.store.count_documents() == services.catalog.count_eligible()
+
+
+class UnopenableGenerations(FakeGenerations):
+    """Redis refuses to create the new generation's index."""
+
+    def begin(self, embedder: str, dimension: int, run_id: str) -> Generation:
+        raise UnavailableError("FT.CREATE refused: out of memory")
+
+
+def test_a_full_run_whose_generation_could_not_be_opened_is_not_resumed_into_no_index(
+    services: Services,
+) -> None:
+    # GIVEN a full run recorded (with the claim) whose generation Redis refused to begin
+    seed_drugs(services.conn, services.settings, 50)
+    with pytest.raises(UnavailableError):
+        start_sync(
+            SyncRequest(range_size=100), catalog=services.catalog, ledger=services.ledger, queue=FakeQueue(),
+            generations=UnopenableGenerations(), embedder_name="hashing-32", embedding_dim=32,
+            default_range_size=100,
+        )  # fmt: skip
+    row = services.conn.execute(
+        "SELECT run_id FROM drugsync_runs WHERE source_table = %s", [services.catalog.table_name]
+    ).fetchone()
+    assert row is not None
+    progress = services.ledger.progress(row[0])
+    assert progress is not None
+    assert (progress.state, progress.generation) == ("enqueue_failed", None)
+
+    # WHEN an operator resumes it, THEN it is refused and nothing is sent; status advises a new run
+    queue = FakeQueue()
+    with pytest.raises(ConfigError, match=r"no generation to write .*cannot be resumed.*sync --supersede"):
+        resume_run(row[0], ledger=services.ledger, queue=queue)
+    assert queue.bodies == []
+    assert "sync --supersede" in (advice(describe_run(progress, datetime.now(UTC))) or "")
+
+
+def test_a_full_run_recorded_before_generations_is_still_resumed(services: Services) -> None:
+    legacy = started(services.ledger)  # no source table, no generation: as v3's migration leaves a v2 run
+    queue = FakeQueue()
+    assert resume_run(legacy, ledger=services.ledger, queue=queue) == len(RANGES)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from consumer.run_end import advance_run
 from consumer.sync import SyncEnv, sync_message
 from producer.plan import resume_run, start_sync
-from shared.errors import ConfigError
+from shared.errors import ConfigError, RunActive
 from shared.models import (
     BIGINT_MAX,
     BIGINT_MIN,
@@ -20,6 +20,7 @@ from shared.models import (
     MAX_ROWS_PER_MESSAGE,
     ChangesMessage,
     PlannedRange,
+    RowFailure,
     SweepMessage,
     SyncRequest,
     pack_changes,
@@ -63,7 +64,7 @@ class Producer:
     def complete_full_run(self, started: datetime) -> uuid.UUID:
         run_id = uuid.uuid4()
         self.ledger.start_run(run_id, 100, None, [], source_table="drugs", swept=True)
-        self.ledger.runs[run_id]["started"] = started
+        self.ledger.runs[run_id].update(started=started, watermark=started)
         assert self.ledger.finish_run(run_id)
         return run_id
 
@@ -74,10 +75,36 @@ class Producer:
 def test_an_incremental_run_is_refused_until_a_full_run_started_after_capture_was_installed() -> None:
     producer = Producer()
     producer.complete_full_run(started=NOW - timedelta(hours=2))  # before the install: not a base
+    producer.changes.record(3, 8)
     with pytest.raises(ConfigError, match="run `drugsync sync` first"):
         producer.start()
     assert producer.queue.bodies == []
-    assert producer.changes.rows == []  # nothing claimed by a refused run
+    assert producer.changes.rows == [[3, None], [8, None]]  # nothing claimed by a refused run
+
+
+def test_an_incremental_run_refused_by_the_active_run_takes_none_of_its_changes() -> None:
+    producer = Producer()
+    producer.complete_full_run(started=NOW)
+    producer.changes.record(4, 9)
+    active = producer.start().run_id
+    producer.changes.record(11)
+
+    with pytest.raises(RunActive, match=str(active)):
+        producer.start()
+
+    assert producer.changes.rows == [[4, active], [9, active], [11, None]]
+
+
+def test_a_capture_run_tries_again_the_rows_still_failing_in_its_full_base_run() -> None:
+    producer = Producer()
+    base = producer.complete_full_run(started=NOW)
+    producer.ledger.record_failures(base, [RowFailure(12, "RowError", "bad")])  # in no change table
+    producer.changes.record(3)
+
+    summary = producer.start()
+
+    assert (summary.changes_source, summary.changed_ids) == ("capture", 2)
+    assert producer.sent()[0].ids == [3, 12]
 
 
 def test_with_capture_the_claimed_ids_are_enqueued_sorted_and_the_run_needs_no_sweep() -> None:
@@ -146,8 +173,6 @@ def test_without_capture_the_watermark_reads_since_the_last_complete_run_less_th
 
 
 def test_the_watermark_tries_again_the_rows_still_failing_in_the_last_complete_run() -> None:
-    from shared.models import RowFailure
-
     producer = Producer(installed_at=None)
     base = producer.complete_full_run(started=NOW - timedelta(days=1))
     producer.ledger.record_failures(base, [RowFailure(12, "RowError", "bad")])
