@@ -14,7 +14,7 @@ from shared.models import PlannedRange, RowFailure
 from shared.ports import RunProgress, RunTouch
 from shared.postgres import Database, translate_errors
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Read on every call; the DDL below runs only when the version is behind, so `status` and the
 # producer never take the ACCESS EXCLUSIVE lock that ALTER TABLE needs once the schema is current.
@@ -84,6 +84,7 @@ CREATE INDEX IF NOT EXISTS drugsync_runs_active ON drugsync_runs (started_at)
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS changes_source text;
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS source_table text;
 -- The database time before the run read its changes: the next watermark run reads from there.
+-- v4: when a watermark run read its changes (a ledger at v3 from an earlier build lacks it).
 ALTER TABLE drugsync_runs ADD COLUMN IF NOT EXISTS watermark_at timestamptz;
 """
 
