@@ -229,9 +229,10 @@ RETURNING 1
 RELEASE_SWEEP = "UPDATE drugsync_runs SET sweep_requested_at = NULL WHERE run_id = %(run_id)s"
 
 # A sweep counts only once every range is done: only then can nothing it judged be rewritten by the run.
+# A superseded run's sweep never counts: it could otherwise go on to switch readers to its generation.
 MARK_SWEPT = """
 UPDATE drugsync_runs r SET swept_at = now()
-WHERE r.run_id = %(run_id)s AND r.swept_at IS NULL
+WHERE r.run_id = %(run_id)s AND r.swept_at IS NULL AND r.superseded_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
 """
 
@@ -254,9 +255,10 @@ MARK_ANNOUNCED = "UPDATE drugsync_runs SET announced_at = now() WHERE run_id = %
 
 # One consumer switches readers to the run's generation, like the sweep's claim: it lapses after the
 # lease if its holder died, and is released at once when the verification refused the switch.
+# A superseded run never switches: the run that superseded it may have retired its generation.
 CLAIM_SWITCH = """
 UPDATE drugsync_runs SET switch_claimed_at = now()
-WHERE run_id = %(run_id)s AND swept_at IS NOT NULL AND switched_at IS NULL
+WHERE run_id = %(run_id)s AND swept_at IS NOT NULL AND switched_at IS NULL AND superseded_at IS NULL
   AND (switch_claimed_at IS NULL OR switch_claimed_at < now() - make_interval(secs => %(lease)s))
 RETURNING 1
 """

@@ -266,7 +266,9 @@ class FakeLedger:
 
     def mark_swept(self, run_id: UUID) -> None:
         progress = self.progress(run_id)
-        if progress is not None and progress.ranges_complete and progress.swept_at is None:
+        if progress is None or progress.superseded_at is not None:
+            return
+        if progress.ranges_complete and progress.swept_at is None:
             self._set(run_id, "swept", datetime.now(UTC))
 
     def claim_sweep(self, run_id: UUID, lease_seconds: float) -> bool:
@@ -300,7 +302,7 @@ class FakeLedger:
 
     def claim_switch(self, run_id: UUID, lease_seconds: float) -> bool:
         run = self.runs.get(run_id, {})
-        if not run.get("swept") or run.get("switched") or run.get("switch_claimed"):
+        if not run.get("swept") or run.get("switched") or run.get("switch_claimed") or run.get("superseded"):
             return False
         run["switch_claimed"] = True
         return True

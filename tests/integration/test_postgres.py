@@ -413,3 +413,27 @@ def test_one_caller_claims_a_runs_switch_and_a_refusal_lets_a_later_one_try_agai
     assert switched is not None
     assert (switched.switch_error, switched.switched_at is not None) == (None, True)
     assert ledger.claim_switch(run_id, lease_seconds=0) is False  # switched: never again
+
+
+def test_a_superseded_rebuild_is_never_swept_nor_claims_its_switch(db: Database) -> None:
+    # GIVEN two rebuilds whose one range is done: the first superseded before its sweep counted,
+    # the second swept, then superseded before its switch
+    ledger = PostgresLedger(db)
+    ledger.ensure_schema()
+    unswept, swept = uuid.uuid4(), uuid.uuid4()
+    ledger.start_run(unswept, 10, None, [PlannedRange(1, 10, 10)], mode="rebuild", generation=2)
+    ledger.mark_range_done(unswept, 1, 10)
+    ledger.start_run(swept, 10, None, [PlannedRange(1, 10, 10)], mode="rebuild", generation=3, supersede=True)
+    ledger.mark_range_done(swept, 1, 10)
+    ledger.mark_swept(swept)
+    ledger.start_run(uuid.uuid4(), 10, None, [PlannedRange(1, 10, 10)], mode="rebuild", supersede=True)
+
+    # WHEN the first one's sweep ends, and each tries to claim its switch
+    ledger.mark_swept(unswept)
+
+    # THEN neither counts: a superseded run never switches readers to its generation
+    progress = ledger.progress(unswept)
+    assert progress is not None
+    assert (progress.state, progress.swept_at) == ("superseded", None)
+    assert ledger.claim_switch(unswept, lease_seconds=0) is False
+    assert ledger.claim_switch(swept, lease_seconds=0) is False
