@@ -11,7 +11,14 @@ import numpy as np
 from shared.capture import CaptureStatus
 from shared.documents import TEXT_TEMPLATE_VERSION, is_stale
 from shared.embedders.hashing import HashingEmbedder
-from shared.errors import DrugSyncError, EmbeddingError, RunActive, UnavailableError
+from shared.errors import (
+    DrugSyncError,
+    EmbeddingError,
+    GenerationInUse,
+    RunActive,
+    SwitchRefused,
+    UnavailableError,
+)
 from shared.generations import Registry
 from shared.models import Drug, Fetched, Generation, PlannedRange, RowFailure
 from shared.ports import (
@@ -477,23 +484,42 @@ class FakeGenerations:
         self._put(replace(self.registry.generations[number], run_id=run_id))
 
     def mark_retiring(self, number: int) -> None:
-        self._put(replace(self.registry.generations[number], state="retiring"))
+        generation = self.registry.generations.get(number)
+        if generation is not None and number != self.registry.current:  # as Redis: never the current one
+            self._put(replace(generation, state="retiring"))
 
     def switch(self, number: int) -> Generation | None:
+        new = self.registry.generations.get(number)
+        if new is None or new.state != "building":  # as Redis: only a generation still building
+            raise SwitchRefused(f"generation {number} is {new and new.state}, not building")
         old = self.registry.live
         if old is not None:
             self._put(replace(old, state="retiring"))
-        self._put(replace(self.registry.generations[number], state="live"), current=number)
+        self._put(replace(new, state="live"), current=number)
         self.switches.append(number)
         return None if old is None else replace(old, state="retiring")
 
     def counts(self, number: int, canary_k: int, wait_seconds: float) -> GenerationCounts:
-        documents = len(self.store(number).documents)
-        indexed = max(documents - self.indexed_lag - self.indexing_failures, 0)
-        return GenerationCounts(documents, indexed, self.indexing_failures, min(canary_k, indexed))
+        """As FT.INFO and a KNN query would answer: nothing without an index; a document whose vector
+        is not of the index's dimension fails to index; the canary finds only indexed vectors."""
+        store = self.store(number)
+        documents = len(store.documents)
+        if store.index_dimension is None:
+            return GenerationCounts(documents, 0, 0, 0)
+        vectors = [d.get("embedding") for d in store.documents.values()]
+        misfits = sum(v is not None and len(v) != store.index_dimension for v in vectors)
+        failures = self.indexing_failures + misfits
+        indexed = max(documents - self.indexed_lag - failures, 0)
+        searchable = min(indexed, sum(v is not None and len(v) == store.index_dimension for v in vectors))
+        return GenerationCounts(documents, indexed, failures, min(canary_k, searchable))
 
     def drop_index(self, number: int) -> bool:
-        return self.store(number).index_dimension is not None
+        if number == self.registry.current:
+            raise GenerationInUse(f"generation {number} is current")
+        store = self.store(number)
+        existed = store.index_dimension is not None
+        store.index_dimension = None
+        return existed
 
     def unlink_page(self, number: int, cursor: int, count: int) -> tuple[int, int]:
         store = self.store(number)

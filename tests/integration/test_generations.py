@@ -2,6 +2,7 @@
 
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,8 @@ import pytest
 from console.demo import search
 from console.services import Services
 from shared.embedders.hashing import HashingEmbedder
-from shared.errors import ConfigError, GenerationMoved
-from shared.generations import RedisGenerations
+from shared.errors import ConfigError, GenerationInUse, GenerationMoved, SwitchRefused
+from shared.generations import RedisGenerations, Registry, generation_index
 from shared.redis_store import RedisDocumentStore
 from shared.wiring import build_store
 from tests.conftest import Isolated
@@ -212,3 +213,62 @@ def test_a_search_whose_alias_moved_after_the_registry_was_read_reads_again(
     # THEN it read the registry again and answered from generation 2, with its dimension
     vector = HashingEmbedder(new_dimension, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
     assert hits == gens.store(second.number).search(vector, K)
+
+
+def _one_change_after_the_first_read(gens: RedisGenerations, change: Callable[[], object]) -> None:
+    """Make `change` (by another client) land right after gens' next registry read, once."""
+    real_read, done = gens.read, list[bool]()
+
+    def read() -> Registry:
+        registry = real_read()
+        if not done:
+            done.append(True)
+            change()
+        return registry
+
+    gens.read = read  # type: ignore[method-assign]
+
+
+def test_a_generation_marked_retiring_is_never_switched_to_even_between_the_read_and_the_multi(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current, generations 2 and 3 built beside it, and 2 already marked retiring
+    gens = RedisGenerations(build_store(test_env.settings))
+    other = RedisGenerations(build_store(test_env.settings))  # another process: the producer
+    for run in ("run-1", "run-2", "run-3"):
+        gens.begin("hashing-v1-128", 128, run)
+    gens.switch(1)
+    other.mark_retiring(2)
+
+    # WHEN a switch to 2 is asked, and one to 3 while the producer marks 3 retiring after its read
+    with pytest.raises(SwitchRefused, match="generation 2 is retiring"):
+        gens.switch(2)
+    _one_change_after_the_first_read(gens, lambda: other.mark_retiring(3))
+    with pytest.raises(SwitchRefused, match="generation 3 is retiring"):
+        gens.switch(3)
+
+    # THEN readers stay on generation 1, alias and registry alike
+    registry = other.read()
+    assert (registry.current, gens.resolve_alias()) == (1, generation_index(gens.alias, 1))
+    assert (registry.generations[2].state, registry.generations[3].state) == ("retiring", "retiring")
+
+
+def test_the_current_generation_is_never_marked_retiring_nor_its_index_dropped_even_by_a_late_read(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current and generation 2 building
+    gens = RedisGenerations(build_store(test_env.settings))
+    other = RedisGenerations(build_store(test_env.settings))  # another process: the consumer switching
+    gens.switch(gens.begin("hashing-v1-128", 128, "run-1").number)
+    gens.begin("hashing-v1-128", 128, "run-2")
+
+    # WHEN the switch to 2 lands right after a retirement of 2 read the registry
+    _one_change_after_the_first_read(gens, lambda: other.switch(2))
+    with pytest.raises(GenerationInUse, match="generation 2 is current"):
+        gens.drop_index(2)
+    gens.mark_retiring(2)
+
+    # THEN generation 2 keeps its index and stays live
+    assert gens.store(2).index_info() is not None
+    assert other.read().generations[2].state == "live"
+    assert gens.drop_index(1) is True

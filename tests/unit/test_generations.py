@@ -1,5 +1,7 @@
 """Which generation a run writes, and the switch of readers to it at the run's end (with fakes)."""
 
+import uuid
+
 import pytest
 
 from consumer.sync import sync_message
@@ -17,7 +19,7 @@ from shared.generations import (
 )
 from shared.models import AnyMessage, Generation, RetireMessage, SyncRequest, parse_message
 from shared.ports import GenerationCounts
-from tests.fakes import FakeDeadline, FakeGenerations
+from tests.fakes import FakeDeadline, FakeGenerations, FakeQueue
 from tests.unit.test_sync_range import World
 
 EMBEDDER = "hashing-v1-32"
@@ -218,8 +220,10 @@ def test_the_current_generation_is_never_retired() -> None:
     assert len(gens.store(1).documents) == 12
 
 
-def test_a_run_whose_generation_was_retired_meanwhile_never_switches_to_it() -> None:
-    # GIVEN a rebuild whose generation is retired (a later rebuild replaced it) before its end
+@pytest.mark.parametrize("retired", ["retiring", "forgotten"])
+def test_a_run_whose_generation_was_retired_meanwhile_never_switches_to_it(retired: str) -> None:
+    # GIVEN a rebuild whose generation is retired (a later rebuild replaced it) before its end: marked
+    # retiring (its Retire not yet run), or already forgotten
     world, gens = _rebuilding_world()
     _start(world, gens)
     _drain(world)
@@ -228,7 +232,10 @@ def test_a_run_whose_generation_was_retired_meanwhile_never_switches_to_it() -> 
     world.work_queue.bodies.clear()
     for body in bodies[:-1]:
         sync_message(parse_message(body), world.env, FakeDeadline(world.clock, 1000))
-    gens.forget(2)
+    if retired == "retiring":
+        gens.mark_retiring(2)
+    else:
+        gens.forget(2)
 
     # WHEN its last range and sweep are done
     world.work_queue.bodies[:0] = bodies[-1:]
@@ -327,3 +334,36 @@ def test_a_capped_run_that_would_replace_the_current_generation_is_refused() -> 
             default_range_size=5,
         )  # fmt: skip
     assert sorted(gens.read().generations) == [1]  # nothing begun
+
+
+def test_a_rebuild_superseded_while_its_sweep_runs_never_switches_readers() -> None:
+    # GIVEN a rebuild into generation 2 whose sweep passed the superseded check, then
+    # `rebuild --supersede` (which marks generation 2 retiring) lands before the sweep ends
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    first = _start(world, gens, mode="rebuild")
+    real_mark_swept = world.ledger.mark_swept
+    later: list[object] = []
+
+    def superseded_meanwhile(run_id: uuid.UUID) -> None:
+        if run_id == first.run_id and not later:
+            later.append(start_sync(
+                SyncRequest(mode="rebuild", supersede=True), catalog=world.catalog, ledger=world.ledger,
+                queue=FakeQueue(), generations=gens, embedder_name=world.embedder.name, embedding_dim=32,
+                default_range_size=5,
+            ))  # fmt: skip
+        real_mark_swept(run_id)
+
+    world.ledger.mark_swept = superseded_meanwhile  # type: ignore[method-assign]
+
+    # WHEN the first rebuild's messages all run
+    _drain(world)
+
+    # THEN readers stay on generation 1: the superseded run neither counts its sweep nor switches
+    progress = world.ledger.progress(first.run_id)
+    assert progress is not None
+    assert later, "the supersede never happened"
+    assert (gens.read().current, gens.switches) == (1, [1])
+    assert (progress.state, progress.swept_at, progress.switched_at) == ("superseded", None, None)
+    assert gens.read().generations[2].state == "retiring"
