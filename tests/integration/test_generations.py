@@ -2,6 +2,7 @@
 
 import textwrap
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ import pytest
 
 from console.demo import search
 from console.services import Services
+from producer.plan import open_generation
 from shared.embedders.hashing import HashingEmbedder
 from shared.errors import ConfigError, GenerationInUse, GenerationMoved, SwitchRefused
-from shared.generations import RedisGenerations, Registry, generation_index
+from shared.generations import Choice, RedisGenerations, Registry, generation_index
 from shared.redis_store import RedisDocumentStore
 from shared.wiring import build_store
 from tests.conftest import Isolated
@@ -272,3 +274,19 @@ def test_the_current_generation_is_never_marked_retiring_nor_its_index_dropped_e
     assert gens.store(2).index_info() is not None
     assert other.read().generations[2].state == "live"
     assert gens.drop_index(1) is True
+
+
+def test_a_continued_generation_whose_index_was_never_created_gets_it(test_env: Isolated) -> None:
+    # GIVEN generation 2 recorded as building but without its index (begin failed after recording it)
+    gens = RedisGenerations(build_store(test_env.settings))
+    gens.switch(gens.begin("hashing-v1-128", 128, "run-1").number)
+    gens.begin("hashing-v1-128", 128, "run-2")
+    gens.store(2).drop_index()
+    assert gens.store(2).index_info() is None
+
+    # WHEN a later run continues it
+    number = open_generation(Choice("rebuild", 2), uuid.uuid4(), gens, "hashing-v1-128", 128)
+
+    # THEN its index exists, of the generation's dimension, and the run now switches it
+    assert (number, gens.store(2).index_dimension()) == (2, 128)
+    assert gens.read().generations[2].state == "building"

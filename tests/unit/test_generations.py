@@ -7,7 +7,7 @@ import pytest
 from consumer.sync import sync_message
 from producer.plan import start_sync
 from shared.documents import TEXT_TEMPLATE_VERSION
-from shared.errors import ConfigError, InvalidMessage
+from shared.errors import ConfigError, InvalidMessage, UnavailableError
 from shared.generations import (
     Registry,
     choose_generation,
@@ -367,3 +367,32 @@ def test_a_rebuild_superseded_while_its_sweep_runs_never_switches_readers() -> N
     assert (gens.read().current, gens.switches) == (1, [1])
     assert (progress.state, progress.swept_at, progress.switched_at) == ("superseded", None, None)
     assert gens.read().generations[2].state == "retiring"
+
+
+def test_a_generation_begun_without_its_index_gets_one_when_a_later_run_continues_it() -> None:
+    # GIVEN generation 1 current, and a rebuild whose generation 2 was recorded but whose index
+    # could not be created (Redis failed between the two)
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    failing = gens.store(2)
+
+    def refuse(dimension: int) -> None:
+        raise UnavailableError("Redis failed while creating the index")
+
+    failing.ensure_index = refuse  # type: ignore[method-assign]
+    with pytest.raises(UnavailableError):
+        _start(world, gens, mode="rebuild")
+    del failing.ensure_index
+    assert (gens.read().generations[2].state, failing.index_dimension) == ("building", None)
+
+    # WHEN the next full sync continues generation 2 and its messages run
+    again = start_sync(
+        SyncRequest(supersede=True), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,
+        generations=gens, embedder_name=world.embedder.name, embedding_dim=32, default_range_size=5,
+    )  # fmt: skip
+    _drain(world)
+
+    # THEN generation 2 has its index and readers were switched to it
+    assert (again.mode, again.generation, failing.index_dimension) == ("rebuild", 2, 32)
+    assert gens.read().current == 2
