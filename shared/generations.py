@@ -91,8 +91,9 @@ def matches(generation: Generation, embedder: str) -> bool:
 def choose_generation(mode: str, registry: Registry, embedder: str) -> Choice:
     """A full run continues a matching generation whose switch is still to come (a rebuild refused or
     cut short: finishing it is what was asked), else writes the current one if it matches the
-    settings, else rebuilds; a rebuild always begins anew (older unswitched ones are retired); an
-    incremental run writes the current generation."""
+    settings, else rebuilds; either way the unswitched ones it does not continue are retired. A
+    rebuild always begins anew (older unswitched ones are retired); an incremental run writes the
+    current generation."""
     live = registry.live
     building = registry.building()
     if mode == "incremental":
@@ -104,8 +105,8 @@ def choose_generation(mode: str, registry: Registry, embedder: str) -> Choice:
         if resumable:
             keep = resumable[-1].number
             return Choice("rebuild", keep, tuple(g.number for g in building if g.number != keep))
-        if live is not None and matches(live, embedder):
-            return Choice(mode, live.number)
+        if live is not None and matches(live, embedder):  # what was built for other settings goes
+            return Choice(mode, live.number, tuple(g.number for g in building))
     return Choice("rebuild", None, tuple(g.number for g in building))
 
 

@@ -57,6 +57,8 @@ def _registry(current: int | None, *generations: Generation) -> Registry:
             ),
             ("rebuild", 3, (2,)),
         ),
+        # a matching current one beside one built for other settings: written, the other retired
+        ("full", _registry(1, _generation(1), _generation(2, "building", embedder="x-1")), ("full", 1, (2,))),
         # even beside a matching current one: the rebuild asked for is finished
         ("full", _registry(1, _generation(1), _generation(2, "building")), ("rebuild", 2, ())),
         # a rebuild always begins anew and retires what was being built
