@@ -17,7 +17,7 @@ from shared.generations import (
     nesting,
     switch_refusal,
 )
-from shared.models import AnyMessage, Generation, RetireMessage, SyncRequest, parse_message
+from shared.models import AnyMessage, Generation, RetireMessage, SweepMessage, SyncRequest, parse_message
 from shared.ports import GenerationCounts
 from tests.fakes import FakeDeadline, FakeGenerations, FakeQueue
 from tests.unit.test_sync_range import World
@@ -398,3 +398,44 @@ def test_a_generation_begun_without_its_index_gets_one_when_a_later_run_continue
     # THEN generation 2 has its index and readers were switched to it
     assert (again.mode, again.generation, failing.index_dimension) == ("rebuild", 2, 32)
     assert gens.read().current == 2
+
+
+class _RetiresFail(FakeQueue):
+    """SQS failing every send of a Retire while `down` (the one right after the switch, retries too)."""
+
+    def __init__(self, inner: FakeQueue) -> None:
+        super().__init__()
+        self.bodies, self.sent, self.down = inner.bodies, inner.sent, True
+
+    def send_messages(self, bodies, attributes=None, delay_seconds=0) -> int:  # type: ignore[no-untyped-def]
+        if self.down and any('"retire"' in body for body in bodies):
+            raise UnavailableError("SQS failed while sending messages")
+        return super().send_messages(bodies, attributes, delay_seconds)
+
+
+def test_a_generation_whose_retire_was_lost_is_retired_when_the_run_finishes() -> None:
+    # GIVEN generation 1 current, and a rebuild whose switch's Retire of generation 1 fails to send
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    rebuild = _start(world, gens, mode="rebuild")
+    world.env.work_queue = queue = _RetiresFail(world.work_queue)
+    with pytest.raises(UnavailableError):
+        _drain(world)
+    assert (gens.read().current, gens.read().generations[1].state) == (2, "retiring")
+
+    # WHEN SQS is back, the failed message is delivered again and the run finishes
+    queue.down = False
+    sync_message(SweepMessage(run_id=rebuild.run_id), world.env, FakeDeadline(world.clock, 1000))
+    _drain(world)
+
+    # THEN generation 1 is retired and forgotten, and the run complete
+    progress = world.ledger.progress(rebuild.run_id)
+    assert progress is not None
+    assert (progress.state, sorted(gens.read().generations), gens.store(1).documents) == ("complete", [2], {})
+
+    # AND a Retire sent again finds nothing left to do
+    sync_message(
+        RetireMessage(run_id=rebuild.run_id, generation=1), world.env, FakeDeadline(world.clock, 1000)
+    )
+    assert (sorted(gens.read().generations), gens.read().current) == ([2], 2)
