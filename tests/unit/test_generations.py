@@ -1,6 +1,7 @@
 """Which generation a run writes, and the switch of readers to it at the run's end (with fakes)."""
 
 import uuid
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -407,7 +408,9 @@ class _RetiresFail(FakeQueue):
         super().__init__()
         self.bodies, self.sent, self.down = inner.bodies, inner.sent, True
 
-    def send_messages(self, bodies, attributes=None, delay_seconds=0) -> int:  # type: ignore[no-untyped-def]
+    def send_messages(
+        self, bodies: Sequence[str], attributes: Mapping[str, str] | None = None, delay_seconds: int = 0
+    ) -> int:
         if self.down and any('"retire"' in body for body in bodies):
             raise UnavailableError("SQS failed while sending messages")
         return super().send_messages(bodies, attributes, delay_seconds)
