@@ -96,13 +96,17 @@ def _refusal(
             " still indexing; the switch is tried again"
         )
     # A capped run (only ever the first generation: the producer refuses others) holds what Postgres
-    # had in its ranges when each was done; a whole run, every eligible drug now.
+    # had in its ranges when each was done.
+    # A whole run, every eligible drug now, give or take the drugs edited since the run started (as
+    # change capture recorded them): a catalog edited during a rebuild must not hold its switch back.
     capped = retried(env, deadline, lambda: env.ledger.max_drugs(progress.run_id)) is not None
+    explained = 0
     if capped:
         eligible = progress.drugs_done + progress.open_failures
     else:
         eligible = retried(env, deadline, env.catalog.count_eligible)
-    return switch_refusal(counts, eligible, progress.open_failures, env.canary_k)
+        explained = retried(env, deadline, lambda: env.ledger.changes_during(progress.run_id))
+    return switch_refusal(counts, eligible, progress.open_failures, env.canary_k, explained)
 
 
 def retire(message: RetireMessage, env: SyncEnv, deadline: Deadline) -> Outcome:

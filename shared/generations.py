@@ -127,7 +127,7 @@ def switch_refusal(
     if not counts_explained(counts.indexed, eligible, open_failures, explained):
         return (
             f"the index holds {counts.indexed:,} documents but Postgres has {eligible:,} eligible"
-            f" drugs and the run {open_failures:,} failing"
+            f" drugs and the run {open_failures:,} failing ({explained:,} changed since the run started)"
         )
     expected = min(canary_k, counts.indexed)
     if counts.canary_hits != expected:

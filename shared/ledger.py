@@ -278,6 +278,16 @@ WHERE run_id = %(run_id)s AND done_at IS NULL ORDER BY first_id
 
 RUN_MAX_DRUGS = "SELECT max_drugs FROM drugsync_runs WHERE run_id = %(run_id)s"
 
+# Drugs change capture saw change in the run's table since the run started: the give or take of the
+# count check at the switch, when the catalog is edited while a rebuild runs. Without capture
+# installed (no change table, looked up by search_path as capture does) nothing is known: 0.
+CHANGE_TABLE_EXISTS = "SELECT to_regclass('drugsync_changes') IS NOT NULL"
+CHANGES_DURING_RUN = """
+SELECT count(DISTINCT c.drug_id) FROM drugsync_changes c
+JOIN drugsync_runs r ON c.source_table = r.source_table
+WHERE r.run_id = %(run_id)s AND c.changed_at >= r.started_at
+"""
+
 LATEST_RUN = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT 1"
 
 RECENT_RUNS = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT %(limit)s"
@@ -459,6 +469,14 @@ class PostgresLedger:
         with translate_errors("reading a run's cap"):
             row = self._db.connection().execute(RUN_MAX_DRUGS, {"run_id": run_id}).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    def changes_during(self, run_id: UUID) -> int:
+        """Distinct drugs change capture recorded for the run's table since it started (0 without capture)."""
+        conn = self._db.connection()
+        with translate_errors("counting changes during a run"):
+            if not _first(conn.execute(CHANGE_TABLE_EXISTS).fetchone()):
+                return 0
+            return _first(conn.execute(CHANGES_DURING_RUN, {"run_id": run_id}).fetchone())
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         with translate_errors("reading ranges not done"):

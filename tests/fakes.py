@@ -329,6 +329,12 @@ class FakeLedger:
         cap: int | None = self.runs.get(run_id, {}).get("max_drugs")
         return cap
 
+    def changes_during(self, run_id: UUID) -> int:
+        run = self.runs.get(run_id)
+        if run is None or self.changes is None or self.changes.table != run["source_table"]:
+            return 0
+        return len({drug_id for drug_id, at in self.changes.recorded if at >= run["started"]})
+
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
         return [r for r in ranges if (run_id, r.first_id) not in self.done]
@@ -366,9 +372,11 @@ class FakeChangeFeed:
         self.updated: dict[int, datetime] = {}  # the watermark's view: updated_at by id
         self.triggers = 3 if installed_at else 0
         self.truncated_at: datetime | None = None
+        self.recorded: list[tuple[int, datetime]] = []
 
     def record(self, *ids: int) -> None:
         self.rows += [[drug_id, None] for drug_id in ids]
+        self.recorded += [(drug_id, datetime.now(UTC)) for drug_id in ids]  # changed_at, kept after release
 
     def status(self) -> CaptureStatus:
         unclaimed = sum(run is None for _, run in self.rows)
