@@ -290,3 +290,86 @@ def test_a_continued_generation_whose_index_was_never_created_gets_it(test_env: 
     # THEN its index exists, of the generation's dimension, and the run now switches it
     assert (number, gens.store(2).index_dimension()) == (2, 128)
     assert gens.read().generations[2].state == "building"
+
+
+class _RetiredAfterTheRegistryRead:
+    """A reader's client: right after its first registry read, the switch and the Retire land."""
+
+    def __init__(self, client: Any, retire: Callable[[], object]) -> None:
+        self._client, self._retire = client, retire
+
+    def hgetall(self, key: str) -> Any:
+        registry = self._client.hgetall(key)
+        retire, self._retire = self._retire, lambda: None
+        retire()
+        return registry
+
+    def execute_command(self, *args: Any) -> Any:
+        return self._client.execute_command(*args)
+
+
+def _without_aliases(test_env: Isolated) -> RedisGenerations:
+    """Generation 1 current and 2 built beside it, on a server taken as one without FT.ALIASUPDATE."""
+    gens = RedisGenerations(build_store(test_env.settings))
+    gens.begin("hashing-v1-128", 128, "run-1")
+    gens.store(1).client.hset(gens.key, "aliases", "0")
+    _filled(gens.store(1))
+    gens.switch(1)
+    gens.begin("hashing-v1-128", 128, "run-2")
+    gens.store(1).client.hset(gens.key, "aliases", "0")
+    _filled(gens.store(2))
+    return gens
+
+
+def _switch_and_retire(gens: RedisGenerations) -> None:
+    gens.switch(2)
+    gens.drop_index(1)
+
+
+def test_without_aliases_a_search_whose_generation_was_retired_after_the_registry_read_reads_again(
+    test_env: Isolated,
+) -> None:
+    # GIVEN a server without aliases: readers search the current generation's own index
+    gens = _without_aliases(test_env)
+    with Services(test_env.settings) as services:
+        real_read, reads = services.generations.read, list[int | None]()
+
+        def read() -> Registry:  # the switch and the Retire land right after the first read
+            registry = real_read()
+            if not reads:
+                _switch_and_retire(gens)
+            reads.append(registry.current)
+            return registry
+
+        services.generations.read = read  # type: ignore[method-assign]
+
+        # WHEN drugsync's search meets "unknown index" for generation 1
+        hits = search(services, "amoxicillin 500 mg capsule", K)
+
+    # THEN it read the registry again and answered from generation 2
+    vector = HashingEmbedder(128, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    assert (reads, hits) == ([1, 2], gens.store(2).search(vector, K))
+
+
+def test_without_aliases_the_readme_reader_reads_again_when_its_generation_was_retired(
+    test_env: Isolated,
+) -> None:
+    # GIVEN the README's reader on a server without aliases, its first registry read just before
+    # the switch to generation 2 and the Retire of generation 1
+    gens = _without_aliases(test_env)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
+    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
+    namespace: dict[str, Any] = {
+        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
+    }
+    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+    client = _RetiredAfterTheRegistryRead(gens.store(1).client, lambda: _switch_and_retire(gens))
+
+    # WHEN it searches
+    keys = namespace["search"](client, "amoxicillin 500 mg capsule", 5, gens.alias)
+
+    # THEN it answered from generation 2
+    assert len(keys) == 5
+    assert all(key.startswith(gens.read().generations[2].prefix) for key in keys)
+    assert gens.store(1).index_info() is None
