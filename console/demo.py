@@ -118,7 +118,8 @@ def search(services: Services, text: str, k: int) -> list[SearchHit]:
     """The k drugs nearest to `text` through the alias, embedded as the current generation's documents were.
 
     The registry names the generation (and its embedder) the alias points at; if the alias moved
-    between that read and the search (another dimension, hits under another prefix), read again once.
+    between that read and the search (another dimension, hits under another prefix, or without
+    aliases the generation's own index retired since), read again once.
     """
     for attempt in (1, 2):
         registry = services.generations.read()

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from consumer.env import Outcome, SyncEnv, retried
 from consumer.pacing import Deadline
-from shared.errors import ConfigError, InvalidMessage, UnavailableError
+from shared.errors import ConfigError, GenerationInUse, InvalidMessage, SwitchRefused, UnavailableError
 from shared.generations import switch_refusal
 from shared.models import RetireMessage
 from shared.ports import DocumentStore, Generations, RunProgress
@@ -59,15 +59,20 @@ def switch_generation(progress: RunProgress, env: SyncEnv, deadline: Deadline) -
     if not retried(env, deadline, lambda: env.ledger.claim_switch(run_id, env.claim_seconds)):
         return False
     try:
-        if number not in retried(env, deadline, gens.read).generations:
+        generation = retried(env, deadline, gens.read).generations.get(number)
+        if generation is None or generation.state != "building":
             refusal: str | None = f"generation {number} was retired (a later rebuild replaced it)"
         else:
             refusal = _refusal(gens, number, progress, env, deadline)
+        if refusal is None:
+            try:  # the switch checks again, atomically: a rebuild may retire the generation meanwhile
+                replaced = retried(env, deadline, lambda: gens.switch(number))
+            except SwitchRefused as error:
+                refusal = str(error)
         if refusal is not None:
             retried(env, deadline, lambda: env.ledger.record_switch_error(run_id, refusal))
             env.telemetry.count("SwitchesRefused")
             return False
-        replaced = retried(env, deadline, lambda: gens.switch(number))
         retried(env, deadline, lambda: env.ledger.mark_switched(run_id))
     except Exception:
         retried(env, deadline, lambda: env.ledger.release_switch(run_id))
@@ -91,13 +96,17 @@ def _refusal(
             " still indexing; the switch is tried again"
         )
     # A capped run (only ever the first generation: the producer refuses others) holds what Postgres
-    # had in its ranges when each was done; a whole run, every eligible drug now.
+    # had in its ranges when each was done.
+    # A whole run, every eligible drug now, give or take the drugs edited since the run started (as
+    # change capture recorded them): a catalog edited during a rebuild must not hold its switch back.
     capped = retried(env, deadline, lambda: env.ledger.max_drugs(progress.run_id)) is not None
+    explained = 0
     if capped:
         eligible = progress.drugs_done + progress.open_failures
     else:
         eligible = retried(env, deadline, env.catalog.count_eligible)
-    return switch_refusal(counts, eligible, progress.open_failures, env.canary_k)
+        explained = retried(env, deadline, lambda: env.ledger.changes_during(progress.run_id))
+    return switch_refusal(counts, eligible, progress.open_failures, env.canary_k, explained)
 
 
 def retire(message: RetireMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
@@ -106,9 +115,10 @@ def retire(message: RetireMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
     gens, number = env.generations, message.generation
     if gens is None:
         raise InvalidMessage("a retire message reached a consumer without generations")
-    if retried(env, deadline, gens.read).current == number:
-        raise InvalidMessage(f"generation {number} is current: readers use it, it is never retired")
-    retried(env, deadline, lambda: gens.drop_index(number))
+    try:  # refused while current, checked again by the drop itself: a switch may land meanwhile
+        retried(env, deadline, lambda: gens.drop_index(number))
+    except GenerationInUse as error:
+        raise InvalidMessage(str(error)) from error
     cursor, server, removed, page_seconds = message.cursor, message.server, 0, 0.0
     while True:
         if page_seconds and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds:

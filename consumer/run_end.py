@@ -1,5 +1,6 @@
 """A run's definite end: after its ranges, a sweep; after the sweep, the switch of readers to the
-run's generation (if it is not current yet), then one finish and its announcement.
+run's generation (if it is not current yet), then one finish and its announcement, with the
+retirement of any generation still left retiring.
 
 Any message of the run (a range done now, a redelivered range already done, a sweep, rows back
 from the DLQ) calls advance_run, so the end is reached by whoever gets there, and never lost with
@@ -11,7 +12,7 @@ from uuid import UUID
 from consumer.env import SyncEnv, retried
 from consumer.generation import needs_switch, switch_generation
 from consumer.pacing import Deadline
-from shared.models import SweepMessage
+from shared.models import RetireMessage, SweepMessage
 
 
 def advance_run(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
@@ -50,9 +51,23 @@ def announce_end(run_id: UUID, env: SyncEnv, deadline: Deadline) -> str | None:
     progress = retried(env, deadline, lambda: env.ledger.progress(run_id))
     assert progress is not None  # claimed above, so the run exists
     try:
+        retire_leftovers(run_id, env, deadline)
         env.announcer.announce(progress)
     except Exception:
         retried(env, deadline, lambda: env.ledger.release_announcement(run_id))
         raise
     retried(env, deadline, lambda: env.ledger.mark_announced(run_id))
     return progress.state
+
+
+def retire_leftovers(run_id: UUID, env: SyncEnv, deadline: Deadline) -> None:
+    """Send a Retire for every generation still retiring but not current: one whose Retire was
+    lost (a failed send after the switch) or dropped with a superseded run would stay forever.
+    Retiring is idempotent, so one sent again (the switch's own, a retried announcement) is harmless."""
+    gens = env.generations
+    if gens is None:
+        return
+    leftovers = retried(env, deadline, gens.read).retiring()
+    bodies = [RetireMessage(run_id=run_id, generation=g.number).model_dump_json() for g in leftovers]
+    if bodies:
+        retried(env, deadline, lambda: env.work_queue.send_messages(bodies))

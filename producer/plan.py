@@ -135,9 +135,12 @@ def open_generation(
     choice: Choice, run_id: uuid.UUID, generations: Generations, embedder_name: str, dimension: int
 ) -> int:
     """The number of the generation the run writes: begun now for a new one (its index created),
-    else the one chosen, now switched by this run if it is not yet current."""
+    else the one chosen, now switched by this run if it is not yet current. A continued generation's
+    index is ensured too: begin() records a generation before it creates its index, so one whose
+    creation failed has none, and its switch would wait for indexing forever."""
     if choice.number is None:
         return generations.begin(embedder_name, dimension, str(run_id)).number
+    generations.store(choice.number).ensure_index(dimension)
     if choice.mode == "rebuild":
         generations.adopt(choice.number, str(run_id))
     return choice.number

@@ -91,6 +91,10 @@ class SwitchRefused(DrugSyncError):
     """A generation failed its verification: the alias stays where it is; the message says why."""
 
 
+class GenerationInUse(DrugSyncError):
+    """The generation is current (readers use it): it is never retired."""
+
+
 @contextmanager
 def unavailable_on(transient: tuple[type[BaseException], ...], system: str, action: str) -> Iterator[None]:
     """Re-raise an adapter's transient failures (connection loss, timeouts) as UnavailableError."""

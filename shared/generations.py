@@ -12,15 +12,17 @@ https://redis.io/docs/latest/commands/ft.aliasupdate/
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
+from redis.client import Pipeline
 
 from shared.documents import TEXT_TEMPLATE_VERSION
-from shared.errors import ConfigError
+from shared.errors import ConfigError, GenerationInUse, SwitchRefused
 from shared.index_schema import index_differences
 from shared.models import Generation
 from shared.ports import GenerationCounts
@@ -32,6 +34,7 @@ ALIASES = "aliases"
 NEXT = "next"
 LEGACY = 0
 LEGACY_EMBEDDER = "unknown (from before generations)"
+T = TypeVar("T")
 
 
 def generation_prefix(base_prefix: str, number: int) -> str:
@@ -88,8 +91,9 @@ def matches(generation: Generation, embedder: str) -> bool:
 def choose_generation(mode: str, registry: Registry, embedder: str) -> Choice:
     """A full run continues a matching generation whose switch is still to come (a rebuild refused or
     cut short: finishing it is what was asked), else writes the current one if it matches the
-    settings, else rebuilds; a rebuild always begins anew (older unswitched ones are retired); an
-    incremental run writes the current generation."""
+    settings, else rebuilds; either way the unswitched ones it does not continue are retired. A
+    rebuild always begins anew (older unswitched ones are retired); an incremental run writes the
+    current generation."""
     live = registry.live
     building = registry.building()
     if mode == "incremental":
@@ -101,8 +105,8 @@ def choose_generation(mode: str, registry: Registry, embedder: str) -> Choice:
         if resumable:
             keep = resumable[-1].number
             return Choice("rebuild", keep, tuple(g.number for g in building if g.number != keep))
-        if live is not None and matches(live, embedder):
-            return Choice(mode, live.number)
+        if live is not None and matches(live, embedder):  # what was built for other settings goes
+            return Choice(mode, live.number, tuple(g.number for g in building))
     return Choice("rebuild", None, tuple(g.number for g in building))
 
 
@@ -123,7 +127,7 @@ def switch_refusal(
     if not counts_explained(counts.indexed, eligible, open_failures, explained):
         return (
             f"the index holds {counts.indexed:,} documents but Postgres has {eligible:,} eligible"
-            f" drugs and the run {open_failures:,} failing"
+            f" drugs and the run {open_failures:,} failing ({explained:,} changed since the run started)"
         )
     expected = min(canary_k, counts.indexed)
     if counts.canary_hits != expected:
@@ -239,13 +243,19 @@ class RedisGenerations:
         """Send readers to generation `number` in one MULTI: the alias and the registry's current.
 
         Returns the generation it replaced (now retiring), if any. A legacy index that bears the
-        alias's name is dropped (its documents kept) and the alias added in the same MULTI.
+        alias's name is dropped (its documents kept) and the alias added in the same MULTI. Only a
+        generation still building is switched to: SwitchRefused says when a later run retired it,
+        even one marking it retiring between our read and our MULTI (WATCH makes EXEC fail then).
         """
-        registry = self.read()
-        new = registry.generations[number]
-        old = registry.live
-        with translate_errors(f"switching to generation {number}", self._client):
-            pipe = self._client.pipeline(transaction=True)
+
+        def attempt(pipe: Pipeline) -> Generation | None:
+            registry = self.read()
+            new = registry.generations.get(number)
+            if new is None or new.state != "building":
+                state = "forgotten" if new is None else new.state
+                raise SwitchRefused(f"generation {number} is {state}, not building: a later run replaced it")
+            old = registry.live
+            pipe.multi()
             if registry.aliases:
                 if old is not None and old.number == LEGACY:
                     execute(pipe, "FT.DROPINDEX", self.alias)
@@ -256,13 +266,38 @@ class RedisGenerations:
             pipe.hset(self.key, str(number), _encode(replace(new, state="live")))
             if old is not None:
                 pipe.hset(self.key, str(old.number), _encode(replace(old, state="retiring")))
-            pipe.execute()
-        return None if old is None else replace(old, state="retiring")
+            return None if old is None else replace(old, state="retiring")
+
+        return self._watching(f"switching to generation {number}", attempt)
 
     def mark_retiring(self, number: int) -> None:
-        generation = self.read().generations.get(number)
-        if generation is not None:
-            self._put(replace(generation, state="retiring"))
+        """Mark a generation retiring unless it is current (a switch to it may have landed since the
+        caller read the registry): readers would be left on a generation its Retire then drops."""
+
+        def attempt(pipe: Pipeline) -> None:
+            registry = self.read()
+            generation = registry.generations.get(number)
+            if generation is None or number == registry.current:
+                return
+            pipe.multi()
+            pipe.hset(self.key, str(number), _encode(replace(generation, state="retiring")))
+
+        self._watching("marking a generation retiring", attempt)
+
+    def _watching(self, action: str, attempt: Callable[[Pipeline], T]) -> T:
+        """Run `attempt` (it reads the registry, then queues its writes after MULTI) under WATCH of the
+        registry, again whenever the registry changed in between (EXEC then fails: nothing is written).
+        https://redis.io/docs/latest/develop/interact/transactions/#optimistic-locking-using-check-and-set
+        """
+        with translate_errors(action, self._client), self._client.pipeline(transaction=True) as pipe:
+            while True:
+                pipe.watch(self.key)  # type: ignore[no-untyped-call]
+                result = attempt(pipe)
+                try:
+                    pipe.execute()  # an empty MULTI when the attempt wrote nothing: only the WATCH checked
+                except redis.WatchError:
+                    continue
+                return result
 
     def forget(self, number: int) -> None:
         """Remove a retired generation from the registry."""
@@ -304,7 +339,21 @@ class RedisGenerations:
         return GenerationCounts(documents, indexed, failures, hits)
 
     def drop_index(self, number: int) -> bool:
-        return self.store(number).drop_index()
+        """Drop a generation's index, its documents kept; never the current one's (GenerationInUse),
+        checked under WATCH so a switch to it cannot land between the check and the drop."""
+        store = self.store(number)
+
+        def attempt(pipe: Pipeline) -> bool:
+            if self.read().current == number:
+                raise GenerationInUse(f"generation {number} is current: readers use it, it is never retired")
+            info = store.index_info()
+            if info is None or str(info.get("index_name")) != store.index_name:
+                return False  # gone already, or the name is an alias: never drop what it points at
+            pipe.multi()
+            execute(pipe, "FT.DROPINDEX", store.index_name)
+            return True
+
+        return self._watching(f"dropping generation {number}'s index", attempt)
 
     def unlink_page(self, number: int, cursor: int, count: int) -> tuple[int, int]:
         return self.store(number).unlink_page(cursor, count)

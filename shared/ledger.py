@@ -235,9 +235,10 @@ RETURNING 1
 RELEASE_SWEEP = "UPDATE drugsync_runs SET sweep_requested_at = NULL WHERE run_id = %(run_id)s"
 
 # A sweep counts only once every range is done: only then can nothing it judged be rewritten by the run.
+# A superseded run's sweep never counts: it could otherwise go on to switch readers to its generation.
 MARK_SWEPT = """
 UPDATE drugsync_runs r SET swept_at = now()
-WHERE r.run_id = %(run_id)s AND r.swept_at IS NULL
+WHERE r.run_id = %(run_id)s AND r.swept_at IS NULL AND r.superseded_at IS NULL
   AND NOT EXISTS (SELECT 1 FROM drugsync_ranges g WHERE g.run_id = r.run_id AND g.done_at IS NULL)
 """
 
@@ -260,9 +261,10 @@ MARK_ANNOUNCED = "UPDATE drugsync_runs SET announced_at = now() WHERE run_id = %
 
 # One consumer switches readers to the run's generation, like the sweep's claim: it lapses after the
 # lease if its holder died, and is released at once when the verification refused the switch.
+# A superseded run never switches: the run that superseded it may have retired its generation.
 CLAIM_SWITCH = """
 UPDATE drugsync_runs SET switch_claimed_at = now()
-WHERE run_id = %(run_id)s AND swept_at IS NOT NULL AND switched_at IS NULL
+WHERE run_id = %(run_id)s AND swept_at IS NOT NULL AND switched_at IS NULL AND superseded_at IS NULL
   AND (switch_claimed_at IS NULL OR switch_claimed_at < now() - make_interval(secs => %(lease)s))
 RETURNING 1
 """
@@ -281,6 +283,16 @@ WHERE run_id = %(run_id)s AND done_at IS NULL ORDER BY first_id
 """
 
 RUN_MAX_DRUGS = "SELECT max_drugs FROM drugsync_runs WHERE run_id = %(run_id)s"
+
+# Drugs change capture saw change in the run's table since the run started: the give or take of the
+# count check at the switch, when the catalog is edited while a rebuild runs. Without capture
+# installed (no change table, looked up by search_path as capture does) nothing is known: 0.
+CHANGE_TABLE_EXISTS = "SELECT to_regclass('drugsync_changes') IS NOT NULL"
+CHANGES_DURING_RUN = """
+SELECT count(DISTINCT c.drug_id) FROM drugsync_changes c
+JOIN drugsync_runs r ON c.source_table = r.source_table
+WHERE r.run_id = %(run_id)s AND c.changed_at >= r.started_at
+"""
 
 LATEST_RUN = "SELECT run_id FROM drugsync_runs ORDER BY started_at DESC LIMIT 1"
 
@@ -463,6 +475,14 @@ class PostgresLedger:
         with translate_errors("reading a run's cap"):
             row = self._db.connection().execute(RUN_MAX_DRUGS, {"run_id": run_id}).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    def changes_during(self, run_id: UUID) -> int:
+        """Distinct drugs change capture recorded for the run's table since it started (0 without capture)."""
+        conn = self._db.connection()
+        with translate_errors("counting changes during a run"):
+            if not _first(conn.execute(CHANGE_TABLE_EXISTS).fetchone()):
+                return 0
+            return _first(conn.execute(CHANGES_DURING_RUN, {"run_id": run_id}).fetchone())
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         with translate_errors("reading ranges not done"):

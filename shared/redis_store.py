@@ -193,8 +193,7 @@ class RedisDocumentStore:
         try:
             raw = _execute(self._client, "FT.INFO", self.index_name)
         except redis.ResponseError as error:
-            message = str(error).lower()
-            if "unknown index" in message or "no such index" in message:
+            if _unknown_index(error):
                 return None
             raise
         return pairs_to_dict(raw)
@@ -399,7 +398,8 @@ class RedisDocumentStore:
         """The k nearest documents to `vector` by cosine distance, in this index or `index` (an alias).
 
         Through an alias, GenerationMoved says the alias now points at another generation than this
-        store's: the vector has another dimension, or the hits lie under another prefix.
+        store's: the vector has another dimension, or the hits lie under another prefix; through a
+        generation's own index (a server without aliases), that the index was retired meanwhile.
         """
         blob = np.asarray(vector, dtype=np.float32).tobytes()
         query = f"*=>[KNN {int(k)} @{VECTOR_FIELD} $vector AS distance]"
@@ -413,6 +413,8 @@ class RedisDocumentStore:
         except redis.ResponseError as error:
             if index is not None and "expected size" in str(error):
                 raise GenerationMoved(f"{index} now holds vectors of another dimension: {error}") from error
+            if index is not None and _unknown_index(error):  # a server without aliases: its index retired
+                raise GenerationMoved(f"{index} no longer exists (a retired generation): {error}") from error
             raise
         return self._parse_hits(raw, index)
 
@@ -432,6 +434,12 @@ class RedisDocumentStore:
             fields["id"] = str(drug_id)
             hits.append(SearchHit(drug_id, 1.0 - distance, fields))
         return hits
+
+
+def _unknown_index(error: redis.ResponseError) -> bool:
+    """Whether Redis answered that the index does not exist (the wording differs between versions)."""
+    message = str(error).lower()
+    return "unknown index" in message or "no such index" in message
 
 
 def _execute(target: Any, *args: Any) -> Any:

@@ -11,7 +11,14 @@ import numpy as np
 from shared.capture import CaptureStatus
 from shared.documents import TEXT_TEMPLATE_VERSION, is_stale
 from shared.embedders.hashing import HashingEmbedder
-from shared.errors import DrugSyncError, EmbeddingError, RunActive, UnavailableError
+from shared.errors import (
+    DrugSyncError,
+    EmbeddingError,
+    GenerationInUse,
+    RunActive,
+    SwitchRefused,
+    UnavailableError,
+)
 from shared.generations import Registry
 from shared.models import Drug, Fetched, Generation, PlannedRange, RowFailure
 from shared.ports import (
@@ -271,7 +278,9 @@ class FakeLedger:
 
     def mark_swept(self, run_id: UUID) -> None:
         progress = self.progress(run_id)
-        if progress is not None and progress.ranges_complete and progress.swept_at is None:
+        if progress is None or progress.superseded_at is not None:
+            return
+        if progress.ranges_complete and progress.swept_at is None:
             self._set(run_id, "swept", datetime.now(UTC))
 
     def claim_sweep(self, run_id: UUID, lease_seconds: float) -> bool:
@@ -305,7 +314,7 @@ class FakeLedger:
 
     def claim_switch(self, run_id: UUID, lease_seconds: float) -> bool:
         run = self.runs.get(run_id, {})
-        if not run.get("swept") or run.get("switched") or run.get("switch_claimed"):
+        if not run.get("swept") or run.get("switched") or run.get("switch_claimed") or run.get("superseded"):
             return False
         run["switch_claimed"] = True
         return True
@@ -324,6 +333,12 @@ class FakeLedger:
     def max_drugs(self, run_id: UUID) -> int | None:
         cap: int | None = self.runs.get(run_id, {}).get("max_drugs")
         return cap
+
+    def changes_during(self, run_id: UUID) -> int:
+        run = self.runs.get(run_id)
+        if run is None or self.changes is None or self.changes.table != run["source_table"]:
+            return 0
+        return len({drug_id for drug_id, at in self.changes.recorded if at >= run["started"]})
 
     def undone_ranges(self, run_id: UUID) -> list[PlannedRange]:
         ranges = self.runs.get(run_id, {}).get("ranges", [])
@@ -362,9 +377,11 @@ class FakeChangeFeed:
         self.updated: dict[int, datetime] = {}  # the watermark's view: updated_at by id
         self.triggers = 3 if installed_at else 0
         self.truncated_at: datetime | None = None
+        self.recorded: list[tuple[int, datetime]] = []
 
     def record(self, *ids: int) -> None:
         self.rows += [[drug_id, None] for drug_id in ids]
+        self.recorded += [(drug_id, datetime.now(UTC)) for drug_id in ids]  # changed_at, kept after release
 
     def status(self) -> CaptureStatus:
         unclaimed = sum(run is None for _, run in self.rows)
@@ -480,23 +497,42 @@ class FakeGenerations:
         self._put(replace(self.registry.generations[number], run_id=run_id))
 
     def mark_retiring(self, number: int) -> None:
-        self._put(replace(self.registry.generations[number], state="retiring"))
+        generation = self.registry.generations.get(number)
+        if generation is not None and number != self.registry.current:  # as Redis: never the current one
+            self._put(replace(generation, state="retiring"))
 
     def switch(self, number: int) -> Generation | None:
+        new = self.registry.generations.get(number)
+        if new is None or new.state != "building":  # as Redis: only a generation still building
+            raise SwitchRefused(f"generation {number} is {new and new.state}, not building")
         old = self.registry.live
         if old is not None:
             self._put(replace(old, state="retiring"))
-        self._put(replace(self.registry.generations[number], state="live"), current=number)
+        self._put(replace(new, state="live"), current=number)
         self.switches.append(number)
         return None if old is None else replace(old, state="retiring")
 
     def counts(self, number: int, canary_k: int, wait_seconds: float) -> GenerationCounts:
-        documents = len(self.store(number).documents)
-        indexed = max(documents - self.indexed_lag - self.indexing_failures, 0)
-        return GenerationCounts(documents, indexed, self.indexing_failures, min(canary_k, indexed))
+        """As FT.INFO and a KNN query would answer: nothing without an index; a document whose vector
+        is not of the index's dimension fails to index; the canary finds only indexed vectors."""
+        store = self.store(number)
+        documents = len(store.documents)
+        if store.index_dimension is None:
+            return GenerationCounts(documents, 0, 0, 0)
+        vectors = [d.get("embedding") for d in store.documents.values()]
+        misfits = sum(v is not None and len(v) != store.index_dimension for v in vectors)
+        failures = self.indexing_failures + misfits
+        indexed = max(documents - self.indexed_lag - failures, 0)
+        searchable = min(indexed, sum(v is not None and len(v) == store.index_dimension for v in vectors))
+        return GenerationCounts(documents, indexed, failures, min(canary_k, searchable))
 
     def drop_index(self, number: int) -> bool:
-        return self.store(number).index_dimension is not None
+        if number == self.registry.current:
+            raise GenerationInUse(f"generation {number} is current")
+        store = self.store(number)
+        existed = store.index_dimension is not None
+        store.index_dimension = None
+        return existed
 
     def unlink_page(self, number: int, cursor: int, count: int) -> tuple[int, int]:
         store = self.store(number)

@@ -2,6 +2,8 @@
 
 import textwrap
 import threading
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,10 @@ import pytest
 
 from console.demo import search
 from console.services import Services
+from producer.plan import open_generation
 from shared.embedders.hashing import HashingEmbedder
-from shared.errors import ConfigError, GenerationMoved
-from shared.generations import RedisGenerations
+from shared.errors import ConfigError, GenerationInUse, GenerationMoved, SwitchRefused
+from shared.generations import Choice, RedisGenerations, Registry, generation_index
 from shared.redis_store import RedisDocumentStore
 from shared.wiring import build_store
 from tests.conftest import Isolated
@@ -212,3 +215,161 @@ def test_a_search_whose_alias_moved_after_the_registry_was_read_reads_again(
     # THEN it read the registry again and answered from generation 2, with its dimension
     vector = HashingEmbedder(new_dimension, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
     assert hits == gens.store(second.number).search(vector, K)
+
+
+def _one_change_after_the_first_read(gens: RedisGenerations, change: Callable[[], object]) -> None:
+    """Make `change` (by another client) land right after gens' next registry read, once."""
+    real_read, done = gens.read, list[bool]()
+
+    def read() -> Registry:
+        registry = real_read()
+        if not done:
+            done.append(True)
+            change()
+        return registry
+
+    gens.read = read  # type: ignore[method-assign]
+
+
+def test_a_generation_marked_retiring_is_never_switched_to_even_between_the_read_and_the_multi(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current, generations 2 and 3 built beside it, and 2 already marked retiring
+    gens = RedisGenerations(build_store(test_env.settings))
+    other = RedisGenerations(build_store(test_env.settings))  # another process: the producer
+    for run in ("run-1", "run-2", "run-3"):
+        gens.begin("hashing-v1-128", 128, run)
+    gens.switch(1)
+    other.mark_retiring(2)
+
+    # WHEN a switch to 2 is asked, and one to 3 while the producer marks 3 retiring after its read
+    with pytest.raises(SwitchRefused, match="generation 2 is retiring"):
+        gens.switch(2)
+    _one_change_after_the_first_read(gens, lambda: other.mark_retiring(3))
+    with pytest.raises(SwitchRefused, match="generation 3 is retiring"):
+        gens.switch(3)
+
+    # THEN readers stay on generation 1, alias and registry alike
+    registry = other.read()
+    assert (registry.current, gens.resolve_alias()) == (1, generation_index(gens.alias, 1))
+    assert (registry.generations[2].state, registry.generations[3].state) == ("retiring", "retiring")
+
+
+def test_the_current_generation_is_never_marked_retiring_nor_its_index_dropped_even_by_a_late_read(
+    test_env: Isolated,
+) -> None:
+    # GIVEN generation 1 current and generation 2 building
+    gens = RedisGenerations(build_store(test_env.settings))
+    other = RedisGenerations(build_store(test_env.settings))  # another process: the consumer switching
+    gens.switch(gens.begin("hashing-v1-128", 128, "run-1").number)
+    gens.begin("hashing-v1-128", 128, "run-2")
+
+    # WHEN the switch to 2 lands right after a retirement of 2 read the registry
+    _one_change_after_the_first_read(gens, lambda: other.switch(2))
+    with pytest.raises(GenerationInUse, match="generation 2 is current"):
+        gens.drop_index(2)
+    gens.mark_retiring(2)
+
+    # THEN generation 2 keeps its index and stays live
+    assert gens.store(2).index_info() is not None
+    assert other.read().generations[2].state == "live"
+    assert gens.drop_index(1) is True
+
+
+def test_a_continued_generation_whose_index_was_never_created_gets_it(test_env: Isolated) -> None:
+    # GIVEN generation 2 recorded as building but without its index (begin failed after recording it)
+    gens = RedisGenerations(build_store(test_env.settings))
+    gens.switch(gens.begin("hashing-v1-128", 128, "run-1").number)
+    gens.begin("hashing-v1-128", 128, "run-2")
+    gens.store(2).drop_index()
+    assert gens.store(2).index_info() is None
+
+    # WHEN a later run continues it
+    number = open_generation(Choice("rebuild", 2), uuid.uuid4(), gens, "hashing-v1-128", 128)
+
+    # THEN its index exists, of the generation's dimension, and the run now switches it
+    assert (number, gens.store(2).index_dimension()) == (2, 128)
+    assert gens.read().generations[2].state == "building"
+
+
+class _RetiredAfterTheRegistryRead:
+    """A reader's client: right after its first registry read, the switch and the Retire land."""
+
+    def __init__(self, client: Any, retire: Callable[[], object]) -> None:
+        self._client, self._retire = client, retire
+
+    def hgetall(self, key: str) -> Any:
+        registry = self._client.hgetall(key)
+        retire, self._retire = self._retire, lambda: None
+        retire()
+        return registry
+
+    def execute_command(self, *args: Any) -> Any:
+        return self._client.execute_command(*args)
+
+
+def _without_aliases(test_env: Isolated) -> RedisGenerations:
+    """Generation 1 current and 2 built beside it, on a server taken as one without FT.ALIASUPDATE."""
+    gens = RedisGenerations(build_store(test_env.settings))
+    gens.begin("hashing-v1-128", 128, "run-1")
+    gens.store(1).client.hset(gens.key, "aliases", "0")
+    _filled(gens.store(1))
+    gens.switch(1)
+    gens.begin("hashing-v1-128", 128, "run-2")
+    gens.store(1).client.hset(gens.key, "aliases", "0")
+    _filled(gens.store(2))
+    return gens
+
+
+def _switch_and_retire(gens: RedisGenerations) -> None:
+    gens.switch(2)
+    gens.drop_index(1)
+
+
+def test_without_aliases_a_search_whose_generation_was_retired_after_the_registry_read_reads_again(
+    test_env: Isolated,
+) -> None:
+    # GIVEN a server without aliases: readers search the current generation's own index
+    gens = _without_aliases(test_env)
+    with Services(test_env.settings) as services:
+        real_read, reads = services.generations.read, list[int | None]()
+
+        def read() -> Registry:  # the switch and the Retire land right after the first read
+            registry = real_read()
+            if not reads:
+                _switch_and_retire(gens)
+            reads.append(registry.current)
+            return registry
+
+        services.generations.read = read  # type: ignore[method-assign]
+
+        # WHEN drugsync's search meets "unknown index" for generation 1
+        hits = search(services, "amoxicillin 500 mg capsule", K)
+
+    # THEN it read the registry again and answered from generation 2
+    vector = HashingEmbedder(128, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    assert (reads, hits) == ([1, 2], gens.store(2).search(vector, K))
+
+
+def test_without_aliases_the_readme_reader_reads_again_when_its_generation_was_retired(
+    test_env: Isolated,
+) -> None:
+    # GIVEN the README's reader on a server without aliases, its first registry read just before
+    # the switch to generation 2 and the Retire of generation 1
+    gens = _without_aliases(test_env)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
+    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
+    namespace: dict[str, Any] = {
+        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
+    }
+    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+    client = _RetiredAfterTheRegistryRead(gens.store(1).client, lambda: _switch_and_retire(gens))
+
+    # WHEN it searches
+    keys = namespace["search"](client, "amoxicillin 500 mg capsule", 5, gens.alias)
+
+    # THEN it answered from generation 2
+    assert len(keys) == 5
+    assert all(key.startswith(gens.read().generations[2].prefix) for key in keys)
+    assert gens.store(1).index_info() is None

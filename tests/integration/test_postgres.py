@@ -4,6 +4,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import psycopg
@@ -14,15 +15,25 @@ from psycopg import sql
 
 from console.seed import seed_drugs
 from consumer.env import SyncEnv
+from consumer.generation import switch_generation
 from consumer.run_end import advance_run
 from producer.plan import cover_id_space, run_messages
+from shared.capture import CREATE_CHANGE_TABLES, ChangeCapture
 from shared.ledger import PostgresLedger
 from shared.models import BIGINT_MAX, BIGINT_MIN, PlannedRange, RangeMessage, SweepMessage, parse_message
 from shared.ports import RunProgress
 from shared.postgres import Database, PostgresCatalog
 from shared.retry import RetryPolicy
 from tests.conftest import Isolated
-from tests.fakes import CountingEmbedder, FakeCatalog, FakeClock, FakeDeadline, FakeQueue, FakeStore
+from tests.fakes import (
+    CountingEmbedder,
+    FakeCatalog,
+    FakeClock,
+    FakeDeadline,
+    FakeGenerations,
+    FakeQueue,
+    FakeStore,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -413,3 +424,92 @@ def test_one_caller_claims_a_runs_switch_and_a_refusal_lets_a_later_one_try_agai
     assert switched is not None
     assert (switched.switch_error, switched.switched_at is not None) == (None, True)
     assert ledger.claim_switch(run_id, lease_seconds=0) is False  # switched: never again
+
+
+def test_a_superseded_rebuild_is_never_swept_nor_claims_its_switch(db: Database) -> None:
+    # GIVEN two rebuilds whose one range is done: the first superseded before its sweep counted,
+    # the second swept, then superseded before its switch
+    ledger = PostgresLedger(db)
+    ledger.ensure_schema()
+    unswept, swept = uuid.uuid4(), uuid.uuid4()
+    ledger.start_run(unswept, 10, None, [PlannedRange(1, 10, 10)], mode="rebuild", generation=2)
+    ledger.mark_range_done(unswept, 1, 10)
+    ledger.start_run(swept, 10, None, [PlannedRange(1, 10, 10)], mode="rebuild", generation=3, supersede=True)
+    ledger.mark_range_done(swept, 1, 10)
+    ledger.mark_swept(swept)
+    ledger.start_run(uuid.uuid4(), 10, None, [PlannedRange(1, 10, 10)], mode="rebuild", supersede=True)
+
+    # WHEN the first one's sweep ends, and each tries to claim its switch
+    ledger.mark_swept(unswept)
+
+    # THEN neither counts: a superseded run never switches readers to its generation
+    progress = ledger.progress(unswept)
+    assert progress is not None
+    assert (progress.state, progress.swept_at) == ("superseded", None)
+    assert ledger.claim_switch(unswept, lease_seconds=0) is False
+    assert ledger.claim_switch(swept, lease_seconds=0) is False
+
+
+def test_changes_during_a_run_are_the_distinct_drugs_of_its_table_recorded_since_it_started(
+    conn: psycopg.Connection, test_env: Isolated
+) -> None:
+    # GIVEN a ledger in a schema of its own, without change capture
+    schema = f"changes_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    own = Database(f"{test_env.env['DATABASE_URL']}&options=-csearch_path%3D{schema}")
+    try:
+        ledger = PostgresLedger(own)
+        ledger.ensure_schema()
+        run_id = uuid.uuid4()
+        ledger.start_run(run_id, 10, None, [PlannedRange(1, 10, 10)], mode="rebuild", source_table="cat_a")
+        assert ledger.changes_during(run_id) == 0  # no change table: nothing is known
+
+        # WHEN capture's table records drug 5 twice and 6 since the run started, 7 before, 8 elsewhere
+        own.connection().execute(CREATE_CHANGE_TABLES)
+        own.connection().execute(
+            "INSERT INTO drugsync_changes (source_table, drug_id, changed_at) VALUES"
+            " ('cat_a', 5, now()), ('cat_a', 5, now()), ('cat_a', 6, now()),"
+            " ('cat_a', 7, now() - interval '1 hour'), ('cat_b', 8, now())"
+        )
+
+        # THEN two drugs changed during the run
+        assert ledger.changes_during(run_id) == 2
+    finally:
+        own.close()
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_a_rebuild_switches_though_the_catalog_was_edited_while_it_ran(
+    db: Database, conn: psycopg.Connection, test_env: Isolated
+) -> None:
+    # GIVEN change capture on the catalog, generation 1 current and a rebuild's generation 2 holding
+    # every eligible drug as its one range read them
+    eligible = seed_drugs(conn, test_env.settings, 40)
+    ChangeCapture(db, test_env.settings.table_parts, "id", "eligible").install()
+    catalog = PostgresCatalog(db, test_env.settings.table_parts, "id", "eligible")
+    ledger = PostgresLedger(db)
+    ledger.ensure_schema()
+    gens = FakeGenerations()
+    gens.switch(gens.begin("hashing-v1-32", 32, "run-1").number)
+    run_id = uuid.uuid4()
+    number = gens.begin("hashing-v1-32", 32, str(run_id)).number
+    ranges = cover_id_space(catalog.plan_ranges(1000, None))
+    ledger.start_run(run_id, 1000, None, ranges, mode="rebuild", generation=number,
+                     source_table=catalog.table_name)  # fmt: skip
+    gens.store(number).documents = {i: {"embedding": [0.1] * 32} for i in range(eligible)}
+    ledger.mark_range_done(run_id, ranges[0].first_id, eligible)
+    ledger.mark_swept(run_id)
+
+    # WHEN a drug is added to the catalog (after its range was read) and the switch is verified
+    conn.execute(
+        sql.SQL("INSERT INTO {} (id, ndc, name, eligible) VALUES (9000000, 'n-new', 'new drug', true)")
+        .format(sql.Identifier(*test_env.settings.table_parts))
+    )  # fmt: skip
+    assert catalog.count_eligible() == eligible + 1
+    env = replace(concurrent_env(ledger, [], []), catalog=catalog, generations=gens)
+    progress = ledger.progress(run_id)
+    assert progress is not None
+    switched = switch_generation(progress, env, FakeDeadline(FakeClock(), 1000))
+
+    # THEN the change explains the count, and readers are on generation 2
+    assert (switched, ledger.progress(run_id).switch_error, gens.read().current) == (True, None, 2)  # type: ignore[union-attr]

@@ -1,11 +1,14 @@
 """Which generation a run writes, and the switch of readers to it at the run's end (with fakes)."""
 
+import uuid
+from collections.abc import Mapping, Sequence
+
 import pytest
 
 from consumer.sync import sync_message
 from producer.plan import start_sync
 from shared.documents import TEXT_TEMPLATE_VERSION
-from shared.errors import ConfigError, InvalidMessage
+from shared.errors import ConfigError, InvalidMessage, UnavailableError
 from shared.generations import (
     Registry,
     choose_generation,
@@ -15,9 +18,9 @@ from shared.generations import (
     nesting,
     switch_refusal,
 )
-from shared.models import AnyMessage, Generation, RetireMessage, SyncRequest, parse_message
+from shared.models import AnyMessage, Generation, RetireMessage, SweepMessage, SyncRequest, parse_message
 from shared.ports import GenerationCounts
-from tests.fakes import FakeDeadline, FakeGenerations
+from tests.fakes import FakeDeadline, FakeGenerations, FakeQueue
 from tests.unit.test_sync_range import World
 
 EMBEDDER = "hashing-v1-32"
@@ -55,6 +58,8 @@ def _registry(current: int | None, *generations: Generation) -> Registry:
             ),
             ("rebuild", 3, (2,)),
         ),
+        # a matching current one beside one built for other settings: written, the other retired
+        ("full", _registry(1, _generation(1), _generation(2, "building", embedder="x-1")), ("full", 1, (2,))),
         # even beside a matching current one: the rebuild asked for is finished
         ("full", _registry(1, _generation(1), _generation(2, "building")), ("rebuild", 2, ())),
         # a rebuild always begins anew and retires what was being built
@@ -218,8 +223,10 @@ def test_the_current_generation_is_never_retired() -> None:
     assert len(gens.store(1).documents) == 12
 
 
-def test_a_run_whose_generation_was_retired_meanwhile_never_switches_to_it() -> None:
-    # GIVEN a rebuild whose generation is retired (a later rebuild replaced it) before its end
+@pytest.mark.parametrize("retired", ["retiring", "forgotten"])
+def test_a_run_whose_generation_was_retired_meanwhile_never_switches_to_it(retired: str) -> None:
+    # GIVEN a rebuild whose generation is retired (a later rebuild replaced it) before its end: marked
+    # retiring (its Retire not yet run), or already forgotten
     world, gens = _rebuilding_world()
     _start(world, gens)
     _drain(world)
@@ -228,7 +235,10 @@ def test_a_run_whose_generation_was_retired_meanwhile_never_switches_to_it() -> 
     world.work_queue.bodies.clear()
     for body in bodies[:-1]:
         sync_message(parse_message(body), world.env, FakeDeadline(world.clock, 1000))
-    gens.forget(2)
+    if retired == "retiring":
+        gens.mark_retiring(2)
+    else:
+        gens.forget(2)
 
     # WHEN its last range and sweep are done
     world.work_queue.bodies[:0] = bodies[-1:]
@@ -327,3 +337,108 @@ def test_a_capped_run_that_would_replace_the_current_generation_is_refused() -> 
             default_range_size=5,
         )  # fmt: skip
     assert sorted(gens.read().generations) == [1]  # nothing begun
+
+
+def test_a_rebuild_superseded_while_its_sweep_runs_never_switches_readers() -> None:
+    # GIVEN a rebuild into generation 2 whose sweep passed the superseded check, then
+    # `rebuild --supersede` (which marks generation 2 retiring) lands before the sweep ends
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    first = _start(world, gens, mode="rebuild")
+    real_mark_swept = world.ledger.mark_swept
+    later: list[object] = []
+
+    def superseded_meanwhile(run_id: uuid.UUID) -> None:
+        if run_id == first.run_id and not later:
+            later.append(start_sync(
+                SyncRequest(mode="rebuild", supersede=True), catalog=world.catalog, ledger=world.ledger,
+                queue=FakeQueue(), generations=gens, embedder_name=world.embedder.name, embedding_dim=32,
+                default_range_size=5,
+            ))  # fmt: skip
+        real_mark_swept(run_id)
+
+    world.ledger.mark_swept = superseded_meanwhile  # type: ignore[method-assign]
+
+    # WHEN the first rebuild's messages all run
+    _drain(world)
+
+    # THEN readers stay on generation 1: the superseded run neither counts its sweep nor switches
+    progress = world.ledger.progress(first.run_id)
+    assert progress is not None
+    assert later, "the supersede never happened"
+    assert (gens.read().current, gens.switches) == (1, [1])
+    assert (progress.state, progress.swept_at, progress.switched_at) == ("superseded", None, None)
+    assert gens.read().generations[2].state == "retiring"
+
+
+def test_a_generation_begun_without_its_index_gets_one_when_a_later_run_continues_it() -> None:
+    # GIVEN generation 1 current, and a rebuild whose generation 2 was recorded but whose index
+    # could not be created (Redis failed between the two)
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    failing = gens.store(2)
+
+    def refuse(dimension: int) -> None:
+        raise UnavailableError("Redis failed while creating the index")
+
+    failing.ensure_index = refuse  # type: ignore[method-assign]
+    with pytest.raises(UnavailableError):
+        _start(world, gens, mode="rebuild")
+    del failing.ensure_index
+    assert (gens.read().generations[2].state, failing.index_dimension) == ("building", None)
+
+    # WHEN the next full sync continues generation 2 and its messages run
+    again = start_sync(
+        SyncRequest(supersede=True), catalog=world.catalog, ledger=world.ledger, queue=world.work_queue,
+        generations=gens, embedder_name=world.embedder.name, embedding_dim=32, default_range_size=5,
+    )  # fmt: skip
+    _drain(world)
+
+    # THEN generation 2 has its index and readers were switched to it
+    assert (again.mode, again.generation, failing.index_dimension) == ("rebuild", 2, 32)
+    assert gens.read().current == 2
+
+
+class _RetiresFail(FakeQueue):
+    """SQS failing every send of a Retire while `down` (the one right after the switch, retries too)."""
+
+    def __init__(self, inner: FakeQueue) -> None:
+        super().__init__()
+        self.bodies, self.sent, self.down = inner.bodies, inner.sent, True
+
+    def send_messages(
+        self, bodies: Sequence[str], attributes: Mapping[str, str] | None = None, delay_seconds: int = 0
+    ) -> int:
+        if self.down and any('"retire"' in body for body in bodies):
+            raise UnavailableError("SQS failed while sending messages")
+        return super().send_messages(bodies, attributes, delay_seconds)
+
+
+def test_a_generation_whose_retire_was_lost_is_retired_when_the_run_finishes() -> None:
+    # GIVEN generation 1 current, and a rebuild whose switch's Retire of generation 1 fails to send
+    world, gens = _rebuilding_world()
+    _start(world, gens)
+    _drain(world)
+    rebuild = _start(world, gens, mode="rebuild")
+    world.env.work_queue = queue = _RetiresFail(world.work_queue)
+    with pytest.raises(UnavailableError):
+        _drain(world)
+    assert (gens.read().current, gens.read().generations[1].state) == (2, "retiring")
+
+    # WHEN SQS is back, the failed message is delivered again and the run finishes
+    queue.down = False
+    sync_message(SweepMessage(run_id=rebuild.run_id), world.env, FakeDeadline(world.clock, 1000))
+    _drain(world)
+
+    # THEN generation 1 is retired and forgotten, and the run complete
+    progress = world.ledger.progress(rebuild.run_id)
+    assert progress is not None
+    assert (progress.state, sorted(gens.read().generations), gens.store(1).documents) == ("complete", [2], {})
+
+    # AND a Retire sent again finds nothing left to do
+    sync_message(
+        RetireMessage(run_id=rebuild.run_id, generation=1), world.env, FakeDeadline(world.clock, 1000)
+    )
+    assert (sorted(gens.read().generations), gens.read().current) == ([2], 2)
