@@ -28,6 +28,9 @@ def run_store(run_id: UUID, env: SyncEnv, deadline: Deadline) -> DocumentStore:
     if run_id in env.run_stores:
         return env.run_stores[run_id]
     progress = retried(env, deadline, lambda: env.ledger.progress(run_id))
+    if progress is not None and progress.without_its_generation:
+        # Its generation could not be opened: its documents would go to keys no index covers.
+        raise InvalidMessage(f"run {run_id} has no generation recorded: it cannot write")
     if progress is None or progress.generation is None:
         return env.store  # a run from before generations (or unknown: its message is refused later)
     generation = retried(env, deadline, gens.read).generations.get(progress.generation)

@@ -18,7 +18,16 @@ from shared.generations import (
     nesting,
     switch_refusal,
 )
-from shared.models import AnyMessage, Generation, RetireMessage, SweepMessage, SyncRequest, parse_message
+from shared.models import (
+    AnyMessage,
+    Generation,
+    PlannedRange,
+    RangeMessage,
+    RetireMessage,
+    SweepMessage,
+    SyncRequest,
+    parse_message,
+)
 from shared.ports import GenerationCounts
 from tests.fakes import FakeDeadline, FakeGenerations, FakeQueue
 from tests.unit.test_sync_range import World
@@ -442,3 +451,19 @@ def test_a_generation_whose_retire_was_lost_is_retired_when_the_run_finishes() -
         RetireMessage(run_id=rebuild.run_id, generation=1), world.env, FakeDeadline(world.clock, 1000)
     )
     assert (sorted(gens.read().generations), gens.read().current) == ([2], 2)
+
+
+def test_a_full_run_recorded_without_its_generation_never_writes_to_keys_no_index_reads() -> None:
+    # GIVEN a full run recorded (with its claim) whose generation could not be opened
+    world, gens = _rebuilding_world()
+    run_id = uuid.uuid4()
+    world.ledger.start_run(run_id, 12, None, [PlannedRange(1, 12, 12)], source_table="drugs")
+    message = RangeMessage(run_id=run_id, first_id=1, last_id=12, expected_count=12)
+
+    # WHEN one of its range messages arrives anyway (a resume, a late redelivery)
+    with pytest.raises(InvalidMessage, match="no generation recorded"):
+        sync_message(message, world.env, FakeDeadline(world.clock, 1000))
+
+    # THEN nothing was written anywhere
+    assert world.store.documents == {}
+    assert gens.stores == {}
