@@ -7,6 +7,7 @@ from typing import TypeVar
 from uuid import UUID
 
 from consumer.pacing import Deadline
+from shared.models import RetireMessage, SweepMessage
 from shared.ports import Catalog, DocumentStore, Embedder, Generations, Ledger, WorkQueue
 from shared.retry import RetryPolicy
 from shared.telemetry import Announcer, NoAnnouncer, NoTelemetry, Telemetry
@@ -62,3 +63,24 @@ class Outcome:
 def retried(env: SyncEnv, deadline: Deadline, action: Callable[[], T]) -> T:
     """Retry transient failures within what the invocation can spare."""
     return env.retry.call(action, budget_seconds=max(0.0, deadline.remaining_seconds() - env.margin_seconds))
+
+
+Walk = TypeVar("Walk", SweepMessage, RetireMessage)
+
+
+def out_of_time_for_a_page(page_seconds: float, env: SyncEnv, deadline: Deadline) -> bool:
+    """Whether a SCAN walk (a sweep, a retirement) should hand off before its next page: two pages
+    like the last one would not fit before the margin."""
+    return bool(page_seconds) and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds
+
+
+def hand_off_walk(
+    message: Walk, cursor: int, server: str | None, removed: int, env: SyncEnv, deadline: Deadline
+) -> Outcome:
+    """Queue the rest of a SCAN walk as a continuation from the cursor reached (valid on `server`)."""
+    rest = message.model_copy(
+        update={"cursor": cursor, "server": server, "continuations": message.continuations + 1}
+    )
+    body = rest.model_dump_json()
+    retried(env, deadline, lambda: env.work_queue.send_messages([body]))
+    return Outcome(0, documents_removed=removed, continued_at=cursor)

@@ -10,7 +10,7 @@ full. Otherwise the alias stays where it is and the run records why.
 from functools import partial
 from uuid import UUID
 
-from consumer.env import Outcome, SyncEnv, retried
+from consumer.env import Outcome, SyncEnv, hand_off_walk, out_of_time_for_a_page, retried
 from consumer.pacing import Deadline
 from shared.errors import ConfigError, GenerationInUse, InvalidMessage, SwitchRefused, UnavailableError
 from shared.generations import switch_refusal
@@ -124,12 +124,8 @@ def retire(message: RetireMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
         raise InvalidMessage(str(error)) from error
     cursor, server, removed, page_seconds = message.cursor, message.server, 0, 0.0
     while True:
-        if page_seconds and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds:
-            rest = message.model_copy(
-                update={"cursor": cursor, "server": server, "continuations": message.continuations + 1}
-            )
-            retried(env, deadline, partial(env.work_queue.send_messages, [rest.model_dump_json()]))
-            return Outcome(0, documents_removed=removed, continued_at=cursor)
+        if out_of_time_for_a_page(page_seconds, env, deadline):
+            return hand_off_walk(message, cursor, server, removed, env, deadline)
         began = env.clock()
         now_serving = retried(env, deadline, gens.server_id)
         if server != now_serving:  # a new walk, or a restart: its cursors mean nothing now

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from uuid import UUID
 
-from consumer.env import Outcome, SyncEnv, retried
+from consumer.env import Outcome, SyncEnv, hand_off_walk, out_of_time_for_a_page, retried
 from consumer.generation import retire, run_store
 from consumer.pacing import Deadline, Pacer
 from consumer.run_end import advance_run
@@ -227,12 +227,8 @@ def sweep(message: SweepMessage, env: SyncEnv, deadline: Deadline) -> Outcome:
         return Outcome(0)  # a duplicate sweep: the first one finished the job
     cursor, server, removed, page_seconds, restarts = message.cursor, message.server, 0, 0.0, 0
     while True:
-        if page_seconds and deadline.remaining_seconds() - env.margin_seconds < 2 * page_seconds:
-            rest = message.model_copy(
-                update={"cursor": cursor, "server": server, "continuations": message.continuations + 1}
-            )
-            retried(env, deadline, partial(env.work_queue.send_messages, [rest.model_dump_json()]))
-            return Outcome(0, documents_removed=removed, continued_at=cursor)
+        if out_of_time_for_a_page(page_seconds, env, deadline):
+            return hand_off_walk(message, cursor, server, removed, env, deadline)
         began = env.clock()
         now_serving = retried(env, deadline, env.store.server_id)
         if server is None or _another_server(server, now_serving):  # a new walk, or a restart/failover

@@ -11,22 +11,13 @@ from typing import Any
 
 import yaml
 
+from infra.cfn import referenced
+
 SCHEDULE_TYPE = "AWS::Scheduler::Schedule"
 SCHEDULED_INPUT = {"mode": "incremental"}
 PRODUCER_HANDLER = "producer/handler.lambda_handler"
 SCHEDULER_PRINCIPAL = "scheduler.amazonaws.com"
 ENABLED_PARAM = "incrementalScheduleEnabled"
-
-
-def _reference(value: Any) -> str | None:
-    """The logical id behind a Ref or Fn::GetAtt (kept here so this module imports nothing of infra)."""
-    if isinstance(value, dict):
-        if "Ref" in value:
-            return str(value["Ref"])
-        if "Fn::GetAtt" in value:
-            target = value["Fn::GetAtt"]
-            return str(target[0] if isinstance(target, list) else target.split(".")[0])
-    return None
 
 
 def _producer_id(resources: dict[str, Any]) -> str | None:
@@ -46,7 +37,7 @@ def check_schedule(template: dict[str, Any]) -> list[str]:
     (name, schedule), producer = next(iter(schedules.items())), _producer_id(resources)
     target = schedule.get("Target", {})
     problems = []
-    if producer is None or _reference(target.get("Arn")) != producer:
+    if producer is None or referenced(target.get("Arn")) != producer:
         problems.append(f"{name}: its target is not the producer function ({producer})")
     try:
         given = json.loads(target.get("Input", ""))
@@ -58,7 +49,7 @@ def check_schedule(template: dict[str, Any]) -> list[str]:
         problems.append(f"{name}: State {schedule.get('State')!r} is neither ENABLED nor DISABLED")
     if schedule.get("FlexibleTimeWindow", {}).get("Mode") != "OFF":
         problems.append(f"{name}: a flexible time window would start the run at an unknown moment")
-    role = _reference(target.get("RoleArn")) or ""
+    role = referenced(target.get("RoleArn")) or ""
     return problems + _check_role(name, role, resources.get(role, {}), producer)
 
 
@@ -85,7 +76,7 @@ def _check_role(schedule: str, role: str, resource: dict[str, Any], producer: st
                 continue
             if actions not in ("lambda:InvokeFunction", ["lambda:InvokeFunction"]):
                 problems.append(f"{role}: allows {actions!r}; it may only lambda:InvokeFunction")
-            if producer is None or [_reference(arn) for arn in allowed] != [producer]:
+            if producer is None or [referenced(arn) for arn in allowed] != [producer]:
                 problems.append(f"{role}: may invoke {allowed!r}; only the producer ({producer})")
     return problems
 

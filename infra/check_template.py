@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from infra.cfn import referenced
 from infra.check_schedule import check_schedule, check_schedule_default
 from infra.credentials import check_no_credentials
 from infra.integrity import MANIFEST, content_problems
@@ -55,17 +56,6 @@ def resources(template: Template, kind: str) -> Iterator[tuple[str, dict[str, An
     for name, resource in template.get("Resources", {}).items():
         if resource.get("Type") == kind:
             yield name, resource.get("Properties", {})
-
-
-def referenced(value: Any) -> str | None:
-    """The logical id behind a Ref or Fn::GetAtt, if the value is one."""
-    if isinstance(value, dict):
-        if "Ref" in value:
-            return str(value["Ref"])
-        if "Fn::GetAtt" in value:
-            target = value["Fn::GetAtt"]
-            return str(target[0] if isinstance(target, list) else target.split(".")[0])
-    return None
 
 
 def check_visibility_timeout(template: Template) -> list[str]:

@@ -24,18 +24,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def db(test_env: Isolated):
-    database = Database(test_env.env["DATABASE_URL"])
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def conn(db: Database) -> psycopg.Connection:
-    return db.connection()
-
-
-@pytest.fixture
 def capture(db: Database, conn: psycopg.Connection, test_env: Isolated) -> ChangeCapture:
     seed_drugs(conn, test_env.settings, 50)
     installed = ChangeCapture(db, test_env.settings.table_parts, "id", "eligible")
