@@ -34,7 +34,9 @@ def run_store(run_id: UUID, env: SyncEnv, deadline: Deadline) -> DocumentStore:
     if progress is None or progress.generation is None:
         return env.store  # a run from before generations (or unknown: its message is refused later)
     generation = retried(env, deadline, gens.read).generations.get(progress.generation)
-    if generation is None:
+    if generation is None or generation.state == "retiring":
+        # A run that chose its generation just before a rebuild replaced it: its writes would be
+        # unlinked by the retirement, or left under a prefix nothing reads.
         raise InvalidMessage(f"run {run_id} writes generation {progress.generation}, which is retired")
     if generation.embedder != env.embedder.name:
         raise ConfigError(

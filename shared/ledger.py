@@ -110,12 +110,15 @@ LOCK_WRITER = "SELECT pg_advisory_xact_lock(hashtext('drugsync_writer'))"
 # with its own Redis copy, do not wait for each other), newest first, with their last sign of life:
 # the heartbeat of their messages, a range done, their enqueue, their sweep (greatest() ignores
 # NULLs), and whether that is older than the claim. A rebuild whose switch was refused writes no
-# more: its claim is over, and the next run (which continues its generation) supersedes it.
+# more: its claim is over, and the next run (which continues its generation) supersedes it. So is a
+# full run or rebuild whose generation could not be opened: it never sent a message, and never will.
 ACTIVE_RUNS = """
 SELECT run_id, mode, started_at, last_activity,
-       last_activity < now() - make_interval(secs => %(claim)s) OR switch_refused AS expired
+       last_activity < now() - make_interval(secs => %(claim)s) OR switch_refused OR never_opened AS expired
 FROM (
     SELECT r.run_id, r.mode, r.started_at, r.switch_error IS NOT NULL AS switch_refused,
+           (r.enqueue_error IS NOT NULL AND r.generation IS NULL AND r.mode IN ('full', 'rebuild')
+            AND r.source_table IS NOT NULL) AS never_opened,
            greatest(r.started_at, r.touched_at, r.enqueued_at, r.sweep_requested_at, r.swept_at,
                     (SELECT max(g.done_at) FROM drugsync_ranges g WHERE g.run_id = r.run_id))
                AS last_activity

@@ -147,6 +147,7 @@ class FakeLedger:
             for other in active
             if self._last_activity(other) < now - timedelta(seconds=claim_seconds)
             or self.runs[other].get("switch_error") is not None
+            or self._never_opened(other)
         }
         holding = [other for other in active if other not in expired]
         if holding and not supersede:
@@ -162,6 +163,13 @@ class FakeLedger:
             "changes_source": changes_source, "swept": now if swept else None, "watermark": now,
         }  # fmt: skip
         return active
+
+    def _never_opened(self, run_id: UUID) -> bool:
+        run = self.runs[run_id]
+        return bool(
+            run.get("enqueue_error") and run.get("generation") is None and run["mode"] in ("full", "rebuild")
+            and run.get("source_table") is not None
+        )  # fmt: skip
 
     def _last_activity(self, run_id: UUID) -> datetime:
         run = self.runs[run_id]

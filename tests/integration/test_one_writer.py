@@ -232,6 +232,12 @@ def test_a_full_run_whose_generation_could_not_be_opened_is_not_resumed_into_no_
     assert queue.bodies == []
     assert "sync --supersede" in (advice(describe_run(progress, datetime.now(UTC))) or "")
 
+    # AND it does not hold the table's claim: the next run starts without asking, and supersedes it
+    superseded = services.ledger.start_run(
+        uuid.uuid4(), 100, None, RANGES, source_table=services.catalog.table_name
+    )
+    assert superseded == [row[0]]
+
 
 def test_a_full_run_recorded_before_generations_is_still_resumed(services: Services) -> None:
     legacy = started(services.ledger)  # no source table, no generation: as v3's migration leaves a v2 run

@@ -467,3 +467,15 @@ def test_a_full_run_recorded_without_its_generation_never_writes_to_keys_no_inde
     # THEN nothing was written anywhere
     assert world.store.documents == {}
     assert gens.stores == {}
+
+
+def test_a_run_whose_generation_is_being_retired_never_writes_into_it() -> None:
+    # GIVEN a run that chose generation 1, which a rebuild has since marked retiring
+    world, gens = _rebuilding_world()
+    run = _start(world, gens)
+    gens.mark_retiring(run.generation)
+
+    # WHEN its first range arrives, THEN it is refused and nothing is written under the retiring prefix
+    with pytest.raises(InvalidMessage, match="which is retired"):
+        sync_message(parse_message(world.work_queue.bodies[0]), world.env, FakeDeadline(world.clock, 1000))
+    assert gens.store(run.generation).documents == {}
