@@ -84,6 +84,9 @@ class Plan:
     measured: Measured
     wall_seconds: float
     bottleneck: str
+    embedding_requests: int
+    embedding_quota_rpm: int | None
+    embedding_bound_seconds: float | None
     redis_json_bytes: float
     redis_hash_bytes: float
     redis_limit_bytes: int
@@ -101,17 +104,27 @@ class Plan:
 def make_plan(
     drugs: int, range_size: int, max_concurrency: int, measured: Measured, *, embedder: str, dimension: int,
     consumer_memory_mb: int, consumer_timeout: float, redis_limit: tuple[int, str], postgres_free: int,
-    redis_eviction: tuple[str, str | None],
+    redis_eviction: tuple[str, str | None], texts_per_request: int | None = None,
+    quota_rpm: int | None = None,
 ) -> Plan:  # fmt: skip
     """Turn measured per-drug costs into the figures for a run of `drugs` drugs.
 
     redis_eviction is the server's maxmemory-policy and the warning judge_eviction_policy gave it.
+    texts_per_request is what one request to the embedding API carries (None: a local embedder, no
+    API); quota_rpm the account's quota of those requests per minute. The run goes no faster than
+    its slowest stage: the consumers, the one Redis server's index insertion, or the quota.
     """
     ranges = math.ceil(drugs / range_size) if drugs else 0
-    consumers_rate = max_concurrency / measured.client_seconds_per_drug
-    server_rate = 1 / measured.server_seconds_per_drug
-    rate = min(consumers_rate, server_rate)
-    bottleneck = "Redis index insertion (one server)" if server_rate < consumers_rate else "consumers"
+    requests = math.ceil(drugs / texts_per_request) if texts_per_request else 0
+    rates = {  # drugs per second each stage allows
+        "consumers": max_concurrency / measured.client_seconds_per_drug,
+        "Redis index insertion (one server)": 1 / measured.server_seconds_per_drug,
+    }
+    embedding_bound = requests / quota_rpm * 60 if requests and quota_rpm else None
+    if embedding_bound:
+        rates[f"the embedding quota ({quota_rpm:,} requests/min)"] = drugs / embedding_bound
+    bottleneck = min(rates, key=lambda stage: rates[stage])
+    rate = rates[bottleneck]
     gb_seconds = drugs * (measured.client_seconds_per_drug + measured.server_seconds_per_drug)
     gb_seconds *= consumer_memory_mb / 1024
     tokens = drugs * measured.text_chars_per_drug / CHARS_PER_TOKEN
@@ -124,6 +137,7 @@ def make_plan(
         drugs=drugs, ranges=ranges, range_size=range_size, max_concurrency=max_concurrency,
         dimension=dimension, embedder=embedder, measured=measured,
         wall_seconds=drugs / rate if drugs else 0.0, bottleneck=bottleneck,
+        embedding_requests=requests, embedding_quota_rpm=quota_rpm, embedding_bound_seconds=embedding_bound,
         redis_json_bytes=drugs * (measured.json_bytes_per_drug + measured.index_bytes_per_drug),
         redis_hash_bytes=drugs * (measured.hash_bytes_per_drug + measured.index_bytes_per_drug),
         redis_limit_bytes=redis_limit[0], redis_limit_source=redis_limit[1],
@@ -143,6 +157,11 @@ def _warnings(plan: Plan, consumer_timeout: float) -> list[str]:
         warnings.append(
             f"Redis needs {_gib(plan.redis_json_bytes)} as JSON (HASH: {_gib(plan.redis_hash_bytes)})"
             f" but {plan.redis_limit_source} is {_gib(plan.redis_limit_bytes)}: the run will not fit"
+        )
+    if plan.embedding_requests and plan.embedding_quota_rpm is None:
+        warnings.append(
+            f"{plan.embedding_requests:,} embedding requests and no quota set: the wall time ignores the"
+            " API's limit; set DRUGSYNC_EMBEDDING_QUOTA_RPM to the account's quota (Service Quotas)"
         )
     if plan.postgres_connections_needed > plan.postgres_connections_free:
         warnings.append(
@@ -174,6 +193,7 @@ def render_plan(plan: Plan) -> str:
         " Redis insertion",
         f"  wall time at max concurrency {plan.max_concurrency}: ~{_duration(plan.wall_seconds)}"
         f" (bound by {plan.bottleneck}; HNSW insertion slows as the index grows, so allow up to 2x)",
+        _embedding_line(plan),
         f"  Redis memory: {_gib(plan.redis_json_bytes)} as JSON, {_gib(plan.redis_hash_bytes)} as HASH"
         f" (index included); {plan.redis_limit_source} {_gib(plan.redis_limit_bytes)}",
         f"  Redis eviction: maxmemory-policy {plan.redis_eviction_policy}",
@@ -186,6 +206,17 @@ def render_plan(plan: Plan) -> str:
     ]
     lines += [f"WARNING: {warning}" for warning in plan.warnings] or ["fits: no warnings"]
     return "\n".join(lines)
+
+
+def _embedding_line(plan: Plan) -> str:
+    if not plan.embedding_requests:
+        return f"  embedding API: none ({plan.embedder} embeds in the consumer)"
+    if plan.embedding_quota_rpm is None or plan.embedding_bound_seconds is None:
+        return f"  embedding API: {plan.embedding_requests:,} requests; no quota set, so no bound"
+    return (
+        f"  embedding API: {plan.embedding_requests:,} requests / {plan.embedding_quota_rpm:,} per minute"
+        f" = at least {_duration(plan.embedding_bound_seconds)}, however many consumers"
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(256, ge=1, le=10_000)
     bedrock_model_id: str = "amazon.titan-embed-text-v2:0"
     bedrock_concurrency: int = Field(8, ge=1, le=64)
+    # The account's embedding quota in requests per minute (Service Quotas, e.g. InvokeModel requests
+    # per minute for the model): `plan` bounds a run by it.
+    embedding_quota_rpm: int | None = Field(None, ge=1, le=100_000_000)
 
     range_size: int = Field(1000, ge=1, le=100_000)
     write_batch_size: int = Field(500, ge=1, le=10_000)

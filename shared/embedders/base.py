@@ -25,6 +25,11 @@ class BatchingEmbedder(ABC):
     @abstractmethod
     def name(self) -> str: ...
 
+    @property
+    def texts_per_request(self) -> int | None:
+        """Texts one request to the provider's API carries; None for a local embedder (no API, no quota)."""
+        return None
+
     @abstractmethod
     def _embed_batch(self, texts: Sequence[str]) -> Vectors:
         """Embed one batch with one provider call; returns shape (len(texts), dimension)."""

@@ -88,6 +88,10 @@ class TitanEmbedder(BatchingEmbedder):
     def name(self) -> str:
         return f"{self._model_id}-{self.dimension}"
 
+    @property
+    def texts_per_request(self) -> int:
+        return 1  # Titan Text Embeddings V2 embeds one text per InvokeModel
+
     def _embed_batch(self, texts: Sequence[str]) -> Vectors:
         answers = self._invoke_each(texts)
         refused = {i: answer for i, answer in enumerate(answers) if isinstance(answer, EmbeddingError)}

@@ -148,6 +148,7 @@ def test_plan_prints_the_figures_for_the_table_and_for_494000_drugs(user_env: di
         "cost estimate (USD):",
         "price assumptions:",
         "index alias: FT.ALIASUPDATE works: readers of idx:drugs move to a rebuild at once",
+        "embedding API: none (hashing-v1-384 embeds in the consumer)",
     ):
         assert figure in table.stdout
     big = json.loads(drugsync(user_env, "plan", "--drugs", "494000", "--json").stdout)
@@ -156,6 +157,7 @@ def test_plan_prints_the_figures_for_the_table_and_for_494000_drugs(user_env: di
     assert big["redis_json_bytes"] > big["redis_hash_bytes"] > 0
     assert big["wall_seconds"] > 0
     assert set(big["costs_usd"]) == {"lambda", "sqs", "embedding"}
+    assert (big["embedding_requests"], big["embedding_bound_seconds"]) == (0, None)  # a local embedder
 
 
 def test_local_up_prints_exports_that_reach_every_service(user_env: dict[str, str], tmp_path: Path) -> None:
