@@ -17,21 +17,18 @@ included). Each text embedded is one document written.
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg import sql
 
-from console import local_stack
+from benchmarks.stack import embedded_stack
 from console.event_source import EventSourceConfig, LocalEventSource
 from console.seed import seed_drugs
 from console.services import Services
 from console.verify import verify
 from shared.models import SyncRequest
-from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -143,36 +140,28 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=4)
     parser.add_argument("--no-second-full", action="store_true", help="skip the unchanged full run")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="drugsync-daily-") as folder:
-        os.environ["DRUGSYNC_STATE_DIR"] = folder
-        state = local_stack.up()
-        os.environ.update(state.env)
-        try:
-            services = Services(Settings())
-            eligible = seed_drugs(services.conn, services.settings, args.drugs)
-            services.capture.install()
-            print(f"{args.drugs:,} drugs seeded ({eligible:,} eligible), change capture installed;"
-                  f" consumers at most {args.max_concurrency} at once, hashing embedder")  # fmt: skip
-            log = Path(folder) / "consumer.log"
-            costs = [timed_run(services, "full sync", SyncRequest(), args.max_concurrency, log)]
+    with embedded_stack() as (services, _, folder):
+        eligible = seed_drugs(services.conn, services.settings, args.drugs)
+        services.capture.install()
+        print(f"{args.drugs:,} drugs seeded ({eligible:,} eligible), change capture installed;"
+              f" consumers at most {args.max_concurrency} at once, hashing embedder")  # fmt: skip
+        log = folder / "consumer.log"
+        costs = [timed_run(services, "full sync", SyncRequest(), args.max_concurrency, log)]
+        print(costs[-1].line(), flush=True)
+        if not args.no_second_full:
+            costs.append(
+                timed_run(services, "full sync, unchanged", SyncRequest(), args.max_concurrency, log)
+            )
             print(costs[-1].line(), flush=True)
-            if not args.no_second_full:
-                costs.append(
-                    timed_run(services, "full sync, unchanged", SyncRequest(), args.max_concurrency, log)
-                )
-                print(costs[-1].line(), flush=True)
-            made = make_changes(services, args.changes)
-            print("changes: " + ", ".join(f"{count} {kind}" for kind, count in made.items()))
-            incremental = SyncRequest(mode="incremental")
-            costs.append(timed_run(services, "incremental (capture)", incremental, args.max_concurrency, log))
-            print(costs[-1].line(), flush=True)
-            report = verify(services.catalog, services.current_store, services.current_embedder.name)
-            drift = report.drift
-            print(f"verify: missing {len(drift.missing)}, extra {len(drift.extra)}, stale {len(drift.stale)}"
-                  f" ({report.seconds:.1f} s)")  # fmt: skip
-            services.close()
-        finally:
-            local_stack.stop(state)
+        made = make_changes(services, args.changes)
+        print("changes: " + ", ".join(f"{count} {kind}" for kind, count in made.items()))
+        incremental = SyncRequest(mode="incremental")
+        costs.append(timed_run(services, "incremental (capture)", incremental, args.max_concurrency, log))
+        print(costs[-1].line(), flush=True)
+        report = verify(services.catalog, services.current_store, services.current_embedder.name)
+        drift = report.drift
+        print(f"verify: missing {len(drift.missing)}, extra {len(drift.extra)}, stale {len(drift.stale)}"
+              f" ({report.seconds:.1f} s)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ per eligible drug (what the sweep walks), then times each way of finding what ch
 """
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -18,10 +16,9 @@ from typing import Any
 
 from psycopg import sql
 
-from console import local_stack
+from benchmarks.stack import embedded_stack
 from console.seed import seed_drugs
 from console.services import Services
-from shared.settings import Settings
 
 SWEEP_PAGE = 1000  # SyncEnv.sweep_page_size
 
@@ -105,17 +102,9 @@ def main() -> None:
     parser.add_argument("--drugs", type=int, default=100_000)
     parser.add_argument("--changes", type=int, default=500)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="drugsync-bench-") as folder:
-        os.environ["DRUGSYNC_STATE_DIR"] = folder
-        state = local_stack.up()
-        os.environ.update(state.env)
-        try:
-            services = Services(Settings())
-            seed_drugs(services.conn, services.settings, args.drugs)
-            print("\n".join(bench(services, args.drugs, args.changes)))
-            services.close()
-        finally:
-            local_stack.stop(state)
+    with embedded_stack() as (services, _, _):
+        seed_drugs(services.conn, services.settings, args.drugs)
+        print("\n".join(bench(services, args.drugs, args.changes)))
 
 
 if __name__ == "__main__":

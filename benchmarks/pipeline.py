@@ -8,12 +8,12 @@ not the absolute numbers, and compare runs made on the same machine.
 
 import argparse
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.stack import embedded_stack
 from console import local_stack
 from console.event_source import EventSourceConfig, LocalEventSource
 from console.seed import seed_drugs, synthetic_drugs
@@ -22,7 +22,6 @@ from shared.documents import build_embedding_text
 from shared.embedders.hashing import HashingEmbedder
 from shared.models import TEXT_FIELDS, Drug, SyncRequest
 from shared.redis_store import RedisDocumentStore, connect_redis
-from shared.settings import Settings
 
 
 def timed(action: Callable[[], Any]) -> float:
@@ -100,20 +99,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--drugs", type=int, default=10_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="drugsync-bench-") as folder:
-        os.environ["DRUGSYNC_STATE_DIR"] = folder
-        state = local_stack.up(local_stack.QueueOptions(visibility_timeout=600))
-        os.environ.update(state.env)
-        try:
-            services = Services(Settings())
-            eligible = seed_drugs(services.conn, services.settings, args.drugs)
-            print(f"benchmarks on {args.drugs:,} synthetic drugs ({eligible:,} eligible)\n")
-            print(bench_embedding(min(args.drugs, 20_000)))
-            print(bench_redis_writes(state.env["REDIS_URL"], min(args.drugs, 20_000)))
-            print(bench_consumers(services, services.sqs_client(), eligible))
-            services.close()
-        finally:
-            local_stack.stop(state)
+    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, state, _):
+        eligible = seed_drugs(services.conn, services.settings, args.drugs)
+        print(f"benchmarks on {args.drugs:,} synthetic drugs ({eligible:,} eligible)\n")
+        print(bench_embedding(min(args.drugs, 20_000)))
+        print(bench_redis_writes(state.env["REDIS_URL"], min(args.drugs, 20_000)))
+        print(bench_consumers(services, services.sqs_client(), eligible))
 
 
 if __name__ == "__main__":
