@@ -243,3 +243,19 @@ def test_a_full_run_recorded_before_generations_is_still_resumed(services: Servi
     legacy = started(services.ledger)  # no source table, no generation: as v3's migration leaves a v2 run
     queue = FakeQueue()
     assert resume_run(legacy, ledger=services.ledger, queue=queue) == len(RANGES)
+
+
+def test_the_claim_is_per_source_table_a_run_of_another_catalog_neither_waits_nor_supersedes(
+    services: Services,
+) -> None:
+    # GIVEN a run of one catalog active
+    first = started(services.ledger, source_table="drugs_one")
+
+    # WHEN a run of another catalog in the same database starts, THEN it is recorded beside it,
+    # superseding nothing; a second run of the first catalog is still refused
+    assert services.ledger.start_run(uuid.uuid4(), 10, None, RANGES, source_table="drugs_two") == []
+    with pytest.raises(RunActive, match=str(first)):
+        started(services.ledger, source_table="drugs_one")
+    progress = services.ledger.progress(first)
+    assert progress is not None
+    assert progress.superseded_at is None
