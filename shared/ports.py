@@ -313,6 +313,14 @@ class WorkQueue(Protocol):
     ) -> int: ...
 
 
+class RequestLimiter(Protocol):
+    """Admits requests to a rate-limited API (shared by every consumer); blocks until this one may go."""
+
+    def acquire(self, requests: int, tokens: int) -> None:
+        """Wait until `requests` requests carrying about `tokens` tokens fit the quota, then take them."""
+        ...
+
+
 class Embedder(Protocol):
     """Turns texts into unit vectors of a fixed dimension, many texts per call."""
 

@@ -55,11 +55,15 @@ class Settings(BaseSettings):
     # Accept an allkeys-* maxmemory-policy, under which Redis may evict documents of finished ranges.
     allow_eviction: bool = False
 
-    embedder: Literal["hashing", "bedrock"] = "hashing"
+    # "simulated": the hashing vectors behind a fixed latency per request, like an API (benchmarks, drills).
+    embedder: Literal["hashing", "bedrock", "simulated"] = "hashing"
     embedding_dim: int = Field(384, ge=8, le=4096)
     embed_batch_size: int = Field(256, ge=1, le=10_000)
     bedrock_model_id: str = "amazon.titan-embed-text-v2:0"
+    # Requests in flight at once per consumer, for an API embedder (Bedrock, simulated).
     bedrock_concurrency: int = Field(8, ge=1, le=64)
+    simulated_latency_ms: float = Field(70.0, ge=0.0, le=60_000.0)
+    simulated_texts_per_request: int = Field(1, ge=1, le=1_000)
     # The account's embedding quota in requests per minute (Service Quotas, e.g. InvokeModel requests
     # per minute for the model): `plan` bounds a run by it.
     embedding_quota_rpm: int | None = Field(None, ge=1, le=100_000_000)

@@ -5,6 +5,7 @@ import boto3
 from shared.embedders.base import BatchingEmbedder
 from shared.embedders.bedrock import TitanEmbedder
 from shared.embedders.hashing import HashingEmbedder
+from shared.embedders.simulated import SimulatedApiEmbedder
 from shared.errors import ConfigError
 from shared.settings import Settings
 
@@ -20,6 +21,14 @@ def build_embedder(settings: Settings) -> BatchingEmbedder:
             batch_size=settings.embed_batch_size,
             concurrency=settings.bedrock_concurrency,
         )
+    if settings.embedder == "simulated":
+        return SimulatedApiEmbedder(
+            settings.embedding_dim,
+            settings.embed_batch_size,
+            latency_seconds=settings.simulated_latency_ms / 1000,
+            texts_per_request=settings.simulated_texts_per_request,
+            concurrency=settings.bedrock_concurrency,
+        )
     return HashingEmbedder(settings.embedding_dim, settings.embed_batch_size)
 
 
@@ -28,6 +37,8 @@ def embedder_name(settings: Settings) -> str:
     what the producer records for a generation and compares with the current one's."""
     if settings.embedder == "bedrock":
         return f"{settings.bedrock_model_id}-{settings.embedding_dim}"
+    if settings.embedder == "simulated":
+        return f"simulated-api-{settings.embedding_dim}"
     return f"hashing-v1-{settings.embedding_dim}"
 
 
@@ -46,6 +57,7 @@ def build_embedder_for(settings: Settings, name: str, dimension: int) -> Batchin
 __all__ = [
     "BatchingEmbedder",
     "HashingEmbedder",
+    "SimulatedApiEmbedder",
     "TitanEmbedder",
     "build_embedder",
     "build_embedder_for",

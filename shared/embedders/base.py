@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from shared.errors import EmbeddingError, RejectedTexts
-from shared.ports import Vectors
+from shared.ports import RequestLimiter, Vectors
 
 
 class BatchingEmbedder(ABC):
@@ -16,6 +16,8 @@ class BatchingEmbedder(ABC):
         self._dimension = dimension
         self.batch_size = batch_size
         self.calls = 0
+        # Set by the wiring when an embedding quota is configured; every API request passes through it.
+        self.limiter: RequestLimiter | None = None
 
     @property
     def dimension(self) -> int:
@@ -29,6 +31,11 @@ class BatchingEmbedder(ABC):
     def texts_per_request(self) -> int | None:
         """Texts one request to the provider's API carries; None for a local embedder (no API, no quota)."""
         return None
+
+    def _before_request(self, texts: Sequence[str]) -> None:
+        """Called by an API embedder right before each request it sends, with the texts it carries."""
+        if self.limiter is not None:
+            self.limiter.acquire(1, estimated_tokens(texts))
 
     @abstractmethod
     def _embed_batch(self, texts: Sequence[str]) -> Vectors:
@@ -62,3 +69,9 @@ class BatchingEmbedder(ABC):
                 f" expected ({len(texts)}, {self._dimension})"
             )
         return vectors
+
+
+def estimated_tokens(texts: Sequence[str]) -> int:
+    """Tokens a request's texts count against a tokens-per-minute quota, estimated without a tokenizer:
+    about four characters a token for English catalog text, and at least one per text."""
+    return sum(max(1, len(text) // 4) for text in texts)

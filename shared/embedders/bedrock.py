@@ -132,6 +132,7 @@ class TitanEmbedder(BatchingEmbedder):
         from botocore.exceptions import BotoCoreError, ClientError
 
         body = {"inputText": text, "dimensions": self.dimension, "normalize": True}
+        self._before_request([text])
         try:
             response = self._client.invoke_model(
                 modelId=self._model_id,

@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from shared.embedders.base import BatchingEmbedder
+from shared.embedders.base import BatchingEmbedder, estimated_tokens
 from shared.embedders.bedrock import TitanEmbedder
 from shared.embedders.hashing import HashingEmbedder, tokenize
+from shared.embedders.simulated import SimulatedApiEmbedder
 from shared.errors import (
     DrugSyncError,
     EmbeddingError,
@@ -250,3 +251,36 @@ def test_refused_texts_are_named_by_their_place_in_the_whole_call_across_batches
         i: float(i) for i in (0, 1, 2, 4, 5, 7)
     }
     assert embedder.calls == 4  # every batch is embedded, even after one refused a text
+
+
+class RecordingLimiter:
+    """Records each admission: (requests, tokens)."""
+
+    def __init__(self) -> None:
+        self.admitted: list[tuple[int, int]] = []
+
+    def acquire(self, requests: int, tokens: int) -> None:
+        self.admitted.append((requests, tokens))
+
+
+def test_titan_passes_every_request_through_the_limiter_with_its_tokens(bedrock) -> None:
+    client, stubber = bedrock
+    embedder = titan(client)
+    embedder.limiter = limiter = RecordingLimiter()
+    texts = ["aspirin 81 mg tablet", "ibuprofen"]
+    for _ in texts:
+        stubber.add_response("invoke_model", titan_response([1.0] * 256))
+    embedder.embed_texts(texts)
+    assert limiter.admitted == [(1, estimated_tokens([text])) for text in texts]
+
+
+def test_the_simulated_api_sends_one_request_per_group_of_texts_each_admitted_by_the_limiter() -> None:
+    simulated = SimulatedApiEmbedder(64, batch_size=10, latency_seconds=0, texts_per_request=3, concurrency=2)
+    simulated.limiter = limiter = RecordingLimiter()
+    texts = [f"drug {i} tablet" for i in range(10)]
+    vectors = simulated.embed_texts(texts)
+    assert simulated.requests == 4  # 3 + 3 + 3 + 1
+    assert sorted(requests for requests, _ in limiter.admitted) == [1, 1, 1, 1]
+    assert sum(tokens for _, tokens in limiter.admitted) == estimated_tokens(texts)
+    np.testing.assert_array_equal(vectors, HashingEmbedder(64, 10).embed_texts(texts))
+    assert simulated.texts_per_request == 3
