@@ -11,6 +11,7 @@ import boto3
 import numpy as np
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from urllib3.response import HTTPResponse
@@ -238,7 +239,7 @@ def _response(
     data = json.dumps(body).encode()
     all_headers = {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}
     raw = HTTPResponse(body=io.BytesIO(data), status=status, headers=all_headers, preload_content=False)
-    return AWSResponse(url, status, all_headers, raw)
+    return AWSResponse(url, status, HTTPHeaders.from_dict(all_headers), raw)
 
 
 @pytest.fixture
