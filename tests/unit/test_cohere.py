@@ -232,10 +232,16 @@ class FakeCohere:
         if refused:
             body = {"message": self.refusal(refused[0])}
             return _response(request.url, 400, body, {"x-amzn-ErrorType": "ValidationException"})
-        vectors = [[1.0, float(text.split()[-1])] + [0.0] * 1022 for text in texts]
+        vectors = [[1.0, _number(text)] + [0.0] * 1022 for text in texts]
         return _response(
             request.url, 200, {"embeddings": {"float": vectors}, "response_type": "embeddings_by_type"}
         )
+
+
+def _number(text: str) -> float:
+    """The number a test text ends with ("drug 7"), so a vector can be traced back to its text."""
+    last = text.split()[-1]
+    return float(last) if last.isdigit() else 0.0
 
 
 def _response(
