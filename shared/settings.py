@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(None, pattern=r"^https?://\S+$")
     openai_model: str = Field("text-embedding-3-small", min_length=1)
     openai_api_key: SecretStr | None = None
+    # Or the key in Secrets Manager (a deployed function's environment holds no credential): the secret
+    # is the key itself, or JSON {"api_key": ...}.
+    openai_api_key_secret_arn: str | None = None
     # Inputs per POST /embeddings (OpenAI takes up to 2,048; many self-hosted servers fewer).
     openai_texts_per_request: int = Field(96, ge=1, le=2048)
     # Send "dimensions" (OpenAI's text-embedding-3 models shorten vectors); servers that reject it: false.

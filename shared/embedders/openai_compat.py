@@ -66,7 +66,6 @@ class OpenAICompatibleEmbedder(MultiTextEmbedder):
     def from_settings(cls, settings: "Settings") -> "OpenAICompatibleEmbedder":
         if not settings.openai_base_url:
             raise ValueError("DRUGSYNC_OPENAI_BASE_URL is not set")  # Settings refuses this earlier
-        key = settings.openai_api_key
         return cls(
             settings.openai_base_url,
             settings.openai_model,
@@ -74,7 +73,7 @@ class OpenAICompatibleEmbedder(MultiTextEmbedder):
             settings.embed_batch_size,
             settings.openai_texts_per_request,
             settings.bedrock_concurrency,
-            api_key=key.get_secret_value() if key is not None else None,
+            api_key=api_key(settings),
             send_dimensions=settings.openai_send_dimensions,
             timeout_seconds=settings.openai_timeout_seconds,
         )
@@ -129,6 +128,30 @@ class OpenAICompatibleEmbedder(MultiTextEmbedder):
 
     def _safe(self, text: str) -> str:
         return redact_secrets(text, [self._api_key]) if self._api_key else text
+
+
+def api_key(settings: "Settings") -> str | None:
+    """DRUGSYNC_OPENAI_API_KEY, else the key in DRUGSYNC_OPENAI_API_KEY_SECRET_ARN (plain, or
+    JSON {"api_key": ...}), else none (a local server that wants no key)."""
+    if settings.openai_api_key is not None:
+        return settings.openai_api_key.get_secret_value()
+    if not settings.openai_api_key_secret_arn:
+        return None
+    import boto3
+
+    from shared.secrets import read_secret
+
+    arn = settings.openai_api_key_secret_arn
+    key: object = read_secret(boto3.client("secretsmanager"), arn, "OpenAI API key").strip()
+    if isinstance(key, str) and key.startswith("{"):
+        try:
+            key = json.loads(key).get("api_key")
+        except (ValueError, AttributeError):
+            key = None
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f'OpenAI API key secret {arn}: neither a key nor JSON with a string "api_key"')
+    remember_secret(key)  # any error text that echoes it is redacted on its way out
+    return key
 
 
 def _error_message(error: urllib.error.HTTPError) -> str:

@@ -1,11 +1,15 @@
 """Provider, model and dimension as settings: each Bedrock model's own dimensions, clear refusals, and
 the name the producer records for a generation equal to the name of the embedder the settings build."""
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from shared.bedrock_models import base_model_id
 from shared.embedders import build_embedder, embedder_name
+from shared.embedders.openai_compat import api_key
 from shared.errors import ConfigError
+from shared.redact import redact_known
 from shared.settings import Settings, get_settings
 
 
@@ -160,3 +164,34 @@ def test_a_cohere_model_reached_by_profile_or_directly_is_one_generation() -> No
     other_dimension = direct.model_copy(update={"embedding_dim": 512})
     assert embedder_name(direct) == embedder_name(profile)
     assert embedder_name(direct) != embedder_name(other_dimension)
+
+
+@pytest.mark.parametrize(
+    ("secret", "key"),
+    [("sk-plain-123", "sk-plain-123"), ('{"api_key": "sk-json-456"}', "sk-json-456")],
+    ids=["the key itself", "JSON"],
+)
+def test_the_openai_api_key_is_read_from_its_secret(
+    monkeypatch: pytest.MonkeyPatch, secret: str, key: str
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        arn = boto3.client("secretsmanager").create_secret(Name="drugsync-openai", SecretString=secret)["ARN"]
+        settings = Settings(
+            embedder="openai", openai_base_url="http://127.0.0.1:9/v1", openai_api_key_secret_arn=arn
+        )
+
+        assert api_key(settings) == key
+        assert "sk-" not in redact_known(f"refused {key}")
+
+
+def test_an_openai_key_secret_of_another_shape_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        arn = boto3.client("secretsmanager").create_secret(Name="k", SecretString='{"key": "sk-1"}')["ARN"]
+        settings = Settings(
+            embedder="openai", openai_base_url="http://127.0.0.1:9/v1", openai_api_key_secret_arn=arn
+        )
+
+        with pytest.raises(ConfigError, match='neither a key nor JSON with a string "api_key"'):
+            api_key(settings)

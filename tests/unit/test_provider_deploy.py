@@ -107,3 +107,14 @@ def test_a_dimension_the_model_does_not_offer_is_named_when_bedrock_embeds() -> 
     assert (
         "DRUGSYNC_EMBEDDING_DIM 384 is not a dimension cohere.embed-english-v3 offers (1024,)" in problems[0]
     )
+
+
+def test_an_openai_api_key_in_a_functions_environment_is_refused_without_showing_it() -> None:
+    template = copy.deepcopy(GOOD)
+    _env(template, CONSUMER)["DRUGSYNC_OPENAI_API_KEY"] = "sk-live-0123456789"
+
+    problems = check_template(template)
+
+    assert len(problems) == 1
+    assert "DRUGSYNC_OPENAI_API_KEY in the environment: give DRUGSYNC_*_SECRET_ARN instead" in problems[0]
+    assert "sk-live" not in problems[0]
