@@ -23,6 +23,9 @@ TEXTS_PER_REQUEST = 96  # the most texts one Embed request takes, v3 and v4 alik
 # Too long a text is embedded from its beginning (name, strength, form come first) rather than refused;
 # v3 spells the end END, v4 RIGHT.
 _TRUNCATE_END = {"cohere-v3": "END", "cohere-v4": "RIGHT"}
+# v3 takes at most 2,048 characters a text whatever `truncate` says; cut here, a longer text would cost
+# its request a halving to be refused alone. v4 takes about 128,000 tokens.
+_V3_MAX_CHARS = 2048
 
 
 class CohereEmbedder(MultiTextEmbedder):
@@ -73,7 +76,9 @@ class CohereEmbedder(MultiTextEmbedder):
 
     def _body(self, texts: Sequence[str], query: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "texts": list(texts),
+            "texts": [text[:_V3_MAX_CHARS] for text in texts]
+            if self._model.family == "cohere-v3"
+            else list(texts),
             "input_type": "search_query" if query else "search_document",
             "truncate": _TRUNCATE_END[self._model.family],
             "embedding_types": ["float"],

@@ -102,6 +102,23 @@ def test_v4_through_an_inference_profile_asks_for_its_output_dimension(bedrock) 
     assert embedder.texts_per_request == 96
 
 
+@pytest.mark.parametrize(("model_id", "sent_chars"), [(V3, 2048), (V4_PROFILE, 3000)])
+def test_v3_is_sent_at_most_its_2048_characters_a_text_and_v4_the_whole_text(
+    bedrock, model_id: str, sent_chars: int
+) -> None:
+    client, stubber = bedrock
+    sent: list[int] = []
+    client.meta.events.register(
+        "provide-client-params.bedrock-runtime.InvokeModel",
+        lambda params, **kwargs: sent.extend(len(text) for text in json.loads(params["body"])["texts"]),
+    )
+    expect_any(stubber, 2)
+
+    cohere(client, model_id).embed_texts(["x" * 3000, "short"])
+
+    assert sent == [sent_chars, 5]
+
+
 @pytest.mark.parametrize("model_id", [V3, V4_PROFILE])
 def test_a_query_is_embedded_as_a_search_query(bedrock, model_id: str) -> None:
     client, stubber = bedrock
