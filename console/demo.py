@@ -135,7 +135,7 @@ def search(services: Services, text: str, k: int) -> list[SearchHit]:
         # Without aliases (a server lacking FT.ALIASUPDATE) the registry's current is the switch.
         index = services.generations.alias if registry.aliases else live.index
         try:
-            return store.search(embedder.embed_texts([text])[0], k, index=index)
+            return store.search(embedder.embed_query(text), k, index=index)
         except GenerationMoved:
             if attempt == 2:
                 raise

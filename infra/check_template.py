@@ -27,6 +27,8 @@ from infra.check_schedule import check_schedule, check_schedule_default
 from infra.credentials import check_no_credentials
 from infra.integrity import MANIFEST, content_problems
 from infra.package import DEFAULT_OUT, ROOT, Artefact
+from shared.bedrock_models import base_model_id, bedrock_model
+from shared.errors import ConfigError
 
 Template = dict[str, Any]
 VISIBILITY_FACTOR = 6  # https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html
@@ -174,6 +176,81 @@ def check_iam_wildcards(template: Template) -> list[str]:
     return problems
 
 
+def _sub_text(value: Any) -> str:
+    """A resource as written: a string, or the text of an Fn::Sub over pseudo parameters."""
+    return (
+        value["Fn::Sub"] if isinstance(value, dict) and isinstance(value.get("Fn::Sub"), str) else str(value)
+    )
+
+
+def check_bedrock_grant(template: Template) -> list[str]:
+    """The consumer may invoke exactly the Bedrock model its environment names (through an inference
+    profile: the profile, and the model in the Regions it routes to), at a dimension the model offers."""
+    problems = []
+    for name, function in resources(template, "AWS::Lambda::Function"):
+        if function.get("Handler") != "consumer/handler.lambda_handler":
+            continue
+        env = function.get("Environment", {}).get("Variables", {})
+        model_id = str(env.get("DRUGSYNC_BEDROCK_MODEL_ID", "amazon.titan-embed-text-v2:0"))
+        try:
+            model = bedrock_model(model_id)
+        except ConfigError as error:
+            problems.append(f"{name}: {error}")
+            continue
+        dimension = str(env.get("DRUGSYNC_EMBEDDING_DIM", ""))
+        if env.get("DRUGSYNC_EMBEDDER") == "bedrock" and dimension not in map(str, model.dimensions):
+            problems.append(
+                f"{name}: DRUGSYNC_EMBEDDING_DIM {dimension} is not a dimension {model.base_id} offers"
+                f" {model.dimensions}"
+            )
+        role = function.get("Role", {}).get("Fn::GetAtt", [""])[0]
+        granted = [
+            _sub_text(resource)
+            for role_name, statement in _statements(template)
+            if role_name == role and "bedrock:InvokeModel" in _as_list(statement.get("Action", []))
+            for resource in _as_list(statement.get("Resource", []))
+        ]
+        problems += [
+            f"{role}: bedrock:InvokeModel {problem}" for problem in _grant_problems(model_id, granted)
+        ]
+    return problems
+
+
+_REGION = r"(?:[a-z0-9-]+|\$\{AWS::Region\})"  # as written, or substituted by Fn::Sub at deploy time
+_ACCOUNT = r"(?:[0-9]{12}|\$\{AWS::AccountId\})"
+
+
+def _grant_problems(model_id: str, granted: list[str]) -> list[str]:
+    base = base_model_id(model_id)
+    # (what must be allowed, as an ARN pattern; how an operator would write it)
+    needed = [
+        (rf"arn:aws:bedrock:{_REGION}::foundation-model/{re.escape(model_id)}",
+         f"arn:aws:bedrock:REGION::foundation-model/{model_id}"),
+    ]  # fmt: skip
+    if base != model_id:  # an inference profile: the profile, and the model wherever it routes
+        needed = [
+            (rf"arn:aws:bedrock:{_REGION}:{_ACCOUNT}:inference-profile/{re.escape(model_id)}",
+             f"arn:aws:bedrock:REGION:ACCOUNT:inference-profile/{model_id}"),
+            (rf"arn:aws:bedrock:\*::foundation-model/{re.escape(base)}",
+             f"arn:aws:bedrock:*::foundation-model/{base}"),
+        ]  # fmt: skip
+    problems = [
+        f"does not allow {written}, which invoking {model_id} needs"
+        for pattern, written in needed
+        if not any(re.fullmatch(pattern, resource) for resource in granted)
+    ]
+    # The same model in one Region more is covered by '*' already: harmless, not a broader grant.
+    allowed = [pattern for pattern, _ in needed] + [
+        rf"arn:aws:bedrock:{_REGION}::foundation-model/{re.escape(base)}"
+    ]
+    problems += [
+        f"allows {resource}: grant only what invoking {model_id} needs"
+        for resource in granted
+        if not any(re.fullmatch(pattern, resource) for pattern in allowed)
+    ]
+    return problems
+
+
 def check_environment(template: Template) -> list[str]:
     problems = []
     for name, function in resources(template, "AWS::Lambda::Function"):
@@ -207,7 +284,7 @@ def check_consumer_event(template: Template) -> list[str]:
 
 CHECKS: tuple[Callable[[Template], list[str]], ...] = (
     check_visibility_timeout, check_redrive, check_queue_encryption, check_dlq_alarm,
-    check_dashboards, check_iam_wildcards, check_environment, check_consumer_event,
+    check_dashboards, check_iam_wildcards, check_environment, check_consumer_event, check_bedrock_grant,
     check_no_credentials, check_outputs, check_schedule,
 )  # fmt: skip
 

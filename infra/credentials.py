@@ -19,6 +19,8 @@ from shared.settings import settings_variables
 
 # Variables that hold a connection URL, credentials included: the functions read the secret ARNs.
 URL_VARIABLES = frozenset({"DATABASE_URL", "REDIS_URL", "DRUGSYNC_DATABASE_URL", "DRUGSYNC_REDIS_URL"})
+# Every variable that holds a credential itself: each has a DRUGSYNC_*_SECRET_ARN counterpart.
+CREDENTIAL_VARIABLES = URL_VARIABLES | {"DRUGSYNC_OPENAI_API_KEY"}
 # What Powertools for AWS Lambda (Python) reads; none of them holds a credential.
 # https://docs.powertools.aws.dev/lambda/python/latest/#environment-variables
 POWERTOOLS_VARIABLES = frozenset(
@@ -58,8 +60,8 @@ Template = dict[str, Any]
 
 
 def allowed_variables() -> frozenset[str]:
-    """Every variable drugsync reads but the credential-bearing URLs, and Powertools' own."""
-    return (settings_variables() - URL_VARIABLES) | POWERTOOLS_VARIABLES
+    """Every variable drugsync reads but those holding credentials, and Powertools' own."""
+    return (settings_variables() - CREDENTIAL_VARIABLES) | POWERTOOLS_VARIABLES
 
 
 def check_no_credentials(template: Template) -> list[str]:
@@ -81,7 +83,7 @@ def _check_environment(name: str, variables: Any, allowed: frozenset[str], templ
     problems = []
     for variable, value in variables.items():
         upper = variable.upper()
-        if upper in URL_VARIABLES:
+        if upper in CREDENTIAL_VARIABLES:
             problems.append(f"{name}: {variable} in the environment: give DRUGSYNC_*_SECRET_ARN instead")
         elif upper not in allowed:
             problems.append(

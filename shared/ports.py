@@ -333,3 +333,7 @@ class Embedder(Protocol):
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         """One vector per text; RejectedTexts names texts refused alone, ProviderError refuses them all."""
         ...
+
+    def embed_query(self, text: str) -> Vectors:
+        """The vector a search for `text` uses (some models embed a query unlike a document)."""
+        ...

@@ -117,6 +117,12 @@ def remember_secrets(dsn: str) -> None:
     _known_secrets.update(dsn_passwords(dsn))
 
 
+def remember_secret(secret: str) -> None:
+    """Note a secret this process sends (an API key), for redact_known()."""
+    if secret:
+        _known_secrets.add(secret)
+
+
 def redact_known(text: str) -> str:
     """`text` without any password of a connection string this process has used."""
     return redact_secrets(text, _known_secrets)

@@ -14,12 +14,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.bedrock_models import bedrock_model
 from shared.describe import validation_problems
 from shared.errors import ConfigError
 from shared.models import MAX_DEFERRAL_DELAY_SECONDS
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-TITAN_V2_DIMENSIONS = (256, 512, 1024)
 
 
 def _alias(name: str) -> AliasChoices:
@@ -56,12 +56,25 @@ class Settings(BaseSettings):
     allow_eviction: bool = False
 
     # "simulated": the hashing vectors behind a fixed latency per request, like an API (benchmarks, drills).
-    embedder: Literal["hashing", "bedrock", "simulated"] = "hashing"
+    # "bedrock": Titan Text Embeddings V2 or Cohere Embed v3/v4, whichever bedrock_model_id names.
+    # "openai": any OpenAI-compatible POST {openai_base_url}/embeddings.
+    embedder: Literal["hashing", "bedrock", "simulated", "openai"] = "hashing"
     embedding_dim: int = Field(384, ge=8, le=4096)
     embed_batch_size: int = Field(256, ge=1, le=10_000)
     bedrock_model_id: str = "amazon.titan-embed-text-v2:0"
-    # Requests in flight at once per consumer, for an API embedder (Bedrock, simulated).
+    # Requests in flight at once per consumer, for an API embedder (Bedrock, OpenAI-compatible, simulated).
     bedrock_concurrency: int = Field(8, ge=1, le=64)
+    openai_base_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    openai_model: str = Field("text-embedding-3-small", min_length=1)
+    openai_api_key: SecretStr | None = None
+    # Or the key in Secrets Manager (a deployed function's environment holds no credential): the secret
+    # is the key itself, or JSON {"api_key": ...}.
+    openai_api_key_secret_arn: str | None = None
+    # Inputs per POST /embeddings (OpenAI takes up to 2,048; many self-hosted servers fewer).
+    openai_texts_per_request: int = Field(96, ge=1, le=2048)
+    # Send "dimensions" (OpenAI's text-embedding-3 models shorten vectors); servers that reject it: false.
+    openai_send_dimensions: bool = True
+    openai_timeout_seconds: float = Field(30.0, gt=0.0, le=600.0)
     simulated_latency_ms: float = Field(70.0, ge=0.0, le=60_000.0)
     simulated_texts_per_request: int = Field(1, ge=1, le=1_000)
     # The account's embedding quota in requests per minute (Service Quotas, e.g. InvokeModel requests
@@ -108,10 +121,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_bedrock_dimension(self) -> "Settings":
-        if self.embedder == "bedrock" and self.embedding_dim not in TITAN_V2_DIMENSIONS:
+        if self.embedder != "bedrock":
+            return self
+        try:
+            model = bedrock_model(self.bedrock_model_id)
+        except ConfigError as error:
+            raise ValueError(str(error)) from error
+        if self.embedding_dim not in model.dimensions:
             raise ValueError(
-                f"embedding_dim {self.embedding_dim} is not one Titan Text Embeddings V2 offers "
-                f"{TITAN_V2_DIMENSIONS}"
+                f"DRUGSYNC_EMBEDDING_DIM {self.embedding_dim} is not a dimension {model.base_id} offers"
+                f" (one of {', '.join(map(str, model.dimensions))})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_openai(self) -> "Settings":
+        if self.embedder == "openai" and not self.openai_base_url:
+            raise ValueError(
+                "DRUGSYNC_EMBEDDER=openai needs DRUGSYNC_OPENAI_BASE_URL (e.g. https://api.openai.com/v1)"
             )
         return self
 

@@ -633,6 +633,9 @@ class WrappingEmbedder:
     def dimension(self) -> int:
         return self._inner.dimension
 
+    def embed_query(self, text: str) -> Vectors:
+        return self._inner.embed_query(text)
+
 
 class CountingEmbedder(WrappingEmbedder):
     """The real hashing embedder, counting calls and texts, with faults to order.

@@ -2,9 +2,12 @@
 
 import boto3
 
+from shared.bedrock_models import base_model_id, bedrock_model
 from shared.embedders.base import BatchingEmbedder
 from shared.embedders.bedrock import TitanEmbedder
+from shared.embedders.cohere import CohereEmbedder
 from shared.embedders.hashing import HashingEmbedder
+from shared.embedders.openai_compat import OpenAICompatibleEmbedder
 from shared.embedders.simulated import SimulatedApiEmbedder
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -14,13 +17,17 @@ def build_embedder(settings: Settings) -> BatchingEmbedder:
     """The embedder the settings name."""
     if settings.embedder == "bedrock":
         client = boto3.client("bedrock-runtime")
-        return TitanEmbedder(
+        family = bedrock_model(settings.bedrock_model_id).family
+        kind = TitanEmbedder if family == "titan-v2" else CohereEmbedder
+        return kind(
             client,
             model_id=settings.bedrock_model_id,
             dimension=settings.embedding_dim,
             batch_size=settings.embed_batch_size,
             concurrency=settings.bedrock_concurrency,
         )
+    if settings.embedder == "openai":
+        return OpenAICompatibleEmbedder.from_settings(settings)
     if settings.embedder == "simulated":
         return SimulatedApiEmbedder(
             settings.embedding_dim,
@@ -36,7 +43,11 @@ def embedder_name(settings: Settings) -> str:
     """The name (model and dimension) of the embedder the settings name, without building its client:
     what the producer records for a generation and compares with the current one's."""
     if settings.embedder == "bedrock":
-        return f"{settings.bedrock_model_id}-{settings.embedding_dim}"
+        if bedrock_model(settings.bedrock_model_id).family == "titan-v2":
+            return f"{settings.bedrock_model_id}-{settings.embedding_dim}"
+        return f"{base_model_id(settings.bedrock_model_id)}-{settings.embedding_dim}"
+    if settings.embedder == "openai":
+        return f"openai:{settings.openai_model}-{settings.embedding_dim}"
     if settings.embedder == "simulated":
         return f"simulated-api-{settings.embedding_dim}"
     return f"hashing-v1-{settings.embedding_dim}"
@@ -49,14 +60,16 @@ def build_embedder_for(settings: Settings, name: str, dimension: int) -> Batchin
     if embedder.name != name:
         raise ConfigError(
             f"the current generation was embedded by {name}, but these settings make {embedder.name}:"
-            " set DRUGSYNC_EMBEDDER / DRUGSYNC_BEDROCK_MODEL_ID as the deployment's"
+            " set DRUGSYNC_EMBEDDER / DRUGSYNC_BEDROCK_MODEL_ID / DRUGSYNC_OPENAI_MODEL as the deployment's"
         )
     return embedder
 
 
 __all__ = [
     "BatchingEmbedder",
+    "CohereEmbedder",
     "HashingEmbedder",
+    "OpenAICompatibleEmbedder",
     "SimulatedApiEmbedder",
     "TitanEmbedder",
     "build_embedder",

@@ -37,6 +37,11 @@ class BatchingEmbedder(ABC):
         if self.limiter is not None:
             self.limiter.acquire(1, estimated_tokens(texts))
 
+    def embed_query(self, text: str) -> Vectors:
+        """A search's vector; a provider that embeds queries unlike documents (Cohere) overrides it."""
+        vector: Vectors = self.embed_texts([text])[0]
+        return vector
+
     @abstractmethod
     def _embed_batch(self, texts: Sequence[str]) -> Vectors:
         """Embed one batch with one provider call; returns shape (len(texts), dimension)."""

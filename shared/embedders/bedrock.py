@@ -156,8 +156,13 @@ class TitanEmbedder(BatchingEmbedder):
         return embedding
 
     def _translate(self, error: "ClientError") -> DrugSyncError:
-        details = error.response.get("Error", {})
-        code, message = details.get("Code", ""), details.get("Message", "")
-        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        kind = classify_client_error(code, status, message)
-        return kind(f"bedrock {self._model_id}: {code}: {error}")
+        return translate_client_error(error, self._model_id)
+
+
+def translate_client_error(error: "ClientError", model_id: str) -> DrugSyncError:
+    """The project's error for a failed InvokeModel, naming the model and the service's code."""
+    details = error.response.get("Error", {})
+    code, message = details.get("Code", ""), details.get("Message", "")
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    kind = classify_client_error(code, status, message)
+    return kind(f"bedrock {model_id}: {code}: {error}")

@@ -21,7 +21,7 @@ from infra.check_template import (
     check_artifact_reference,
     check_template,
 )
-from infra.credentials import URL_VARIABLES
+from infra.credentials import CREDENTIAL_VARIABLES
 from infra.package import ROOT, write_zip
 from shared.settings import settings_variables
 
@@ -498,7 +498,7 @@ def test_a_secret_arn_may_be_produced_by_the_template(arn: Any) -> None:
 def test_every_setting_drugsync_reads_may_be_set_but_the_urls() -> None:
     # GIVEN every variable shared/settings.py reads, each with a harmless value
     template = copy.deepcopy(GOOD)
-    for variable in settings_variables() - URL_VARIABLES:
+    for variable in settings_variables() - CREDENTIAL_VARIABLES:
         if not variable.endswith("_ARN"):
             _env(template).setdefault(variable, "1")
     _env(template)["DRUGSYNC_COMPLETION_TOPIC_ARN"] = "arn:aws:sns:us-east-1:123456789012:drugsync-done"
