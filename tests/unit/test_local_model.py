@@ -42,6 +42,19 @@ def test_vectors_are_384_float32_numbers_of_unit_length(minilm: MiniLmEmbedder) 
     assert minilm.name == "all-minilm-l6-v2-int8-384"
 
 
+def test_similarities_match_the_ones_sentence_transformers_documents_for_this_model(
+    minilm: MiniLmEmbedder,
+) -> None:
+    # https://sbert.net/docs/sentence_transformer/usage/usage.html: the float32 model, through
+    # sentence-transformers (mean pooling, normalised), gives these; int8 weights may move them a little.
+    sentences = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
+    documented = [[1.0, 0.6660, 0.1046], [0.6660, 1.0, 0.1411], [0.1046, 0.1411, 1.0]]
+
+    vectors = minilm.embed_texts(sentences)
+
+    np.testing.assert_allclose(vectors @ vectors.T, documented, atol=0.01)
+
+
 def test_texts_keep_their_places_when_a_call_orders_them_by_length(minilm: MiniLmEmbedder) -> None:
     # GIVEN each text embedded alone
     alone = {text: minilm.embed_texts([text])[0] for text in (LONG, SHORT, MIDDLE)}
@@ -65,6 +78,18 @@ def test_the_same_text_gets_the_same_vector_in_another_process(minilm: MiniLmEmb
 
     theirs = np.frombuffer(other.stdout, dtype=np.float32)
     np.testing.assert_array_equal(theirs, minilm.embed_texts([LONG])[0])
+
+
+def test_texts_are_cut_at_256_word_pieces_as_sentence_transformers_cuts_them(minilm: MiniLmEmbedder) -> None:
+    def numbers(first: int, last: int) -> str:  # one word piece each
+        return " ".join(str(n) for n in range(first, last))
+
+    # Texts differing only after their 299th piece embed alike, even past the model's 512 positions;
+    vectors = minilm.embed_texts([numbers(1, 300), numbers(1, 300) + " " + numbers(600, 1000)])
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    # texts differing from the 150th piece on do not (tokenizer.json alone would cut at 128).
+    vectors = minilm.embed_texts([numbers(1, 200), numbers(1, 150) + " " + numbers(700, 750)])
+    assert float(vectors[0] @ vectors[1]) < 0.999
 
 
 def test_mean_pooling_counts_only_real_tokens() -> None:
