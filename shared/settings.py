@@ -123,8 +123,8 @@ class Settings(BaseSettings):
     def _check_minilm_dimension(self) -> "Settings":
         if self.embedder == "minilm" and self.embedding_dim != MINILM_DIMENSION:
             raise ValueError(
-                f"embedding_dim {self.embedding_dim}: all-MiniLM-L6-v2 (embedder minilm) makes"
-                f" {MINILM_DIMENSION}-dimensional vectors only"
+                f"DRUGSYNC_EMBEDDING_DIM={self.embedding_dim}: all-MiniLM-L6-v2 (DRUGSYNC_EMBEDDER=minilm)"
+                f" makes {MINILM_DIMENSION}-dimensional vectors only"
             )
         return self
 

@@ -163,7 +163,7 @@ def test_another_dimension_is_refused_naming_the_variable(monkeypatch: pytest.Mo
 
     with pytest.raises(ConfigError, match="384-dimensional vectors only") as refused:
         get_settings()
-    assert "256" in str(refused.value)
+    assert "DRUGSYNC_EMBEDDING_DIM=256" in str(refused.value)
     get_settings.cache_clear()
 
 
