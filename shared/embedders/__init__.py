@@ -7,6 +7,8 @@ from shared.embedders.base import BatchingEmbedder
 from shared.embedders.bedrock import TitanEmbedder
 from shared.embedders.cohere import CohereEmbedder
 from shared.embedders.hashing import HashingEmbedder
+from shared.embedders.minilm import NAME as MINILM_NAME
+from shared.embedders.minilm import load_minilm
 from shared.embedders.openai_compat import OpenAICompatibleEmbedder
 from shared.embedders.simulated import SimulatedApiEmbedder
 from shared.errors import ConfigError
@@ -36,6 +38,8 @@ def build_embedder(settings: Settings) -> BatchingEmbedder:
             texts_per_request=settings.simulated_texts_per_request,
             concurrency=settings.bedrock_concurrency,
         )
+    if settings.embedder == "minilm":
+        return load_minilm(settings.embed_batch_size, settings.local_model_threads)
     return HashingEmbedder(settings.embedding_dim, settings.embed_batch_size)
 
 
@@ -50,6 +54,8 @@ def embedder_name(settings: Settings) -> str:
         return f"openai:{settings.openai_model}-{settings.embedding_dim}"
     if settings.embedder == "simulated":
         return f"simulated-api-{settings.embedding_dim}"
+    if settings.embedder == "minilm":
+        return MINILM_NAME
     return f"hashing-v1-{settings.embedding_dim}"
 
 

