@@ -1,110 +1,109 @@
-"""Throughput of each choice drugsync makes, measured side by side in one run, printed as ratios.
+"""`make bench`: five ways of getting the same drugs into the same index, side by side in one run.
 
-    .venv/bin/python -m benchmarks.pipeline [--drugs 10000]
+    .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000]
+        [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 2] [--range-size 250]
 
-Starts its own embedded stack in a temporary folder. Shared machines are noisy: read the ratios,
-not the absolute numbers, and compare runs made on the same machine.
+  A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
+  B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM
+  C  drugsync end to end with the default (hashing) embedder
+  D  the Redis ceiling: C's documents pre-built, through drugsync's write path into a fresh index
+  E  RedisVL's SearchIndex.load of the same documents into an index of the same schema
+then the ratios B/A, C/D and D/E against issue 10's targets, Redis memory per document for each
+storage layout, and recall@10 of the HNSW settings against exact search.
+
+Starts its own embedded stack in a temporary folder; every row writes a fresh index under a fresh
+prefix, removed before the next row. Shared machines are noisy: compare runs on the same machine.
 """
 
 import argparse
-import os
-import time
-import uuid
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
+from benchmarks import ceiling, end_to_end, original
 from benchmarks.stack import embedded_stack
+from benchmarks.table import Memory, Row, render
 from console import local_stack
-from console.event_source import EventSourceConfig, LocalEventSource
-from console.seed import seed_drugs, synthetic_drugs
+from console.seed import seed_drugs
 from console.services import Services
-from shared.documents import build_embedding_text
-from shared.embedders.hashing import HashingEmbedder
-from shared.models import TEXT_FIELDS, Drug, SyncRequest
-from shared.redis_store import RedisDocumentStore, connect_redis
+from shared.settings import Settings
+from shared.wiring import redis_url
+
+RECALL_QUERIES = 200
 
 
-def timed(action: Callable[[], Any]) -> float:
-    began = time.perf_counter()
-    action()
-    return time.perf_counter() - began
-
-
-def row(label: str, baseline: tuple[str, float], candidate: tuple[str, float], unit: str) -> str:
-    (base_name, base_rate), (cand_name, cand_rate) = baseline, candidate
-    return (
-        f"{label:<28} {base_name:<22} {base_rate:>10,.0f} {unit:<8} {cand_name:<22} "
-        f"{cand_rate:>10,.0f} {unit:<8} x{cand_rate / base_rate:,.1f}"
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--drugs", type=int, default=20_000, help="drugs seeded (about 97%% eligible)")
+    parser.add_argument("--consumers", type=int, default=8, help="row B's max concurrency")
+    parser.add_argument("--quota", type=int, default=60_000, help="row B's embedding quota, requests/min")
+    parser.add_argument("--latency-ms", type=float, default=70.0, help="the simulated API's latency")
+    parser.add_argument("--a-drugs", type=int, default=300, help="drugs row A syncs (it is slow)")
+    parser.add_argument("--hashing-consumers", type=int, default=2, help="row C's max concurrency")
+    parser.add_argument("--range-size", type=int, default=250, help="drugs per range in rows B and C")
+    parser.add_argument("--recall-queries", type=int, default=RECALL_QUERIES)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of rows D and E (the best is shown)")
+    args = parser.parse_args(argv)
+    for name in ("drugs", "consumers", "quota", "a_drugs", "hashing_consumers", "range_size", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
 
 
-def sample_texts(count: int) -> list[str]:
-    drugs = [
-        Drug(id=drug_id, updated_at=updated_at, **dict(zip(TEXT_FIELDS, texts, strict=True)))
-        for drug_id, *texts, _eligible, updated_at in synthetic_drugs(count)
-    ]
-    return [build_embedding_text(drug) for drug in drugs]
+def run_rows(services: Services, eligible: int, args: argparse.Namespace, folder: Path) -> str:
+    """Every row, one after the other, each printed as it is measured; returns the table."""
+    rows: list[Row] = [original.run_original(services, args.a_drugs, args.latency_ms)]
+    print(rows[-1].progress(), flush=True)
+    ranges = {"DRUGSYNC_RANGE_SIZE": str(args.range_size)}
+    with end_to_end.environment(ranges):
+        for shape in (
+            end_to_end.simulated_api(args.consumers, args.latency_ms, args.quota),
+            end_to_end.hashing(args.hashing_consumers),
+        ):
+            rows.append(end_to_end.run_end_to_end(shape, eligible, folder / f"consumers-{shape.key}.log"))
+            print(rows[-1].progress(), flush=True)
+        settings = Settings()
+    documents = ceiling.build_documents(settings, services.catalog)
+    written, memory, recall = ceiling_rows(settings, documents, redis_url(settings), args)
+    return render(rows + written, memory, recall, args.recall_queries)
 
 
-def bench_embedding(count: int) -> str:
-    texts = sample_texts(count)
-    one_by_one = HashingEmbedder(384, batch_size=1)
-    batched = HashingEmbedder(384, batch_size=256)
-    batched.embed_texts(texts[:100])  # warm the feature cache equally for both
-    per_text = count / timed(lambda: [one_by_one.embed_texts([text]) for text in texts])
-    per_batch = count / timed(lambda: batched.embed_texts(texts))
-    return row(
-        "embedding (hashing, 384d)", ("one call per text", per_text), ("batches of 256", per_batch), "texts/s"
-    )
+def ceiling_rows(
+    settings: Settings, documents: ceiling.Documents, redis_url: str, args: argparse.Namespace
+) -> tuple[list[Row], list[Memory], float | None]:
+    """Rows D and E, the best of --repeats each, taken in turns (a shared machine slows one run
+    or another); memory per document for every layout; recall@10 of the first run's index."""
+    tries: dict[str, list[Row]] = {"D": [], "E": []}
+    memory: list[Memory] = []
+    recall = None
+    for attempt in range(args.repeats):
+        row, used, measured = ceiling.run_ceiling(
+            settings, documents, ceiling.LAYOUTS[0], args.recall_queries if attempt == 0 else 0
+        )
+        tries["D"].append(row)
+        memory += [used] if attempt == 0 else []
+        recall = recall if measured is None else measured
+        tries["E"].append(ceiling.run_redisvl(settings, documents, redis_url))
+        print(tries["D"][-1].progress(), tries["E"][-1].progress(), sep="\n", flush=True)
+    memory += [ceiling.run_ceiling(settings, documents, layout)[1] for layout in ceiling.LAYOUTS[1:]]
+    best = [max(rows, key=lambda row: row.rate) for rows in tries.values()]
+    return best, memory, recall
 
 
-def bench_redis_writes(redis_url: str, count: int) -> str:
-    client = connect_redis(redis_url)
-    vector = [0.01] * 384
-    documents = [(i, {"id": i, "name": f"drug {i}", "embedding": vector}) for i in range(count)]
-    prefix = f"bench{uuid.uuid4().hex[:6]}:"  # no index covers it: measures the write path alone
-    piped = RedisDocumentStore(client, prefix, "unused", write_batch_size=500)
-    single = RedisDocumentStore(client, prefix + "s:", "unused", write_batch_size=1)
-    one_by_one = count / timed(lambda: single.write_documents(documents))
-    pipelined = count / timed(lambda: piped.write_documents(documents))
-    for key in client.scan_iter(match=f"{prefix}*", count=5000):
-        client.delete(key)
-    return row(
-        "redis JSON.SET (no index)",
-        ("one round trip each", one_by_one),
-        ("pipelines of 500", pipelined),
-        "docs/s",
-    )
-
-
-def bench_consumers(services: Services, sqs: Any, drugs: int) -> str:
-    rates = []
-    for concurrency in (1, 2):
-        index = f"idx:bench{uuid.uuid4().hex[:6]}"
-        settings = services.settings.model_copy(update={"index_name": index, "key_prefix": index[4:] + ":"})
-        os.environ["DRUGSYNC_INDEX_NAME"], os.environ["DRUGSYNC_KEY_PREFIX"] = index, index[4:] + ":"
-        with Services(settings) as run_services:
-            run_services.producer.start(SyncRequest())
-            config = EventSourceConfig(
-                queue_url=settings.queue_url or "", max_concurrency=concurrency, wait_seconds=0,
-                until_empty=True, log_path=os.devnull,
-            )  # fmt: skip
-            rates.append(drugs / timed(LocalEventSource(sqs, config).run))
-    return row(
-        "consumers (HNSW, 384d)", ("max concurrency 1", rates[0]), ("max concurrency 2", rates[1]), "drugs/s"
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--drugs", type=int, default=10_000)
-    args = parser.parse_args()
-    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, state, _):
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, _, folder):
         eligible = seed_drugs(services.conn, services.settings, args.drugs)
-        print(f"benchmarks on {args.drugs:,} synthetic drugs ({eligible:,} eligible)\n")
-        print(bench_embedding(min(args.drugs, 20_000)))
-        print(bench_redis_writes(state.env["REDIS_URL"], min(args.drugs, 20_000)))
-        print(bench_consumers(services, services.sqs_client(), eligible))
+        settings = services.settings
+        print(
+            f"{args.drugs:,} synthetic drugs seeded ({eligible:,} eligible); every row:"
+            f" {settings.embedding_dim} dims, HNSW M {settings.hnsw_m}"
+            f" EF_CONSTRUCTION {settings.hnsw_ef_construction}, COSINE, a fresh index;"
+            f" ranges of {args.range_size} in rows B and C\n",
+            flush=True,
+        )
+        table = run_rows(services, eligible, args, folder)
+    print("\n" + table)
 
 
 if __name__ == "__main__":
