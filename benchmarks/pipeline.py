@@ -50,8 +50,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_rows(services: Services, eligible: int, args: argparse.Namespace, folder: Path) -> str:
-    """Every row, one after the other, each printed as it is measured; returns the table."""
+def run_rows(
+    services: Services, eligible: int, args: argparse.Namespace, folder: Path
+) -> tuple[list[Row], list[Memory], float | None]:
+    """Every row, one after the other, each printed as it is measured; then the memory per document of
+    each layout and recall@10."""
     rows: list[Row] = [original.run_original(services, args.a_drugs, args.latency_ms)]
     print(rows[-1].progress(), flush=True)
     ranges = {"DRUGSYNC_RANGE_SIZE": str(args.range_size)}
@@ -65,7 +68,7 @@ def run_rows(services: Services, eligible: int, args: argparse.Namespace, folder
         settings = Settings()
     documents = ceiling.build_documents(settings, services.catalog)
     written, memory, recall = ceiling_rows(settings, documents, redis_url(settings), args)
-    return render(rows + written, memory, recall, args.recall_queries)
+    return rows + written, memory, recall
 
 
 def ceiling_rows(
@@ -102,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             f" ranges of {args.range_size} in rows B and C\n",
             flush=True,
         )
-        table = run_rows(services, eligible, args, folder)
-    print("\n" + table)
+        rows, memory, recall = run_rows(services, eligible, args, folder)
+    print("\n" + render(rows, memory, recall, args.recall_queries))
 
 
 if __name__ == "__main__":
