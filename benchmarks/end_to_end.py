@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-from benchmarks.probes import redis_cpu_seconds
+from benchmarks.probes import CpuWatch, consumer_workers, redis_cpu_seconds, sampling
 from benchmarks.table import Row
 from console.event_source import EventSourceConfig, LocalEventSource, WorkStats
 from console.services import Services
 from shared.generations import RedisGenerations
 from shared.models import SyncRequest
 from shared.settings import Settings
+
+CPU_SAMPLE_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class Timed:
 
     seconds: float
     redis_cpu: float
+    consumers_cpu: float  # the workers' CPU after their init, sampled (the last fraction of a second missed)
     stats: WorkStats
     run_id: UUID
 
@@ -110,18 +113,19 @@ def timed_run(services: Services, consumers: int, drugs: int, log: Path) -> Time
     )  # fmt: skip
     source = LocalEventSource(services.sqs_client(), config)
     source.warm()  # here, inits share the 2 cores with Redis; on Lambda they run elsewhere
-    cpu = redis_cpu_seconds(services.store.client)
-    began = time.perf_counter()
-    summary = services.producer.start(SyncRequest())
-    stats = source.run()
-    seconds = time.perf_counter() - began
+    cpu, consumers_cpu = redis_cpu_seconds(services.store.client), CpuWatch()
+    with sampling(lambda: consumers_cpu.sample(consumer_workers()), CPU_SAMPLE_SECONDS):
+        began = time.perf_counter()
+        summary = services.producer.start(SyncRequest())
+        stats = source.run()
+        seconds = time.perf_counter() - began
     cpu = redis_cpu_seconds(services.store.client) - cpu
     progress = services.ledger.progress(summary.run_id)
     if progress is None or progress.state != "complete":
         raise SystemExit(f"the run did not complete: {progress}")
     if progress.drugs_done != drugs:
         raise SystemExit(f"{progress.drugs_done:,} drugs synced, not {drugs:,}")
-    return Timed(seconds, cpu, stats, summary.run_id)
+    return Timed(seconds, cpu, consumers_cpu.seconds, stats, summary.run_id)
 
 
 def run_end_to_end(shape: EndToEnd, drugs: int, log: Path) -> Row:
@@ -129,6 +133,7 @@ def run_end_to_end(shape: EndToEnd, drugs: int, log: Path) -> Row:
     with fresh_run(shape.env) as services:
         timed = timed_run(services, shape.consumers, drugs, log)
     stats = timed.stats
-    warm = f"{stats.cold_starts} warm workers (median init {stats.init_ms_median or 0:,.0f} ms, not timed)"
+    warm = (f"{stats.cold_starts} warm workers (median init {stats.init_ms_median or 0:,.0f} ms, not timed)"
+            f" using {timed.consumers_cpu:,.1f} CPU s")  # fmt: skip
     setup = ", ".join(part for part in (shape.setup, warm) if part)
     return Row(shape.key, shape.label, drugs, timed.seconds, setup, timed.redis_cpu)

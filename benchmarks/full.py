@@ -15,16 +15,14 @@ and Redis used_memory and its peak. Takes most of an hour at full size on a 2-co
 
 import argparse
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import redis
 
 from benchmarks import ceiling
 from benchmarks.end_to_end import fresh_names, fresh_run, timed_run
-from benchmarks.probes import PeakWatch, children, own_peak_rss_kb
+from benchmarks.probes import PeakWatch, children, consumer_workers, own_peak_rss_kb, sampling
 from benchmarks.stack import embedded_stack
 from console import local_stack
 from console.seed import seed_drugs
@@ -39,39 +37,12 @@ RANGES_PER_BATCH = 20  # the ceiling's documents are built this many ranges at a
 
 def watch_processes(watch: PeakWatch, pids: dict[str, int]) -> None:
     """One sample of every process the run involves, by group."""
-    ours = children(os.getpid())
-    watch.sample("consumer workers", [pid for pid in ours if _is_consumer(pid)])
+    watch.sample("consumer workers", consumer_workers())
     watch.sample("producer / CLI (this process)", [os.getpid()])
     watch.sample("redis-server", [pids.get("redis")])
     postmaster = pids.get("postgres")
     watch.sample("postgres (largest process)", [postmaster, *(children(postmaster) if postmaster else [])])
     watch.sample("SQS server (moto)", [pids.get("sqs")])
-
-
-def _is_consumer(pid: int) -> bool:
-    try:
-        return b"bootstrap.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-@contextmanager
-def sampling(watch: PeakWatch, pids: dict[str, int]) -> Iterator[None]:
-    """Sample the processes every SAMPLE_SECONDS while the block runs, and once more at its end."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(SAMPLE_SECONDS):
-            watch_processes(watch, pids)
-
-    sampler = threading.Thread(target=loop, daemon=True)
-    sampler.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        sampler.join()
-        watch_processes(watch, pids)
 
 
 def redis_memory_line(client: redis.Redis, label: str) -> str:
@@ -111,7 +82,8 @@ def end_to_end(
     consumers: int, eligible: int, pids: dict[str, int], log: Path, watch: PeakWatch
 ) -> tuple[float, bool]:
     """The full sync end to end while the processes are watched, then `verify`; (seconds, verify clean)."""
-    with fresh_run({"DRUGSYNC_EMBEDDER": "hashing"}) as run, sampling(watch, pids):
+    sample = partial(watch_processes, watch, pids)
+    with fresh_run({"DRUGSYNC_EMBEDDER": "hashing"}) as run, sampling(sample, SAMPLE_SECONDS):
         timed = timed_run(run, consumers, eligible, log)
         rate = eligible / timed.seconds
         print(f"end to end: {eligible:,} drugs in {timed.seconds:,.1f} s ({rate:,.0f}/s),"
