@@ -1,7 +1,7 @@
 """`make bench`: five ways of getting the same drugs into the same index, side by side in one run.
 
     .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000]
-        [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 2] [--range-size 250]
+        [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 2] [--range-size 250] [--repeats 2]
 
   A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
   B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM
@@ -9,7 +9,8 @@
   D  the Redis ceiling: C's documents pre-built, through drugsync's write path into a fresh index
   E  RedisVL's SearchIndex.load of the same documents into an index of the same schema
 then the ratios B/A, C/D and D/E against issue 10's targets, Redis memory per document for each
-storage layout, and recall@10 of the HNSW settings against exact search.
+storage layout, and recall@10 of the HNSW settings against exact search. C, D and E run --repeats
+times in turns and show their best.
 
 Starts its own embedded stack in a temporary folder; every row writes a fresh index under a fresh
 prefix, removed before the next row. Shared machines are noisy: compare runs on the same machine.
@@ -42,7 +43,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hashing-consumers", type=int, default=2, help="row C's max concurrency")
     parser.add_argument("--range-size", type=int, default=250, help="drugs per range in rows B and C")
     parser.add_argument("--recall-queries", type=int, default=RECALL_QUERIES)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of rows D and E (the best is shown)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of rows C, D and E (the best is shown)")
     args = parser.parse_args(argv)
     for name in ("drugs", "consumers", "quota", "a_drugs", "hashing_consumers", "range_size", "repeats"):
         if getattr(args, name) < 1:
@@ -53,44 +54,31 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def run_rows(
     services: Services, eligible: int, args: argparse.Namespace, folder: Path
 ) -> tuple[list[Row], list[Memory], float | None]:
-    """Every row, one after the other, each printed as it is measured; then the memory per document of
-    each layout and recall@10."""
+    """Every row, each printed as it is measured; then the memory per document of each layout and
+    recall@10. Rows C, D and E, whose ratios compare runs seconds apart, are the best of --repeats
+    each, taken in turns (a shared machine slows one run or another)."""
     rows: list[Row] = [original.run_original(services, args.a_drugs, args.latency_ms)]
     print(rows[-1].progress(), flush=True)
-    ranges = {"DRUGSYNC_RANGE_SIZE": str(args.range_size)}
-    with end_to_end.environment(ranges):
-        for shape in (
-            end_to_end.simulated_api(args.consumers, args.latency_ms, args.quota),
-            end_to_end.hashing(args.hashing_consumers),
-        ):
-            rows.append(end_to_end.run_end_to_end(shape, eligible, folder / f"consumers-{shape.key}.log"))
-            print(rows[-1].progress(), flush=True)
+    with end_to_end.environment({"DRUGSYNC_RANGE_SIZE": str(args.range_size)}):
+        api = end_to_end.simulated_api(args.consumers, args.latency_ms, args.quota)
+        rows.append(end_to_end.run_end_to_end(api, eligible, folder / "consumers-B.log"))
+        print(rows[-1].progress(), flush=True)
         settings = Settings()
-    documents = ceiling.build_documents(settings, services.catalog)
-    written, memory, recall = ceiling_rows(settings, documents, redis_url(settings), args)
-    return rows + written, memory, recall
-
-
-def ceiling_rows(
-    settings: Settings, documents: ceiling.Documents, redis_url: str, args: argparse.Namespace
-) -> tuple[list[Row], list[Memory], float | None]:
-    """Rows D and E, the best of --repeats each, taken in turns (a shared machine slows one run
-    or another); memory per document for every layout; recall@10 of the first run's index."""
-    tries: dict[str, list[Row]] = {"D": [], "E": []}
-    memory: list[Memory] = []
-    recall = None
-    for attempt in range(args.repeats):
-        row, used, measured = ceiling.run_ceiling(
-            settings, documents, ceiling.LAYOUTS[0], args.recall_queries if attempt == 0 else 0
-        )
-        tries["D"].append(row)
-        memory += [used] if attempt == 0 else []
-        recall = recall if measured is None else measured
-        tries["E"].append(ceiling.run_redisvl(settings, documents, redis_url))
-        print(tries["D"][-1].progress(), tries["E"][-1].progress(), sep="\n", flush=True)
+        documents = ceiling.build_documents(settings, services.catalog)
+        tries: dict[str, list[Row]] = {"C": [], "D": [], "E": []}
+        memory: list[Memory] = []
+        recall = None
+        for attempt in range(args.repeats):
+            hashing = end_to_end.hashing(args.hashing_consumers)
+            tries["C"].append(end_to_end.run_end_to_end(hashing, eligible, folder / "consumers-C.log"))
+            queries = args.recall_queries if attempt == 0 else 0
+            row, used, measured = ceiling.run_ceiling(settings, documents, ceiling.LAYOUTS[0], queries)
+            tries["D"].append(row)
+            memory, recall = (memory, recall) if attempt else ([used], measured)
+            tries["E"].append(ceiling.run_redisvl(settings, documents, redis_url(settings)))
+            print(*(tried[-1].progress() for tried in tries.values()), sep="\n", flush=True)
     memory += [ceiling.run_ceiling(settings, documents, layout)[1] for layout in ceiling.LAYOUTS[1:]]
-    best = [max(rows, key=lambda row: row.rate) for rows in tries.values()]
-    return best, memory, recall
+    return rows + [max(tried, key=lambda row: row.rate) for tried in tries.values()], memory, recall
 
 
 def main(argv: list[str] | None = None) -> None:
