@@ -28,6 +28,7 @@ from console import local_stack
 from console.seed import seed_drugs
 from console.services import Services
 from console.verify import verify
+from shared.ports import RunProgress
 from shared.settings import Settings
 from shared.wiring import build_store
 
@@ -89,11 +90,28 @@ def end_to_end(
         print(f"end to end: {eligible:,} drugs in {timed.seconds:,.1f} s ({rate:,.0f}/s),"
               f" Redis CPU {timed.redis_cpu:,.1f} s", flush=True)  # fmt: skip
         print(redis_memory_line(run.store.client, "after the end-to-end run"), flush=True)
+        progress = run.ledger.progress(timed.run_id)
+        if progress is not None:
+            print(f"  the run's stages: {stages(progress)}", flush=True)
         report = verify(run.catalog, run.read_current_store(), run.current_embedder.name)
     drift = report.drift
     print(f"verify: missing {len(drift.missing)}, extra {len(drift.extra)}, stale {len(drift.stale)}"
           f" ({report.seconds:.1f} s)", flush=True)  # fmt: skip
     return timed.seconds, not (drift.missing or drift.extra or drift.stale)
+
+
+def stages(progress: RunProgress) -> str:
+    """Seconds between the run's recorded moments: planning and enqueueing, the ranges, the sweep, and
+    the switch of readers to its generation (with the run's end)."""
+    moments = [
+        ("planned and enqueued", progress.started_at, progress.enqueued_at),
+        ("ranges", progress.enqueued_at, progress.last_done_at),
+        ("sweep", progress.sweep_requested_at, progress.swept_at),
+        ("switch and end", progress.swept_at, progress.finished_at),
+    ]
+    return ", ".join(
+        f"{name} {(end - start).total_seconds():,.1f} s" for name, start, end in moments if start and end
+    )
 
 
 def ceiling_on(settings: Settings, services: Services) -> ceiling.Written:
