@@ -48,6 +48,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("drugs", "consumers", "quota", "a_drugs", "hashing_consumers", "range_size", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.latency_ms < 0 or args.recall_queries < 0:
+        parser.error("--latency-ms and --recall-queries cannot be negative")
     return args
 
 

@@ -1,7 +1,8 @@
-"""The benchmark's table: rates, the ratios against issue 10's targets, memory per document."""
+"""The benchmark's table (rates, the ratios against issue 10's targets, memory per document) and arguments."""
 
 import pytest
 
+from benchmarks import pipeline
 from benchmarks.table import RATIOS, Memory, Row, ratio_value, render
 
 
@@ -51,3 +52,23 @@ def test_the_table_shows_each_row_and_says_which_targets_are_met() -> None:
     assert "NOT met" not in verdicts["D/E"]
     assert any("JSON FLOAT32" in line and "14.00 KB" in line for line in table)
     assert table[-1] == "recall@10 of HNSW vs exact cosine: 0.987 over 200 queries"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--consumers", "0"], "--consumers"),
+        (["--a-drugs", "-3"], "--a-drugs"),
+        (["--latency-ms", "-1"], "--latency-ms"),
+    ],
+)
+def test_the_bench_refuses_an_impossible_argument_by_name(
+    arguments: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # WHEN make bench is given a size, count or latency it cannot run with
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.parse_arguments(arguments)
+
+    # THEN it exits 2 with one line naming the argument
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err.splitlines()[-1]
