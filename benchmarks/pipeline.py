@@ -1,7 +1,7 @@
 """`make bench`: five ways of getting the same drugs into the same index, side by side in one run.
 
     .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000]
-        [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 2] [--range-size 250] [--repeats 2]
+        [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 250] [--repeats 2]
 
   A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
   B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM
@@ -40,7 +40,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quota", type=int, default=60_000, help="row B's embedding quota, requests/min")
     parser.add_argument("--latency-ms", type=float, default=70.0, help="the simulated API's latency")
     parser.add_argument("--a-drugs", type=int, default=300, help="drugs row A syncs (it is slow)")
-    parser.add_argument("--hashing-consumers", type=int, default=2, help="row C's max concurrency")
+    parser.add_argument(
+        "--hashing-consumers",
+        type=int,
+        default=4,
+        help="row C's max concurrency (4 keeps Redis busier than 2)",
+    )
     parser.add_argument("--range-size", type=int, default=250, help="drugs per range in rows B and C")
     parser.add_argument("--recall-queries", type=int, default=RECALL_QUERIES)
     parser.add_argument("--repeats", type=int, default=2, help="runs of rows C, D and E (the best is shown)")
