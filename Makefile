@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 DRUGS ?= 20000
 
 NODE_BIN := node_modules/.bin
@@ -13,7 +14,7 @@ DEPLOY_PACKAGE := .drugsync/deploy-package
 STAGE ?= dev
 PARAMS ?=
 
-.PHONY: demo test lint typecheck infra-check package deploy remove unit integration e2e faults bench down clean
+.PHONY: demo test lint typecheck infra-check package deploy remove unit integration e2e faults bench bench-full down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -91,8 +92,21 @@ e2e: $(STAMP) $(NODE_BIN)/osls
 faults: $(STAMP) $(NODE_BIN)/osls
 	$(BIN)/pytest tests/faults
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.pipeline
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[local,dev,bench]"
+	touch $(BENCH_STAMP)
+
+## bench: rows A-E side by side (the original design, drugsync with a 70 ms API and with the hashing
+## embedder, the Redis ceiling, RedisVL's load), their ratios, memory per document, recall@10; a few minutes.
+## Arguments through BENCH_ARGS, e.g. make bench BENCH_ARGS="--drugs 50000 --consumers 8"
+BENCH_ARGS ?=
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.pipeline $(BENCH_ARGS)
+
+## bench-full (not in CI): the full catalog (494,000 drugs) end to end, then the ceiling on the same
+## documents, with peak memory per process and verify; most of an hour on 2 cores
+bench-full: $(STAMP)
+	$(BIN)/python -m benchmarks.full $(BENCH_ARGS)
 
 down: $(STAMP)
 	$(BIN)/drugsync local down

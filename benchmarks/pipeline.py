@@ -1,110 +1,107 @@
-"""Throughput of each choice drugsync makes, measured side by side in one run, printed as ratios.
+"""`make bench`: five ways of getting the same drugs into the same index, side by side in one run.
 
-    .venv/bin/python -m benchmarks.pipeline [--drugs 10000]
+    .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000]
+        [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 250] [--repeats 2]
 
-Starts its own embedded stack in a temporary folder. Shared machines are noisy: read the ratios,
-not the absolute numbers, and compare runs made on the same machine.
+  A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
+  B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM
+  C  drugsync end to end with the default (hashing) embedder
+  D  the Redis ceiling: C's documents pre-built, through drugsync's write path into a fresh index
+  E  RedisVL's SearchIndex.load of the same documents into an index of the same schema
+then the ratios B/A, C/D and D/E against issue 10's targets, Redis memory per document for each
+storage layout, and recall@10 of the HNSW settings against exact search. C, D and E run --repeats
+times in turns and show their best.
+
+Starts its own embedded stack in a temporary folder; every row writes a fresh index under a fresh
+prefix, removed before the next row. Shared machines are noisy: compare runs on the same machine.
 """
 
 import argparse
-import os
-import time
-import uuid
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
+from benchmarks import ceiling, end_to_end, original
 from benchmarks.stack import embedded_stack
+from benchmarks.table import Memory, Row, render
 from console import local_stack
-from console.event_source import EventSourceConfig, LocalEventSource
-from console.seed import seed_drugs, synthetic_drugs
+from console.seed import seed_drugs
 from console.services import Services
-from shared.documents import build_embedding_text
-from shared.embedders.hashing import HashingEmbedder
-from shared.models import TEXT_FIELDS, Drug, SyncRequest
-from shared.redis_store import RedisDocumentStore, connect_redis
+from shared.settings import Settings
+from shared.wiring import redis_url
+
+RECALL_QUERIES = 200
 
 
-def timed(action: Callable[[], Any]) -> float:
-    began = time.perf_counter()
-    action()
-    return time.perf_counter() - began
-
-
-def row(label: str, baseline: tuple[str, float], candidate: tuple[str, float], unit: str) -> str:
-    (base_name, base_rate), (cand_name, cand_rate) = baseline, candidate
-    return (
-        f"{label:<28} {base_name:<22} {base_rate:>10,.0f} {unit:<8} {cand_name:<22} "
-        f"{cand_rate:>10,.0f} {unit:<8} x{cand_rate / base_rate:,.1f}"
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-
-
-def sample_texts(count: int) -> list[str]:
-    drugs = [
-        Drug(id=drug_id, updated_at=updated_at, **dict(zip(TEXT_FIELDS, texts, strict=True)))
-        for drug_id, *texts, _eligible, updated_at in synthetic_drugs(count)
-    ]
-    return [build_embedding_text(drug) for drug in drugs]
-
-
-def bench_embedding(count: int) -> str:
-    texts = sample_texts(count)
-    one_by_one = HashingEmbedder(384, batch_size=1)
-    batched = HashingEmbedder(384, batch_size=256)
-    batched.embed_texts(texts[:100])  # warm the feature cache equally for both
-    per_text = count / timed(lambda: [one_by_one.embed_texts([text]) for text in texts])
-    per_batch = count / timed(lambda: batched.embed_texts(texts))
-    return row(
-        "embedding (hashing, 384d)", ("one call per text", per_text), ("batches of 256", per_batch), "texts/s"
+    parser.add_argument("--drugs", type=int, default=20_000, help="drugs seeded (about 97%% eligible)")
+    parser.add_argument("--consumers", type=int, default=8, help="row B's max concurrency")
+    parser.add_argument("--quota", type=int, default=60_000, help="row B's embedding quota, requests/min")
+    parser.add_argument("--latency-ms", type=float, default=70.0, help="the simulated API's latency")
+    parser.add_argument("--a-drugs", type=int, default=300, help="drugs row A syncs (it is slow)")
+    parser.add_argument(
+        "--hashing-consumers",
+        type=int,
+        default=4,
+        help="row C's max concurrency (4 keeps Redis busier than 2)",
     )
+    parser.add_argument("--range-size", type=int, default=250, help="drugs per range in rows B and C")
+    parser.add_argument("--recall-queries", type=int, default=RECALL_QUERIES)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of rows C, D and E (the best is shown)")
+    args = parser.parse_args(argv)
+    for name in ("drugs", "consumers", "quota", "a_drugs", "hashing_consumers", "range_size", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.latency_ms < 0 or args.recall_queries < 0:
+        parser.error("--latency-ms and --recall-queries cannot be negative")
+    return args
 
 
-def bench_redis_writes(redis_url: str, count: int) -> str:
-    client = connect_redis(redis_url)
-    vector = [0.01] * 384
-    documents = [(i, {"id": i, "name": f"drug {i}", "embedding": vector}) for i in range(count)]
-    prefix = f"bench{uuid.uuid4().hex[:6]}:"  # no index covers it: measures the write path alone
-    piped = RedisDocumentStore(client, prefix, "unused", write_batch_size=500)
-    single = RedisDocumentStore(client, prefix + "s:", "unused", write_batch_size=1)
-    one_by_one = count / timed(lambda: single.write_documents(documents))
-    pipelined = count / timed(lambda: piped.write_documents(documents))
-    for key in client.scan_iter(match=f"{prefix}*", count=5000):
-        client.delete(key)
-    return row(
-        "redis JSON.SET (no index)",
-        ("one round trip each", one_by_one),
-        ("pipelines of 500", pipelined),
-        "docs/s",
-    )
+def run_rows(
+    services: Services, eligible: int, args: argparse.Namespace, folder: Path
+) -> tuple[list[Row], list[Memory], float | None]:
+    """Every row, each printed as it is measured; then the memory per document of each layout and
+    recall@10. Rows C, D and E, whose ratios compare runs seconds apart, are the best of --repeats
+    each, taken in turns (a shared machine slows one run or another)."""
+    rows: list[Row] = [original.run_original(services, args.a_drugs, args.latency_ms)]
+    print(rows[-1].progress(), flush=True)
+    with end_to_end.environment({"DRUGSYNC_RANGE_SIZE": str(args.range_size)}):
+        api = end_to_end.simulated_api(args.consumers, args.latency_ms, args.quota)
+        rows.append(end_to_end.run_end_to_end(api, eligible, folder / "consumers-B.log"))
+        print(rows[-1].progress(), flush=True)
+        settings = Settings()
+        documents = ceiling.build_documents(settings, services.catalog)
+        tries: dict[str, list[Row]] = {"C": [], "D": [], "E": []}
+        memory: list[Memory] = []
+        recall = None
+        for attempt in range(args.repeats):
+            hashing = end_to_end.hashing(args.hashing_consumers)
+            tries["C"].append(end_to_end.run_end_to_end(hashing, eligible, folder / "consumers-C.log"))
+            queries = args.recall_queries if attempt == 0 else 0
+            row, used, measured = ceiling.run_ceiling(settings, documents, ceiling.LAYOUTS[0], queries)
+            tries["D"].append(row)
+            memory, recall = (memory, recall) if attempt else ([used], measured)
+            tries["E"].append(ceiling.run_redisvl(settings, documents, redis_url(settings)))
+            print(*(tried[-1].progress() for tried in tries.values()), sep="\n", flush=True)
+    memory += [ceiling.run_ceiling(settings, documents, layout)[1] for layout in ceiling.LAYOUTS[1:]]
+    return rows + [max(tried, key=lambda row: row.rate) for tried in tries.values()], memory, recall
 
 
-def bench_consumers(services: Services, sqs: Any, drugs: int) -> str:
-    rates = []
-    for concurrency in (1, 2):
-        index = f"idx:bench{uuid.uuid4().hex[:6]}"
-        settings = services.settings.model_copy(update={"index_name": index, "key_prefix": index[4:] + ":"})
-        os.environ["DRUGSYNC_INDEX_NAME"], os.environ["DRUGSYNC_KEY_PREFIX"] = index, index[4:] + ":"
-        with Services(settings) as run_services:
-            run_services.producer.start(SyncRequest())
-            config = EventSourceConfig(
-                queue_url=settings.queue_url or "", max_concurrency=concurrency, wait_seconds=0,
-                until_empty=True, log_path=os.devnull,
-            )  # fmt: skip
-            rates.append(drugs / timed(LocalEventSource(sqs, config).run))
-    return row(
-        "consumers (HNSW, 384d)", ("max concurrency 1", rates[0]), ("max concurrency 2", rates[1]), "drugs/s"
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--drugs", type=int, default=10_000)
-    args = parser.parse_args()
-    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, state, _):
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, _, folder):
         eligible = seed_drugs(services.conn, services.settings, args.drugs)
-        print(f"benchmarks on {args.drugs:,} synthetic drugs ({eligible:,} eligible)\n")
-        print(bench_embedding(min(args.drugs, 20_000)))
-        print(bench_redis_writes(state.env["REDIS_URL"], min(args.drugs, 20_000)))
-        print(bench_consumers(services, services.sqs_client(), eligible))
+        settings = services.settings
+        print(
+            f"{args.drugs:,} synthetic drugs seeded ({eligible:,} eligible); every row:"
+            f" {settings.embedding_dim} dims, HNSW M {settings.hnsw_m}"
+            f" EF_CONSTRUCTION {settings.hnsw_ef_construction}, COSINE, a fresh index;"
+            f" ranges of {args.range_size} in rows B and C\n",
+            flush=True,
+        )
+        rows, memory, recall = run_rows(services, eligible, args, folder)
+    print("\n" + render(rows, memory, recall, args.recall_queries))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,13 @@ class LocalEventSource:
     def stop(self) -> None:
         self._stop.set()
 
+    def warm(self) -> None:
+        """Start every worker and run its init now, all at once, so the first invocations find them warm
+        (Lambda's provisioned concurrency); a benchmark keeps the inits out of the time it measures."""
+        with ThreadPoolExecutor(max_workers=len(self._all_workers)) as pool:
+            for started in [pool.submit(worker.warm) for worker in self._all_workers]:
+                started.result()
+
     def busy_pids(self) -> list[int]:
         """Processes running an invocation right now (what a fault test kills)."""
         return [w.pid for w in self._all_workers if w.busy and w.pid is not None]

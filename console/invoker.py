@@ -141,6 +141,15 @@ class InvocationWorker:
         self.init_ms.append(float(ready["init_ms"]))
         return self._channel
 
+    def warm(self) -> None:
+        """Start the process and run its init now rather than at the first invocation (as Lambda's
+        provisioned concurrency does); HandlerInitError if the init fails."""
+        try:
+            self._ensure_started()
+        except HandlerInitError:
+            self.kill()
+            raise
+
     @property
     def pid(self) -> int | None:
         """The process running invocations now (None before the first or after a kill)."""

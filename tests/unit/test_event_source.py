@@ -76,3 +76,21 @@ def test_until_empty_waits_for_a_deferred_message_still_delayed(sqs) -> None:
     assert stats.succeeded == 1
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert attributes["ApproximateNumberOfMessagesDelayed"] == "0"
+
+
+def test_warm_workers_start_before_the_first_message_and_stay_warm(sqs) -> None:
+    # GIVEN an event source of two workers, warmed before any message is queued
+    url = sqs.create_queue(QueueName="work")["QueueUrl"]
+    config = EventSourceConfig(queue_url=url, handler=HANDLER, max_concurrency=2, until_empty=True)
+    source = LocalEventSource(sqs, config)
+    source.warm()
+    warmed = source.stats.cold_starts, [worker.pid for worker in source._all_workers]
+
+    # WHEN messages arrive and the source runs until the queue is empty
+    for body in ("ok-1", "ok-2", "ok-3"):
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    stats = source.run()
+
+    # THEN every worker was running before the first message, and none started again for them
+    assert all(pid is not None for pid in warmed[1])
+    assert (stats.succeeded, stats.cold_starts, len(stats.init_ms)) == (3, 2, 2)

@@ -1,0 +1,124 @@
+"""What the benchmarks read from the servers and processes they measure."""
+
+import os
+import resource
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+
+def used_memory(client: redis.Redis) -> int:
+    """INFO memory's used_memory: every allocation of the server, the search module's index included."""
+    return int(client.info("memory")["used_memory"])
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """CPU the Redis server has used since it started (user + system, INFO cpu)."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    """The process's peak resident set (VmHWM, KiB) from /proc; None once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def own_peak_rss_kb() -> int:
+    """This process's peak resident set (KiB on Linux), from getrusage."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (postgres: the postmaster's backends)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+class PeakWatch:
+    """The highest VmHWM seen per named group of processes, sampled whenever asked."""
+
+    def __init__(self) -> None:
+        self.peaks_kb: dict[str, int] = {}
+
+    def sample(self, group: str, pids: Iterable[int | None]) -> None:
+        for pid in pids:
+            peak = None if pid is None else peak_rss_kb(pid)
+            if peak is not None and peak > self.peaks_kb.get(group, 0):
+                self.peaks_kb[group] = peak
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU the process has used (/proc/<pid>/stat); None once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def consumer_workers() -> list[int]:
+    """This process's children that run the local Lambda bootstrap: the event source's workers."""
+    found = []
+    for pid in children(os.getpid()):
+        try:
+            if b"bootstrap.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+class CpuWatch:
+    """CPU used by processes since they were first seen, from samples (a process's last sample counts)."""
+
+    def __init__(self) -> None:
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+
+    def sample(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            used = cpu_seconds(pid)
+            if used is not None:
+                self._first.setdefault(pid, used)
+                self._last[pid] = used
+
+    @property
+    def seconds(self) -> float:
+        return sum(self._last[pid] - self._first[pid] for pid in self._last)
+
+
+@contextmanager
+def sampling(sample: Callable[[], None], every_seconds: float) -> Iterator[None]:
+    """Call `sample` now, every `every_seconds` while the block runs, and once more at its end."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_seconds):
+            sample()
+
+    sample()
+    sampler = threading.Thread(target=loop, daemon=True)
+    sampler.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sampler.join()
+        sample()
