@@ -7,16 +7,30 @@ warm-up call. Shared machines are noisy: compare rows of one run.
 """
 
 import argparse
+import time
 
-from benchmarks.pipeline import sample_texts, timed
+from console.seed import synthetic_drugs
+from shared.documents import build_embedding_text
 from shared.embedders.base import BatchingEmbedder
 from shared.embedders.hashing import HashingEmbedder
 from shared.embedders.minilm import TOKENIZER_PATH, load_minilm
+from shared.models import TEXT_FIELDS, Drug
+
+
+def sample_texts(count: int) -> list[str]:
+    """The embedding texts of the synthetic catalog's first `count` drugs."""
+    drugs = [
+        Drug(id=drug_id, updated_at=updated_at, **dict(zip(TEXT_FIELDS, texts, strict=True)))
+        for drug_id, *texts, _eligible, updated_at in synthetic_drugs(count)
+    ]
+    return [build_embedding_text(drug) for drug in drugs]
 
 
 def texts_per_second(embedder: BatchingEmbedder, texts: list[str]) -> float:
     embedder.embed_texts(texts[:8])  # warm-up: first-call allocations, caches
-    return len(texts) / timed(lambda: embedder.embed_texts(texts))
+    began = time.perf_counter()
+    embedder.embed_texts(texts)
+    return len(texts) / (time.perf_counter() - began)
 
 
 def mean_tokens(texts: list[str]) -> float:

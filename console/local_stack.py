@@ -157,10 +157,13 @@ def start_postgres(state: StackState) -> None:
 
         server = pgserver.get_server(state_dir() / "postgres", cleanup_mode=None)
     state.env["DATABASE_URL"] = server.get_uri()
-    pid = server.get_pid()
-    if pid is not None:
-        state.pids["postgres"] = pid
+    state.pids["postgres"] = server.get_pid() or _postmaster_pid(state_dir() / "postgres")
     state.started.append("postgres")
+
+
+def _postmaster_pid(folder: Path) -> int:
+    """The running postmaster's pid, from the first line of postmaster.pid in its data folder."""
+    return int((folder / "postmaster.pid").read_text().split()[0])
 
 
 def redis_stack_paths() -> tuple[Path, Path]:
@@ -232,7 +235,7 @@ def restart_postgres(state: StackState) -> None:
     folder = state_dir() / "postgres"
     user = folder.owner() if os.geteuid() == 0 else None
     pg_ctl(["-w", "-m", "fast", "restart"], pgdata=folder, user=user, timeout=60)
-    state.pids["postgres"] = int((folder / "postmaster.pid").read_text().split()[0])
+    state.pids["postgres"] = _postmaster_pid(folder)
     save_state(state)
 
 
