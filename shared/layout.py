@@ -59,7 +59,8 @@ class StorageLayout:
 
     def vector_bytes(self, vector: Any) -> bytes:
         """The vector as the index reads a HASH field or a query parameter: packed little-endian floats."""
-        packed = np.asarray(vector, dtype=DTYPES[self.vector_type])
+        with np.errstate(over="ignore"):  # a value beyond half precision becomes inf, refused below
+            packed = np.asarray(vector, dtype=DTYPES[self.vector_type])
         _refuse_non_finite(packed)
         return packed.tobytes()
 
