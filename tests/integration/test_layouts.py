@@ -250,3 +250,25 @@ def test_an_index_of_another_layout_is_refused_naming_the_difference(test_env: I
     assert difference in str(refused_index.value)
     store(found).ensure_index(DIMENSION)  # its own layout is accepted again
     store(found).clear()
+
+
+def test_plan_measures_the_chosen_layout_first_and_every_other_beside_it(test_env: Isolated) -> None:
+    from console.capacity import measure
+
+    client = connect_redis(test_env.env["REDIS_URL"])
+    chosen = StorageLayout("hash", "FLOAT32", "HNSW")
+    store = RedisDocumentStore(
+        client, test_env.settings.key_prefix, test_env.settings.index_name, layout=chosen
+    )
+
+    measured = measure(_drugs(300), HashingEmbedder(DIMENSION, batch_size=100), store)
+
+    sizes = {cost.layout: cost.total for cost in measured.layouts}
+    assert measured.layouts[0].layout == "hash FLOAT32 HNSW"
+    assert set(sizes) == {f"{s} {v} HNSW" for s in ("json", "hash") for v in ("FLOAT32", "FLOAT16")}
+    assert all(size is not None and size > 0 for size in sizes.values())
+    assert sizes["hash FLOAT32 HNSW"] < sizes["json FLOAT32 HNSW"]  # type: ignore[operator]
+    assert sizes["hash FLOAT16 HNSW"] < sizes["hash FLOAT32 HNSW"]  # type: ignore[operator]
+    assert measured.server_seconds_per_drug > 0
+    assert list(client.scan_iter("drugsync-plan-*")) == []  # every scratch index and key removed
+    assert not [name for name in client.execute_command("FT._LIST") if b"drugsync-plan-" in name]  # type: ignore[no-untyped-call]
