@@ -85,21 +85,35 @@ def hash_fields(document: dict[str, Any], layout: StorageLayout) -> list[str | b
 
     A None field is left out: absent in a HASH, as a JSON null is, it is not indexed.
     """
-    pairs: list[str | bytes] = []
+    text, vector = _hash_parts(document, layout)
+    return [*text, *vector]
+
+
+def hash_arguments(document: dict[str, Any], layout: StorageLayout) -> list[str | bytes]:
+    """The HASH script's arguments after the version: text pairs joined by NUL, then the vector pair."""
+    text, vector = _hash_parts(document, layout)
+    return ["\0".join(text), *vector]
+
+
+def _hash_parts(document: dict[str, Any], layout: StorageLayout) -> tuple[list[str], list[str | bytes]]:
+    text: list[str] = []
+    vector: list[str | bytes] = []
     for name, value in document.items():
         if value is None:
             continue
         if name == VECTOR_FIELD:
-            pairs += [name, layout.vector_bytes(value)]
+            vector = [name, layout.vector_bytes(value)]
         elif isinstance(value, str):
-            pairs += [name, value]
+            if "\0" in value:  # Postgres text never holds one; the HASH script splits on it
+                raise ValueError(f"field {name!r} holds a NUL character")
+            text += [name, value]
         elif isinstance(value, int) and not isinstance(value, bool):
-            pairs += [name, str(value)]
+            text += [name, str(value)]
         elif isinstance(value, float) and math.isfinite(value):
-            pairs += [name, repr(value)]
+            text += [name, repr(value)]
         else:
             raise TypeError(f"field {name!r} holds {type(value).__name__}, which a HASH cannot store")
-    return pairs
+    return text, vector
 
 
 def decode_vector(raw: bytes, layout: StorageLayout) -> np.ndarray[Any, np.dtype[np.float32]]:

@@ -35,10 +35,12 @@ return 1
 """
 )
 
-# HASH: ARGV = [version or '', field, value, field, value, ...]. The hash is replaced as a whole: a
-# field that became NULL is absent from ARGV, and its old value is deleted. HSET goes first, so a
-# refusal (OOM, WRONGTYPE for a key of another type) leaves the stored document as it was; HDEL of
-# the fields left over is never refused for memory.
+# HASH: ARGV = [version or '', the text fields as "field NUL value NUL field NUL value", then the
+# vector's field and bytes if any]. Text travels as one argument because redis-py encodes every
+# argument in Python (28 arguments a document cost more than the rest of the write); Postgres text
+# holds no NUL, so the split is exact. The hash is replaced as a whole: a field that became NULL is
+# absent, and its old value is deleted. HSET goes first, so a refusal (OOM, WRONGTYPE for a key of
+# another type) leaves the stored document as it was; HDEL of the fields left over is never refused.
 HASH_SCRIPT = (
     _GREATER
     + """
@@ -47,10 +49,19 @@ if ARGV[1] ~= '' then
   if type(stored) == 'table' and stored.err then return stored end
   if stored and string.match(stored, '^%-?%d+$') and greater(stored, ARGV[1]) then return 0 end
 end
-local reply = redis.pcall('HSET', KEYS[1], unpack(ARGV, 2))
+local pairs_ = {}
+local text, start = ARGV[2], 1
+while true do
+  local stop = string.find(text, '\\0', start, true)
+  if not stop then pairs_[#pairs_ + 1] = string.sub(text, start); break end
+  pairs_[#pairs_ + 1] = string.sub(text, start, stop - 1)
+  start = stop + 1
+end
+if ARGV[3] then pairs_[#pairs_ + 1] = ARGV[3]; pairs_[#pairs_ + 1] = ARGV[4] end
+local reply = redis.pcall('HSET', KEYS[1], unpack(pairs_))
 if type(reply) == 'table' and reply.err then return reply end
 local written = {}
-for i = 2, #ARGV, 2 do written[ARGV[i]] = true end
+for i = 1, #pairs_, 2 do written[pairs_[i]] = true end
 local left_over = {}
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if not written[field] then left_over[#left_over + 1] = field end
@@ -59,6 +70,18 @@ if #left_over > 0 then redis.call('HDEL', KEYS[1], unpack(left_over)) end
 return 1
 """
 )
+
+# Every key's fingerprint in one call, as JSON.MGET reads a page of JSON documents ('' for a key
+# that is missing or not a hash): one command per page instead of one per document.
+HASH_FINGERPRINTS_SCRIPT = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.pcall('HGET', key, 'fingerprint')
+  if type(value) ~= 'string' then value = '' end
+  found[i] = value
+end
+return found
+"""
 
 STALE = 0  # a script's reply when a newer document is stored; 1 when it wrote
 

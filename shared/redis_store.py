@@ -20,9 +20,9 @@ from shared.index_schema import (
     schema_arguments,
     vector_identifier,
 )
-from shared.layout import DEFAULT_LAYOUT, VECTOR_FIELD, StorageLayout, encode_json, hash_fields
+from shared.layout import DEFAULT_LAYOUT, VECTOR_FIELD, StorageLayout, encode_json, hash_arguments
 from shared.models import BIGINT_MAX, BIGINT_MIN, RowFailure
-from shared.newest_wins import JSON_SCRIPT, SCRIPTS, STALE, sha
+from shared.newest_wins import HASH_FINGERPRINTS_SCRIPT, JSON_SCRIPT, SCRIPTS, STALE, sha
 from shared.ports import Vectors, WriteResult
 from shared.redact import remember_secrets
 from shared.redis_errors import judge_eviction_policy, raise_server_wide, translate_errors
@@ -232,7 +232,7 @@ class RedisDocumentStore:
             raise TypeError(f"version must be an integer, not {version!r}")
         decimal = "" if version is None else str(version)
         if self.layout.storage == "hash":
-            return _Write(drug_id, self.key(drug_id), (decimal, *hash_fields(document, self.layout)))
+            return _Write(drug_id, self.key(drug_id), (decimal, *hash_arguments(document, self.layout)))
         return _Write(drug_id, self.key(drug_id), (encode_json(document), decimal))
 
     def _run_script(self, writes: Sequence[_Write]) -> list[Any]:
@@ -302,16 +302,10 @@ class RedisDocumentStore:
         return page
 
     def _hash_fingerprints(self, keys: list[bytes]) -> list[str]:
-        """HGET of each key's fingerprint in one pipeline (HASH has no multi-key read); '' for none.
-
-        A key of another type under the prefix (WRONGTYPE) reads as a document without one.
-        """
-        pipe = self._client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hget(key, "fingerprint")
-        values = pipe.execute(raise_on_error=False)
-        raise_server_wide(values)
-        return ["" if not isinstance(v, bytes) else v.decode() for v in values]
+        """Each key's fingerprint in one script call (HASH has no multi-key read); '' for none, and
+        for a key of another type under the prefix, as JSON.MGET answers for one."""
+        values = _execute(self._client, "EVAL", HASH_FINGERPRINTS_SCRIPT, len(keys), *keys)
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
     def drug_id(self, key: bytes | str) -> int | None:
         """The drug id a key under the prefix names, or None for a key drugsync never writes."""

@@ -182,6 +182,7 @@ def test_a_hash_write_never_replaces_a_key_of_another_type(
     assert [failure.drug_id for failure in result.failures] == [4]
     assert "WRONGTYPE" in result.failures[0].error
     assert client.type(store.key(4)) == b"ReJSON-RL"
+    assert store.fingerprints() == {4: ""}  # read as a document without a fingerprint: verify calls it stale
 
 
 @pytest.fixture

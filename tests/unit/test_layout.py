@@ -13,7 +13,14 @@ from shared.documents import TEXT_TEMPLATE_VERSION, build_document
 from shared.errors import ConfigError
 from shared.generations import Registry, choose_generation
 from shared.index_schema import index_differences, schema_arguments
-from shared.layout import DEFAULT_LAYOUT, StorageLayout, decode_vector, encode_json, hash_fields
+from shared.layout import (
+    DEFAULT_LAYOUT,
+    StorageLayout,
+    decode_vector,
+    encode_json,
+    hash_arguments,
+    hash_fields,
+)
 from shared.models import Generation
 from shared.redis_store import RedisDocumentStore
 from shared.settings import Settings, get_settings
@@ -202,3 +209,22 @@ def test_index_differences_name_the_key_type_data_type_and_algorithm() -> None:
     json_differences = " | ".join(index_differences(info, "d:", 8, StorageLayout("json", "FLOAT16", "FLAT")))
     assert "data_type is FLOAT32, not FLOAT16" in json_differences
     assert "algorithm is HNSW, not FLAT" in json_differences
+
+
+def test_the_hash_script_gets_the_text_fields_as_one_nul_joined_argument_and_the_vector_apart() -> None:
+    vector = np.ones(4, dtype=np.float32)
+    document = build_document(make_drug(3, brand_name=""), vector, EMBEDDER)
+
+    text, vector_field, raw = hash_arguments(document, HASH)
+
+    parts = str(text).split("\0")
+    fields = dict(zip(parts[::2], parts[1::2], strict=True))
+    assert (fields["id"], fields["brand_name"]) == ("3", "")  # an empty text is a value, kept
+    assert "embedding" not in fields
+    assert (vector_field, raw) == ("embedding", vector.tobytes())
+
+
+def test_a_text_holding_a_nul_character_is_refused_for_a_hash() -> None:
+    document = build_document(make_drug(3, name="bad\0name"), np.ones(4, dtype=np.float32), EMBEDDER)
+    with pytest.raises(ValueError, match="NUL"):
+        hash_arguments(document, HASH)
