@@ -273,3 +273,34 @@ def test_plan_measures_the_chosen_layout_first_and_every_other_beside_it(test_en
     assert measured.server_seconds_per_drug > 0
     assert list(client.scan_iter("drugsync-plan-*")) == []  # every scratch index and key removed
     assert not [name for name in client.execute_command("FT._LIST") if b"drugsync-plan-" in name]  # type: ignore[no-untyped-call]
+
+
+def test_the_readme_reader_searches_a_generation_of_each_layout_as_drugsync_does(layout_env: Isolated) -> None:
+    import textwrap
+    from pathlib import Path
+
+    from shared.generations import RedisGenerations
+    from tests.integration.test_redis import write_drugs
+
+    # GIVEN generation 1 of this layout current, and the README's reader
+    gens = RedisGenerations(build_store(layout_env.settings))
+    first = gens.begin("hashing-v1-128", DIMENSION, "run-1")
+    write_drugs(_drugs(200), HashingEmbedder(DIMENSION, batch_size=256), gens.store(first.number))
+    gens.store(first.number).wait_until_indexed(len(_drugs(200)), seconds=30)
+    gens.switch(first.number)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
+    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
+    namespace: dict[str, Any] = {
+        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
+    }
+    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+
+    # WHEN it searches
+    keys = namespace["search"](gens.store(1).client, "amoxicillin 500 mg capsule", 5, gens.alias)
+
+    # THEN it answers what drugsync's own search answers
+    vector = HashingEmbedder(DIMENSION, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
+    store = gens.store(1)
+    assert keys == [store.key(hit.drug_id) for hit in store.search(vector, 5, index=gens.alias)]
+    assert len(keys) == 5
