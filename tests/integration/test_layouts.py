@@ -275,7 +275,9 @@ def test_plan_measures_the_chosen_layout_first_and_every_other_beside_it(test_en
     assert not [name for name in client.execute_command("FT._LIST") if b"drugsync-plan-" in name]  # type: ignore[no-untyped-call]
 
 
-def test_the_readme_reader_searches_a_generation_of_each_layout_as_drugsync_does(layout_env: Isolated) -> None:
+def test_the_readme_reader_searches_a_generation_of_each_layout_as_drugsync_does(
+    layout_env: Isolated,
+) -> None:
     import textwrap
     from pathlib import Path
 
