@@ -365,7 +365,8 @@ class RedisDocumentStore:
         """(bytes per JSON document by MEMORY USAGE, bytes per document of index) on this server."""
         with translate_errors("measuring memory", self._client):
             keys = list(itertools.islice(self._client.scan_iter(match=f"{self.key_prefix}*"), sample))
-            used = [int(self._client.memory_usage(key) or 0) for key in keys]
+            # SAMPLES 0: every field counted; the default samples 5 fields of a HASH and may miss the vector
+            used = [int(self._client.memory_usage(key, samples=0) or 0) for key in keys]
             info = self.index_info() or {}
         documents = max(int(info.get("num_docs", 0)), 1)
         index_mb = float(info.get("vector_index_sz_mb", 0)) + float(info.get("total_index_memory_sz_mb", 0))

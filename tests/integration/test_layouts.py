@@ -262,7 +262,7 @@ def test_plan_measures_the_chosen_layout_first_and_every_other_beside_it(test_en
         client, test_env.settings.key_prefix, test_env.settings.index_name, layout=chosen
     )
 
-    measured = measure(_drugs(300), HashingEmbedder(DIMENSION, batch_size=100), store)
+    measured = measure(_drugs(200), HashingEmbedder(1024, batch_size=100), store)
 
     sizes = {cost.layout: cost.total for cost in measured.layouts}
     assert measured.layouts[0].layout == "hash FLOAT32 HNSW"
@@ -271,6 +271,9 @@ def test_plan_measures_the_chosen_layout_first_and_every_other_beside_it(test_en
     assert sizes["hash FLOAT32 HNSW"] < sizes["json FLOAT32 HNSW"]  # type: ignore[operator]
     assert sizes["hash FLOAT16 HNSW"] < sizes["hash FLOAT32 HNSW"]  # type: ignore[operator]
     assert measured.server_seconds_per_drug > 0
+    costs = {cost.layout: cost for cost in measured.layouts}
+    for vector_type, width in (("FLOAT32", 4), ("FLOAT16", 2)):  # every field counted, the vector too
+        assert (costs[f"hash {vector_type} HNSW"].document_bytes or 0) > 1024 * width
     assert list(client.scan_iter("drugsync-plan-*")) == []  # every scratch index and key removed
     assert not [name for name in client.execute_command("FT._LIST") if b"drugsync-plan-" in name]  # type: ignore[no-untyped-call]
 
