@@ -228,3 +228,35 @@ def test_a_text_holding_a_nul_character_is_refused_for_a_hash() -> None:
     document = build_document(make_drug(3, name="bad\0name"), np.ones(4, dtype=np.float32), EMBEDDER)
     with pytest.raises(ValueError, match="NUL"):
         hash_arguments(document, HASH)
+
+
+class RecordingServer:
+    """Answers FT.SEARCH with no hits and keeps the query it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+        self.connection_pool = None
+
+    def execute_command(self, *args: Any) -> Any:
+        self.sent.append(args)
+        return [0]
+
+
+@pytest.mark.parametrize(
+    ("layout", "tuning", "blob_bytes"),
+    [
+        (StorageLayout(hnsw_ef_runtime=77), " EF_RUNTIME 77 ", 4 * 8),
+        (StorageLayout("hash", "FLOAT16", "FLAT"), " ", 2 * 8),  # FLAT takes no EF_RUNTIME
+    ],
+)
+def test_a_query_carries_ef_runtime_for_hnsw_and_its_vector_in_the_index_type(
+    layout: StorageLayout, tuning: str, blob_bytes: int
+) -> None:
+    server = RecordingServer()
+    store = RedisDocumentStore(server, "d:", "i", layout=layout)  # type: ignore[arg-type]
+
+    store.search(np.ones(8, dtype=np.float32), 3)
+
+    (command,) = server.sent
+    assert command[2] == f"*=>[KNN 3 @embedding $vector{tuning}AS distance]"
+    assert len(command[command.index("vector") + 1]) == blob_bytes
