@@ -390,8 +390,17 @@ class RedisGenerations:
             self._client.hset(self.key, str(generation.number), _encode(generation))
 
 
+LAYOUT_FIELDS = ("storage", "vector_type", "algorithm")
+
+
 def _encode(generation: Generation) -> str:
-    return json.dumps(asdict(generation))
+    """A JSON FLOAT32 HNSW generation is recorded as before layouts were settings: code of that time
+    (a rollback, a consumer not yet updated) still reads the registry, whose Generation has no such fields."""
+    fields = asdict(generation)
+    if generation.layout_identity == DEFAULT_LAYOUT.identity:
+        for name in LAYOUT_FIELDS:
+            del fields[name]
+    return json.dumps(fields)
 
 
 def describe(registry: Registry) -> dict[str, Any]:

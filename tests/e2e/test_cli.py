@@ -640,7 +640,12 @@ def test_each_storage_layout_syncs_verifies_searches_and_skips_what_is_unchanged
     assert first["index_documents"] == first["postgres_eligible"] == second["index_documents"]
     client = _redis(user_env)
     generation = _generation(client, env["DRUGSYNC_INDEX_NAME"])
-    assert " ".join((generation["storage"], generation["vector_type"], generation["algorithm"])) == layout
+    recorded = (
+        generation.get("storage", "json"),
+        generation.get("vector_type", "FLOAT32"),
+        generation.get("algorithm", "HNSW"),
+    )
+    assert " ".join(recorded) == layout
     key = next(client.scan_iter(f"{name}@1:*", count=1000))
     assert client.type(key) == (b"hash" if layout.startswith("hash") else b"ReJSON-RL")
     hits = json.loads(

@@ -260,3 +260,14 @@ def test_a_query_carries_ef_runtime_for_hnsw_and_its_vector_in_the_index_type(
     (command,) = server.sent
     assert command[2] == f"*=>[KNN 3 @embedding $vector{tuning}AS distance]"
     assert len(command[command.index("vector") + 1]) == blob_bytes
+
+
+def test_a_default_layout_generation_is_recorded_as_code_from_before_layouts_reads_it() -> None:
+    from shared.generations import _encode
+
+    before = {"number", "embedder", "dimension", "template_version", "prefix", "index", "run_id", "state",
+              "created_at"}  # fmt: skip
+    assert set(json.loads(_encode(_generation(1)))) == before
+    hashed = json.loads(_encode(_generation(2, storage="hash", vector_type="FLOAT16")))
+    assert (hashed["storage"], hashed["vector_type"], hashed["algorithm"]) == ("hash", "FLOAT16", "HNSW")
+    assert Generation(**hashed).layout_identity == ("hash", "FLOAT16", "HNSW")
