@@ -18,7 +18,8 @@ from benchmarks.table import Memory, Row
 from console.seed import synthetic_sample
 from shared.documents import build_document, build_embedding_text
 from shared.embedders import build_embedder
-from shared.index_schema import INDEX_FIELDS, VECTOR_FIELD, VECTOR_METRIC, VECTOR_TYPE
+from shared.index_schema import INDEX_FIELDS, VECTOR_METRIC
+from shared.layout import VECTOR_FIELD
 from shared.postgres import PostgresCatalog
 from shared.redis_store import RedisDocumentStore
 from shared.settings import Settings
@@ -36,8 +37,12 @@ class Layout:
     settings: Mapping[str, Any]
 
 
-# One entry per layout drugsync can store; the others join when their settings exist.
-LAYOUTS: tuple[Layout, ...] = (Layout("JSON FLOAT32", {}),)
+# Every layout drugsync can store (DRUGSYNC_STORAGE x DRUGSYNC_VECTOR_TYPE).
+LAYOUTS: tuple[Layout, ...] = tuple(
+    Layout(f"{storage.upper()} {vector_type}", {"storage": storage, "vector_type": vector_type})
+    for storage in ("json", "hash")
+    for vector_type in ("FLOAT32", "FLOAT16")
+)
 
 
 def build_documents(settings: Settings, catalog: PostgresCatalog) -> Documents:
@@ -139,7 +144,7 @@ def redisvl_schema(settings: Settings, index_name: str, prefix: str) -> dict[str
         fields.append({"name": field.alias, "path": field.path, "type": field.kind.lower(), "attrs": attrs})
     vector = {
         "dims": settings.embedding_dim, "algorithm": "hnsw", "distance_metric": VECTOR_METRIC.lower(),
-        "datatype": VECTOR_TYPE.lower(), "m": settings.hnsw_m,
+        "datatype": settings.vector_type.lower(), "m": settings.hnsw_m,
         "ef_construction": settings.hnsw_ef_construction,
     }  # fmt: skip
     fields.append({"name": VECTOR_FIELD, "path": f"$.{VECTOR_FIELD}", "type": "vector", "attrs": vector})
@@ -157,11 +162,16 @@ def run_redisvl(settings: Settings, documents: Documents, redis_url: str) -> Row
     )
     index.create(overwrite=True, drop=True)
     store = build_store(settings.model_copy(update=names))
+    # The same documents as a RedisVL user holds them: its JSON storage encodes with the standard json
+    # module, which takes a list of floats, not drugsync's numpy vector. Converted before the clock.
+    objects = [
+        {**document, VECTOR_FIELD: np.asarray(document[VECTOR_FIELD]).tolist()} for _, document in documents
+    ]
     try:
         keys = [store.key(drug_id) for drug_id, _ in documents]
         cpu = redis_cpu_seconds(store.client)
         began, began_cpu = time.perf_counter(), time.process_time()
-        index.load([document for _, document in documents], keys=keys, batch_size=settings.write_batch_size)
+        index.load(objects, keys=keys, batch_size=settings.write_batch_size)
         client_cpu = time.process_time() - began_cpu
         wait_indexed(store, names["index_name"], len(documents))
         seconds = time.perf_counter() - began

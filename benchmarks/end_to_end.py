@@ -8,7 +8,7 @@ and put back after.
 import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +104,13 @@ class Timed:
     run_id: UUID
 
 
-def timed_run(services: Services, consumers: int, drugs: int, log: Path) -> Timed:
+def timed_run(
+    services: Services, consumers: int, drugs: int, log: Path, also_sample: Callable[[], None] = lambda: None
+) -> Timed:
     """A full sync, timed from the producer's call to the queue drained and the run complete (its
-    generation verified and switched); the consumers' workers are started and warmed before the clock."""
+    generation verified and switched); the consumers' workers are started and warmed before the clock.
+
+    `also_sample` is called with each CPU sample, while the workers are alive (they end with the run)."""
     config = EventSourceConfig(
         queue_url=services.queue.queue_url, batch_size=1, max_concurrency=consumers, until_empty=True,
         wait_seconds=0, log_path=str(log),
@@ -114,7 +118,12 @@ def timed_run(services: Services, consumers: int, drugs: int, log: Path) -> Time
     source = LocalEventSource(services.sqs_client(), config)
     source.warm()  # here, inits share the 2 cores with Redis; on Lambda they run elsewhere
     cpu, consumers_cpu = redis_cpu_seconds(services.store.client), CpuWatch()
-    with sampling(lambda: consumers_cpu.sample(consumer_workers()), CPU_SAMPLE_SECONDS):
+
+    def sample() -> None:
+        consumers_cpu.sample(consumer_workers())
+        also_sample()
+
+    with sampling(sample, CPU_SAMPLE_SECONDS):
         began = time.perf_counter()
         summary = services.producer.start(SyncRequest())
         stats = source.run()

@@ -85,7 +85,7 @@ def end_to_end(
     """The full sync end to end while the processes are watched, then `verify`; (seconds, verify clean)."""
     sample = partial(watch_processes, watch, pids)
     with fresh_run({"DRUGSYNC_EMBEDDER": "hashing"}) as run, sampling(sample, SAMPLE_SECONDS):
-        timed = timed_run(run, consumers, eligible, log)
+        timed = timed_run(run, consumers, eligible, log, also_sample=sample)
         rate = eligible / timed.seconds
         print(f"end to end: {eligible:,} drugs in {timed.seconds:,.1f} s ({rate:,.0f}/s),"
               f" Redis CPU {timed.redis_cpu:,.1f} s", flush=True)  # fmt: skip

@@ -39,7 +39,7 @@ def run_original(services: Services, count: int, latency_ms: float) -> Row:
         for drug_id in ids:
             (drug,) = catalog.fetch_ids([drug_id]).drugs
             vector = embedder.embed_texts([build_embedding_text(drug)])[0]
-            document = build_document(drug, vector, embedder.name)
+            document = {**build_document(drug, vector, embedder.name), "embedding": vector.tolist()}
             execute(store.client, "JSON.SET", store.key(drug_id), "$", json.dumps(document))
         seconds = time.perf_counter() - began
         cpu = redis_cpu_seconds(store.client) - cpu

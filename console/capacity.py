@@ -1,16 +1,20 @@
 """`drugsync plan`: before a run, what it will take (time, memory, connections, money) and whether it fits.
 
 Costs per drug are measured here, on a sample of the table: embedding and encoding in this process,
-and insertion into a scratch HNSW index on the Redis server. Prices are assumptions, printed.
+and insertion into a scratch index of the chosen layout on the Redis server; the memory of the other
+layouts (JSON/HASH, FLOAT32/FLOAT16, same algorithm) is measured on the same sample beside it, so an
+operator sees the trade. Prices are assumptions, printed.
 """
 
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from shared.documents import build_document, build_embedding_text
+from shared.errors import ConfigError
+from shared.layout import StorageLayout
 from shared.models import Drug
 from shared.ports import Embedder
 from shared.redis_store import RedisDocumentStore
@@ -25,50 +29,86 @@ PRICES = {
 }
 CHARS_PER_TOKEN = 4.0  # a common rule of thumb for English text
 SQS_REQUESTS_PER_MESSAGE = 3  # send, receive, delete
-HASH_OVERHEAD_BYTES = 300  # per key, for a HASH layout estimate
+# The layouts whose memory a plan shows beside the chosen one's (with the chosen algorithm).
+COMPARED = (("json", "FLOAT32"), ("json", "FLOAT16"), ("hash", "FLOAT32"), ("hash", "FLOAT16"))
+
+
+@dataclass(frozen=True)
+class LayoutCost:
+    """Bytes per drug of one layout, measured: its document (MEMORY USAGE) and its share of the index.
+    None when the server refused the layout (MemoryDB has no FLOAT16)."""
+
+    layout: str
+    document_bytes: float | None
+    index_bytes: float | None
+
+    @property
+    def total(self) -> float | None:
+        if self.document_bytes is None or self.index_bytes is None:
+            return None
+        return self.document_bytes + self.index_bytes
 
 
 @dataclass(frozen=True)
 class Measured:
-    """Per-drug costs measured on a sample."""
+    """Per-drug costs measured on a sample; layouts[0] is the chosen layout's memory."""
 
     sample: int
     client_seconds_per_drug: float
     server_seconds_per_drug: float
-    json_bytes_per_drug: float
-    index_bytes_per_drug: float
     text_chars_per_drug: float
-    hash_bytes_per_drug: float
+    layouts: tuple[LayoutCost, ...]
+
+    def bytes_of(self, layout: str) -> float | None:
+        return next((cost.total for cost in self.layouts if cost.layout == layout), None)
 
 
 def measure(sample: list[Drug], embedder: Embedder, store: RedisDocumentStore) -> Measured:
-    """Embed and encode the sample here; insert it into a scratch index on the server; clean up."""
+    """Embed and encode the sample here; insert it into scratch indexes on the server; clean up."""
     began = time.perf_counter()
     texts = [build_embedding_text(drug) for drug in sample]
     vectors = embedder.embed_texts(texts)
     documents = [(d.id, build_document(d, v, embedder.name)) for d, v in zip(sample, vectors, strict=True)]
     client_seconds = time.perf_counter() - began
-    scratch = store.scratch(f"drugsync-plan-{uuid.uuid4().hex[:8]}")
-    try:
-        scratch.ensure_index(embedder.dimension)
-        began = time.perf_counter()
-        scratch.write_documents(documents)
-        scratch.wait_until_indexed(len(documents))
-        server_seconds = time.perf_counter() - began
-        json_bytes, index_bytes = scratch.memory_per_document(len(documents))
-    finally:
-        scratch.clear()
+    chosen, server_seconds = _insert(documents, embedder.dimension, store, store.layout, refusable=False)
+    others = [
+        _insert(documents, embedder.dimension, store, other, refusable=True)[0]
+        for other in (replace(store.layout, storage=s, vector_type=v) for s, v in COMPARED)  # type: ignore[arg-type]
+        if other.identity != store.layout.identity
+    ]
     count = max(len(sample), 1)
-    field_bytes = sum(len(t) for t in texts) / count
     return Measured(
         sample=len(sample),
         client_seconds_per_drug=client_seconds / count,
         server_seconds_per_drug=server_seconds / count,
-        json_bytes_per_drug=json_bytes,
-        index_bytes_per_drug=index_bytes,
-        text_chars_per_drug=field_bytes,
-        hash_bytes_per_drug=field_bytes + embedder.dimension * 4 + HASH_OVERHEAD_BYTES,
+        text_chars_per_drug=sum(len(t) for t in texts) / count,
+        layouts=(chosen, *others),
     )
+
+
+def _insert(
+    documents: list[tuple[int, dict[str, Any]]], dimension: int, store: RedisDocumentStore,
+    layout: StorageLayout, refusable: bool,
+) -> tuple[LayoutCost, float]:  # fmt: skip
+    """The documents written into a scratch index of `layout`: its memory per drug, and seconds.
+    A layout compared (refusable) that the server does not have is shown as such; the chosen one raises."""
+    name = f"drugsync-plan-{uuid.uuid4().hex[:8]}"
+    scratch = store.at(f"{name}:", name, layout)
+    try:
+        try:
+            scratch.ensure_index(dimension)
+        except ConfigError:
+            if not refusable:
+                raise
+            return LayoutCost(layout.describe(), None, None), 0.0
+        began = time.perf_counter()
+        scratch.write_documents(documents)
+        scratch.wait_until_indexed(len(documents))
+        seconds = time.perf_counter() - began
+        document_bytes, index_bytes = scratch.memory_per_document(len(documents))
+    finally:
+        scratch.clear()
+    return LayoutCost(layout.describe(), document_bytes, index_bytes), seconds
 
 
 @dataclass
@@ -87,8 +127,11 @@ class Plan:
     embedding_requests: int
     embedding_quota_rpm: int | None
     embedding_bound_seconds: float | None
-    redis_json_bytes: float
-    redis_hash_bytes: float
+    layout: str
+    redis_bytes: float  # in the chosen layout, index included
+    redis_bytes_by_layout: dict[str, float | None]  # None: the server refused that layout
+    redis_json_bytes: float | None  # JSON and HASH with FLOAT32 vectors and the chosen algorithm
+    redis_hash_bytes: float | None
     redis_limit_bytes: int
     redis_limit_source: str
     redis_eviction_policy: str
@@ -133,13 +176,17 @@ def make_plan(
         "sqs": ranges * SQS_REQUESTS_PER_MESSAGE * PRICES["sqs_request_usd"],
         "embedding": tokens / 1000 * PRICES["titan_v2_per_1k_tokens_usd"] if "titan" in embedder else 0.0,
     }
+    chosen = measured.layouts[0]
+    algorithm = chosen.layout.split()[-1]
+    by_layout = {cost.layout: None if cost.total is None else drugs * cost.total for cost in measured.layouts}
     plan = Plan(
         drugs=drugs, ranges=ranges, range_size=range_size, max_concurrency=max_concurrency,
         dimension=dimension, embedder=embedder, measured=measured,
         wall_seconds=drugs / rate if drugs else 0.0, bottleneck=bottleneck,
         embedding_requests=requests, embedding_quota_rpm=quota_rpm, embedding_bound_seconds=embedding_bound,
-        redis_json_bytes=drugs * (measured.json_bytes_per_drug + measured.index_bytes_per_drug),
-        redis_hash_bytes=drugs * (measured.hash_bytes_per_drug + measured.index_bytes_per_drug),
+        layout=chosen.layout, redis_bytes=drugs * (chosen.total or 0.0), redis_bytes_by_layout=by_layout,
+        redis_json_bytes=by_layout.get(f"json FLOAT32 {algorithm}"),
+        redis_hash_bytes=by_layout.get(f"hash FLOAT32 {algorithm}"),
         redis_limit_bytes=redis_limit[0], redis_limit_source=redis_limit[1],
         redis_eviction_policy=redis_eviction[0],
         postgres_connections_needed=max_concurrency + 2, postgres_connections_free=postgres_free,
@@ -153,10 +200,20 @@ def make_plan(
 
 def _warnings(plan: Plan, consumer_timeout: float) -> list[str]:
     warnings = []
-    if plan.redis_limit_bytes and plan.redis_json_bytes > plan.redis_limit_bytes:
+    if plan.redis_limit_bytes and plan.redis_bytes > plan.redis_limit_bytes:
+        smaller = [
+            name
+            for name, size in plan.redis_bytes_by_layout.items()
+            if size and size <= plan.redis_limit_bytes
+        ]
         warnings.append(
-            f"Redis needs {_gib(plan.redis_json_bytes)} as JSON (HASH: {_gib(plan.redis_hash_bytes)})"
-            f" but {plan.redis_limit_source} is {_gib(plan.redis_limit_bytes)}: the run will not fit"
+            f"Redis needs {_gib(plan.redis_bytes)} as {plan.layout} but {plan.redis_limit_source} is"
+            f" {_gib(plan.redis_limit_bytes)}: the run will not fit"
+            + (
+                f" (it would as {', '.join(smaller)}: DRUGSYNC_STORAGE, DRUGSYNC_VECTOR_TYPE)"
+                if smaller
+                else ""
+            )
         )
     if plan.embedding_requests and plan.embedding_quota_rpm is None:
         warnings.append(
@@ -194,8 +251,9 @@ def render_plan(plan: Plan) -> str:
         f"  wall time at max concurrency {plan.max_concurrency}: ~{_duration(plan.wall_seconds)}"
         f" (bound by {plan.bottleneck}; HNSW insertion slows as the index grows, so allow up to 2x)",
         _embedding_line(plan),
-        f"  Redis memory: {_gib(plan.redis_json_bytes)} as JSON, {_gib(plan.redis_hash_bytes)} as HASH"
-        f" (index included); {plan.redis_limit_source} {_gib(plan.redis_limit_bytes)}",
+        f"  Redis memory: {_gib(plan.redis_bytes)} as {plan.layout} (index included, the chosen layout);"
+        f" {plan.redis_limit_source} {_gib(plan.redis_limit_bytes)}",
+        *_layout_lines(plan),
         f"  Redis eviction: maxmemory-policy {plan.redis_eviction_policy}",
         f"  Postgres connections: {plan.postgres_connections_needed} needed,"
         f" {plan.postgres_connections_free} free",
@@ -206,6 +264,23 @@ def render_plan(plan: Plan) -> str:
     ]
     lines += [f"WARNING: {warning}" for warning in plan.warnings] or ["fits: no warnings"]
     return "\n".join(lines)
+
+
+def _layout_lines(plan: Plan) -> list[str]:
+    """One line per layout measured, so the trade is in sight: memory per document and for the run."""
+    lines = []
+    for cost in plan.measured.layouts:
+        chosen = "  <- chosen" if cost.layout == plan.layout else ""
+        total = plan.redis_bytes_by_layout.get(cost.layout)
+        if cost.total is None or total is None:
+            lines.append(f"    {cost.layout:<18} refused by this server{chosen}")
+            continue
+        document, index = (cost.document_bytes or 0) / 1024, (cost.index_bytes or 0) / 1024
+        lines.append(
+            f"    {cost.layout:<18} {cost.total / 1024:6.1f} KB/document ({document:.1f} KB document"
+            f" + {index:.1f} KB index)  {_gib(total)} in all{chosen}"
+        )
+    return lines
 
 
 def _embedding_line(plan: Plan) -> str:

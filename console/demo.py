@@ -131,7 +131,7 @@ def search(services: Services, text: str, k: int) -> list[SearchHit]:
             if live.number == LEGACY
             else build_embedder_for(services.settings, live.embedder, live.dimension)
         )
-        store = services.generations.store(live.number)
+        store = services.generations.store(live.number, live)
         # Without aliases (a server lacking FT.ALIASUPDATE) the registry's current is the switch.
         index = services.generations.alias if registry.aliases else live.index
         try:

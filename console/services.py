@@ -63,7 +63,7 @@ class Services:
     def read_current_store(self) -> RedisDocumentStore:
         """The current generation's store, read from the registry again at each call."""
         live = self.generations.read().live
-        return self.store if live is None else self.generations.store(live.number)
+        return self.store if live is None else self.generations.store(live.number, live)
 
     @cached_property
     def current_embedder(self) -> BatchingEmbedder:

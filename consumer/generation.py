@@ -44,7 +44,7 @@ def run_store(run_id: UUID, env: SyncEnv, deadline: Deadline) -> DocumentStore:
             f" this consumer embeds with {env.embedder.name}: deploy the consumer with the producer's"
             " embedder settings"
         )
-    env.run_stores[run_id] = gens.store(generation.number)
+    env.run_stores[run_id] = gens.store(generation.number, generation)  # in the generation's layout
     return env.run_stores[run_id]
 
 

@@ -81,12 +81,13 @@ def current_generation(generations: Generations, embedder_name: str) -> int:
     live = generations.read().live
     if live is None:
         raise ConfigError("no generation is current in Redis: run `drugsync sync` first (a full run)")
-    if not matches(live, embedder_name):
+    if not matches(live, embedder_name, generations.layout):
         raise ConfigError(
             f"generation {live.number}, which readers use, was embedded by"
-            f" {live.embedder or 'an unrecorded embedder'} (text template {live.template_version}), not as"
-            f" this producer embeds ({embedder_name}): a full `drugsync sync` rebuilds it first; incremental"
-            " runs follow"
+            f" {live.embedder or 'an unrecorded embedder'} (text template {live.template_version}) and"
+            f" stored as {' '.join(live.layout_identity)}, not as this producer embeds ({embedder_name})"
+            f" and stores ({generations.layout.describe()}): a full `drugsync sync` rebuilds it first;"
+            " incremental runs follow"
         )
     return live.number
 

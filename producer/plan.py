@@ -81,7 +81,7 @@ def start_full(
 
     run_id = uuid.uuid4()
     registry = generations.read()
-    choice = choose_generation(request.mode, registry, embedder_name)
+    choice = choose_generation(request.mode, registry, embedder_name, generations.layout)
     refuse_partial_switch(request, registry, choice)
     ledger.ensure_schema()
     superseded = ledger.start_run(

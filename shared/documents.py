@@ -1,4 +1,4 @@
-"""How a drug becomes text to embed and a Redis JSON document."""
+"""How a drug becomes text to embed and a Redis document."""
 
 import hashlib
 from collections.abc import Sequence
@@ -72,11 +72,15 @@ def is_stale(stored: int | None, incoming: int | None) -> bool:
 
 
 def build_document(drug: Drug, embedding: Vectors, embedder_name: str) -> dict[str, Any]:
-    """The JSON document stored for one drug; `version` orders writes of it (newest wins)."""
+    """The document stored for one drug; `version` orders writes of it (newest wins).
+
+    The vector stays a numpy array: the store encodes it for its layout (orjson or packed bytes),
+    never through a list of Python floats.
+    """
     document: dict[str, Any] = {field: getattr(drug, field) for field in TEXT_FIELDS}
     document["id"] = drug.id
     document["updated_at"] = None if drug.updated_at is None else drug.updated_at.isoformat()
     document["version"] = document_version(drug.read_at)
     document["fingerprint"] = fingerprint(drug, embedder_name)
-    document["embedding"] = embedding.tolist()
+    document["embedding"] = embedding
     return document

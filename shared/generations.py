@@ -24,6 +24,7 @@ from redis.client import Pipeline
 from shared.documents import TEXT_TEMPLATE_VERSION
 from shared.errors import ConfigError, GenerationInUse, SwitchRefused
 from shared.index_schema import index_differences
+from shared.layout import DEFAULT_LAYOUT, StorageLayout
 from shared.models import Generation
 from shared.ports import GenerationCounts
 from shared.redis_errors import translate_errors
@@ -83,12 +84,19 @@ class Choice:
         return self.number is None
 
 
-def matches(generation: Generation, embedder: str) -> bool:
-    """Whether documents of this generation are what this embedder and text template make."""
-    return generation.embedder == embedder and generation.template_version == TEXT_TEMPLATE_VERSION
+def matches(generation: Generation, embedder: str, layout: StorageLayout = DEFAULT_LAYOUT) -> bool:
+    """Whether documents of this generation are what this embedder, text template and layout
+    (storage, vector type, algorithm) make."""
+    return (
+        generation.embedder == embedder
+        and generation.template_version == TEXT_TEMPLATE_VERSION
+        and generation.layout_identity == layout.identity
+    )
 
 
-def choose_generation(mode: str, registry: Registry, embedder: str) -> Choice:
+def choose_generation(
+    mode: str, registry: Registry, embedder: str, layout: StorageLayout = DEFAULT_LAYOUT
+) -> Choice:
     """A full run continues a matching generation whose switch is still to come (a rebuild refused or
     cut short: finishing it is what was asked), else writes the current one if it matches the
     settings, else rebuilds; either way the unswitched ones it does not continue are retired. A
@@ -101,11 +109,11 @@ def choose_generation(mode: str, registry: Registry, embedder: str) -> Choice:
             raise ConfigError("no current generation to update incrementally: run `drugsync sync` first")
         return Choice(mode, live.number)
     if mode == "full":
-        resumable = [g for g in building if matches(g, embedder)]
+        resumable = [g for g in building if matches(g, embedder, layout)]
         if resumable:
             keep = resumable[-1].number
             return Choice("rebuild", keep, tuple(g.number for g in building if g.number != keep))
-        if live is not None and matches(live, embedder):  # what was built for other settings goes
+        if live is not None and matches(live, embedder, layout):  # what was built for other settings goes
             return Choice(mode, live.number, tuple(g.number for g in building))
     return Choice("rebuild", None, tuple(g.number for g in building))
 
@@ -140,14 +148,23 @@ class RedisGenerations:
 
     def __init__(self, base: RedisDocumentStore) -> None:
         self.base = base
+        self.layout = base.layout  # what a generation begun now is made of
         self.alias = base.index_name
         self.key = f"{self.alias}@generations"
         self._client: redis.Redis = base.client
 
-    def store(self, number: int) -> RedisDocumentStore:
-        """The store of generation `number` on the same client."""
+    def store(self, number: int, generation: Generation | None = None) -> RedisDocumentStore:
+        """The store of generation `number` on the same client, in the layout the registry records for
+        it (read now unless `generation` is given): a generation keeps its layout when settings change.
+        Generation 0 (from before layouts) is JSON FLOAT32 HNSW; one the registry lacks, the settings'."""
         prefix = generation_prefix(self.base.key_prefix, number)
-        return self.base.at(prefix, generation_index(self.alias, number))
+        if generation is None and number != LEGACY:
+            generation = self.read().generations.get(number)
+        if generation is not None:
+            identity = generation.layout_identity
+        else:
+            identity = DEFAULT_LAYOUT.identity if number == LEGACY else self.layout.identity
+        return self.base.at(prefix, generation_index(self.alias, number), self.layout.with_identity(identity))
 
     def read(self) -> Registry:
         with translate_errors("reading the generations", self._client):
@@ -170,8 +187,8 @@ class RedisGenerations:
         info = self.base.index_info()
         if info is None or str(info.get("index_name")) != self.alias:
             return None
-        dimension = self.base.index_dimension() or 0
-        differences = index_differences(info, self.base.key_prefix, dimension)
+        dimension = self.store(LEGACY).index_dimension() or 0
+        differences = index_differences(info, self.base.key_prefix, dimension)  # JSON FLOAT32 HNSW then
         if differences:
             raise ConfigError(
                 f"index {self.alias} is not the one drugsync builds: {'; '.join(differences)}."
@@ -212,12 +229,12 @@ class RedisGenerations:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         generation = Generation(
             number, embedder, dimension, TEXT_TEMPLATE_VERSION, prefix, generation_index(self.alias, number),
-            run_id, "building", now,
+            run_id, "building", now, *self.layout.identity,
         )  # fmt: skip
         with translate_errors("recording a generation", self._client):
             if not self._client.hsetnx(self.key, str(number), _encode(generation)):
                 raise ConfigError(f"generation {number} was begun by another run at the same moment: retry")
-        self.store(number).ensure_index(dimension)
+        self.store(number, generation).ensure_index(dimension)
         # Asked at every new generation (two commands): a server upgrade or migration is noticed.
         with translate_errors("recording alias support", self._client):
             self._client.hset(self.key, ALIASES, "1" if self.supports_aliases(generation.index) else "0")
@@ -308,8 +325,8 @@ class RedisGenerations:
         """Every generation's index and documents, and the registry; returns documents removed."""
         registry = self.read()
         removed = self.base.clear()
-        for number in registry.generations:
-            removed += self.store(number).clear()
+        for number, generation in registry.generations.items():
+            removed += self.store(number, generation).clear()
         with translate_errors("clearing the generations", self._client):
             if self.base.index_info() is not None:  # the alias: FT.INFO answers for its target
                 with contextlib.suppress(redis.ResponseError):  # not an alias
@@ -326,14 +343,15 @@ class RedisGenerations:
     def counts(self, number: int, canary_k: int, wait_seconds: float) -> GenerationCounts:
         """Documents under the prefix, the index's counts once they caught up (JSON is indexed
         asynchronously), and the hits of a KNN query for a fixed vector of the generation's dimension."""
-        store = self.store(number)
+        generation = self.read().generations[number]
+        store = self.store(number, generation)
         documents = store.count_documents()
         deadline = time.monotonic() + wait_seconds
         indexed, failures = store.indexed_documents()
         while indexed + failures < documents and time.monotonic() < deadline:
             time.sleep(0.2)
             indexed, failures = store.indexed_documents()
-        dimension = self.read().generations[number].dimension
+        dimension = generation.dimension
         canary = np.ones(dimension, dtype=np.float32) / np.sqrt(dimension)
         hits = len(store.search(canary, canary_k)) if indexed else 0
         return GenerationCounts(documents, indexed, failures, hits)
@@ -341,7 +359,7 @@ class RedisGenerations:
     def drop_index(self, number: int) -> bool:
         """Drop a generation's index, its documents kept; never the current one's (GenerationInUse),
         checked under WATCH so a switch to it cannot land between the check and the drop."""
-        store = self.store(number)
+        store = self._keys_of(number)
 
         def attempt(pipe: Pipeline) -> bool:
             if self.read().current == number:
@@ -356,7 +374,13 @@ class RedisGenerations:
         return self._watching(f"dropping generation {number}'s index", attempt)
 
     def unlink_page(self, number: int, cursor: int, count: int) -> tuple[int, int]:
-        return self.store(number).unlink_page(cursor, count)
+        return self._keys_of(number).unlink_page(cursor, count)
+
+    def _keys_of(self, number: int) -> RedisDocumentStore:
+        """A generation's prefix and index name, for what needs no layout (dropping, unlinking): no
+        registry read per page."""
+        prefix = generation_prefix(self.base.key_prefix, number)
+        return self.base.at(prefix, generation_index(self.alias, number))
 
     def server_id(self) -> str:
         return self.base.server_id()
@@ -366,8 +390,17 @@ class RedisGenerations:
             self._client.hset(self.key, str(generation.number), _encode(generation))
 
 
+LAYOUT_FIELDS = ("storage", "vector_type", "algorithm")
+
+
 def _encode(generation: Generation) -> str:
-    return json.dumps(asdict(generation))
+    """A JSON FLOAT32 HNSW generation is recorded as before layouts were settings: code of that time
+    (a rollback, a consumer not yet updated) still reads the registry, whose Generation has no such fields."""
+    fields = asdict(generation)
+    if generation.layout_identity == DEFAULT_LAYOUT.identity:
+        for name in LAYOUT_FIELDS:
+            del fields[name]
+    return json.dumps(fields)
 
 
 def describe(registry: Registry) -> dict[str, Any]:

@@ -1,17 +1,18 @@
 """The RediSearch index drugsync builds, as data: the FT.CREATE schema, and how an existing index differs.
 
-An index of the same name built by someone else (another prefix, HASH documents, another metric)
+An index of the same name built by someone else (another prefix, other documents, another metric)
 would accept our writes and answer our searches wrongly, so an existing index is compared field by
 field with what we would create, from its FT.INFO reply (RESP2: flat [key, value, ...] lists).
+JSON and HASH documents are indexed under the same aliases: a JSON field's identifier is its path
+(`$.name`), a HASH field's its name (`name`).
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-VECTOR_FIELD = "embedding"
-VECTOR_ALGORITHM = "HNSW"
-VECTOR_TYPE = "FLOAT32"
+from shared.layout import DEFAULT_LAYOUT, VECTOR_FIELD, Storage, StorageLayout
+
 VECTOR_METRIC = "COSINE"
 
 
@@ -23,6 +24,9 @@ class IndexField:
     alias: str
     kind: str
     options: tuple[str, ...] = ()
+
+    def identifier(self, storage: Storage) -> str:
+        return self.path if storage == "json" else self.alias
 
 
 # Text fields for full-text filters, tags for exact filters; the vector field is added with its
@@ -39,18 +43,32 @@ INDEX_FIELDS = (
     IndexField("$.fingerprint", "fingerprint", "TAG"),
 )
 VECTOR_PATH = f"$.{VECTOR_FIELD}"
+VECTOR_INDEX_FIELD = IndexField(VECTOR_PATH, VECTOR_FIELD, "VECTOR")
 
 
-def schema_arguments(dimension: int, hnsw: Sequence[str]) -> list[str]:
-    """FT.CREATE's SCHEMA arguments: every field of INDEX_FIELDS, then the vector field."""
-    vector = ("TYPE", VECTOR_TYPE, "DIM", str(dimension), "DISTANCE_METRIC", VECTOR_METRIC, *hnsw)
+def vector_identifier(storage: Storage) -> str:
+    return VECTOR_INDEX_FIELD.identifier(storage)
+
+
+def schema_arguments(dimension: int, layout: StorageLayout = DEFAULT_LAYOUT) -> list[str]:
+    """FT.CREATE's SCHEMA arguments: every field of INDEX_FIELDS, then the vector field.
+
+    EF_RUNTIME becomes the index's default for readers that do not send their own; drugsync sends it.
+    """
+    vector = ["TYPE", layout.vector_type, "DIM", str(dimension), "DISTANCE_METRIC", VECTOR_METRIC]
+    if layout.algorithm == "HNSW":
+        vector += ["M", str(layout.hnsw_m), "EF_CONSTRUCTION", str(layout.hnsw_ef_construction)]
+        vector += ["EF_RUNTIME", str(layout.hnsw_ef_runtime)]
     schema: list[str] = []
     for field in INDEX_FIELDS:
-        schema += [field.path, "AS", field.alias, field.kind, *field.options]
-    return [*schema, VECTOR_PATH, "AS", VECTOR_FIELD, "VECTOR", VECTOR_ALGORITHM, str(len(vector)), *vector]
+        schema += [field.identifier(layout.storage), "AS", field.alias, field.kind, *field.options]
+    identifier = vector_identifier(layout.storage)
+    return [*schema, identifier, "AS", VECTOR_FIELD, "VECTOR", layout.algorithm, str(len(vector)), *vector]
 
 
-def index_differences(info: dict[str, Any], key_prefix: str, dimension: int) -> list[str]:
+def index_differences(
+    info: dict[str, Any], key_prefix: str, dimension: int, layout: StorageLayout = DEFAULT_LAYOUT
+) -> list[str]:
     """How an index (its FT.INFO as a dict) differs from the one we create; empty when it is ours.
 
     HNSW's M and EF_CONSTRUCTION are tuning, not meaning: a changed setting applies to new indexes.
@@ -58,8 +76,8 @@ def index_differences(info: dict[str, Any], key_prefix: str, dimension: int) -> 
     definition = pairs_to_dict(info.get("index_definition", []))
     differences = []
     key_type = str(definition.get("key_type", "?")).upper()
-    if key_type != "JSON":
-        differences.append(f"it indexes {key_type} keys, not JSON")
+    if key_type != layout.storage.upper():
+        differences.append(f"it indexes {key_type} keys, not {layout.storage.upper()}")
     if definition.get("filter"):
         differences.append(f"it indexes only documents matching FILTER {decode(definition['filter'])!r}")
     prefixes = [decode(prefix) for prefix in definition.get("prefixes", [])]
@@ -67,16 +85,16 @@ def index_differences(info: dict[str, Any], key_prefix: str, dimension: int) -> 
         differences.append(f"its key prefixes are {prefixes}, not [{key_prefix!r}]")
     attributes = [pairs_to_dict(raw) for raw in info.get("attributes", [])]
     found = {str(attribute.get("identifier")): attribute for attribute in attributes}
-    differences += _field_differences(found)
-    vector = found.get(VECTOR_PATH)
+    differences += _field_differences(found, layout.storage)
+    vector = found.get(vector_identifier(layout.storage))
     if vector is not None and str(vector.get("type", "")).upper() == "VECTOR":
-        differences += _vector_differences(vector, dimension)
+        differences += _vector_differences(vector, dimension, layout)
     return differences
 
 
-def _field_differences(found: dict[str, dict[str, Any]]) -> list[str]:
-    expected = {field.path: (field.alias, field.kind) for field in INDEX_FIELDS}
-    expected[VECTOR_PATH] = (VECTOR_FIELD, "VECTOR")
+def _field_differences(found: dict[str, dict[str, Any]], storage: Storage) -> list[str]:
+    fields = (*INDEX_FIELDS, VECTOR_INDEX_FIELD)
+    expected = {field.identifier(storage): (field.alias, field.kind) for field in fields}
     differences = []
     for path, (alias, kind) in expected.items():
         attribute = found.get(path)
@@ -92,13 +110,15 @@ def _field_differences(found: dict[str, dict[str, Any]]) -> list[str]:
     return differences
 
 
-def _vector_differences(vector: dict[str, Any], dimension: int) -> list[str]:
-    expected = {"algorithm": VECTOR_ALGORITHM, "data_type": VECTOR_TYPE, "distance_metric": VECTOR_METRIC}
+def _vector_differences(vector: dict[str, Any], dimension: int, layout: StorageLayout) -> list[str]:
+    expected = {
+        "algorithm": layout.algorithm, "data_type": layout.vector_type, "distance_metric": VECTOR_METRIC,
+    }  # fmt: skip
     differences = []
     for name, value in expected.items():
         actual = str(vector.get(name, "?")).upper()
         if actual != value:
-            differences.append(f"{VECTOR_PATH} {name} is {actual}, not {value}")
+            differences.append(f"{vector_identifier(layout.storage)} {name} is {actual}, not {value}")
     existing = int(vector.get("dim", 0))
     if existing != dimension:
         differences.append(f"it holds {existing}-dimensional vectors but the embedder makes {dimension}")

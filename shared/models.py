@@ -399,3 +399,11 @@ class Generation:
     run_id: str | None
     state: GenerationState
     created_at: str
+    # Its layout (shared/layout.py); a registry written before layouts were settings holds JSON FLOAT32 HNSW.
+    storage: str = "json"
+    vector_type: str = "FLOAT32"
+    algorithm: str = "HNSW"
+
+    @property
+    def layout_identity(self) -> tuple[str, str, str]:
+        return (self.storage, self.vector_type, self.algorithm)

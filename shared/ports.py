@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.capture import CaptureStatus
+from shared.layout import StorageLayout
 from shared.models import Fetched, Generation, PlannedRange, RowFailure
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ class WriteResult:
 
 
 class DocumentStore(Protocol):
-    """The Redis copy: one JSON document per drug behind a vector index."""
+    """The Redis copy: one document per drug (JSON or HASH) behind a vector index."""
 
     def ensure_index(self, dimension: int) -> None: ...
 
@@ -276,10 +277,15 @@ class GenerationCounts:
 class Generations(Protocol):
     """The generations of the Redis copy and the registry readers follow (shared/generations.py)."""
 
+    @property
+    def layout(self) -> StorageLayout:
+        """What a generation begun now is made of (the settings' layout)."""
+        ...
+
     def read(self) -> "Registry": ...
 
-    def store(self, number: int) -> DocumentStore:
-        """The store of one generation: its own key prefix and index."""
+    def store(self, number: int, generation: Generation | None = None) -> DocumentStore:
+        """The store of one generation: its own key prefix and index, in its recorded layout."""
         ...
 
     def begin(self, embedder: str, dimension: int, run_id: str) -> Generation: ...

@@ -1,6 +1,5 @@
-"""Redis adapter: JSON documents under deterministic keys, behind a RediSearch vector index."""
+"""Redis adapter: JSON or HASH documents under deterministic keys, behind a RediSearch vector index."""
 
-import hashlib
 import itertools
 import json
 import logging
@@ -15,8 +14,15 @@ import redis
 from redis import exceptions as redis_errors
 
 from shared.errors import ConfigError, GenerationMoved, UnavailableError
-from shared.index_schema import VECTOR_FIELD, VECTOR_PATH, index_differences, pairs_to_dict, schema_arguments
+from shared.index_schema import (
+    index_differences,
+    pairs_to_dict,
+    schema_arguments,
+    vector_identifier,
+)
+from shared.layout import DEFAULT_LAYOUT, VECTOR_FIELD, StorageLayout, encode_json, hash_arguments
 from shared.models import BIGINT_MAX, BIGINT_MIN, RowFailure
+from shared.newest_wins import HASH_FINGERPRINTS_SCRIPT, JSON_SCRIPT, SCRIPTS, STALE, sha
 from shared.ports import Vectors, WriteResult
 from shared.redact import remember_secrets
 from shared.redis_errors import judge_eviction_policy, raise_server_wide, translate_errors
@@ -55,42 +61,17 @@ def connect_redis(url: str) -> redis.Redis:
         ) from None
 
 
-# Newest wins, atomically per key: write the document unless the stored one has a greater version.
-# Versions travel as decimal strings and are compared as such, because Lua numbers are doubles,
-# exact only to 2^53 microseconds (the year 2255); timestamps reach the year 9999 and before 1970.
-# A missing or null version on either side writes (see documents.is_stale). redis.pcall errors are
-# returned as they are, so the reply keeps its code (OOM, READONLY...) on Redis 6 as on 7.
-# One key per call, so it runs on a cluster. https://redis.io/docs/latest/develop/interact/programmability/eval-intro/
-NEWEST_WINS_SCRIPT = """
-local function greater(a, b)
-  local a_negative, b_negative = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
-  if a_negative ~= b_negative then return b_negative end
-  if a_negative then a, b = b:sub(2), a:sub(2) end
-  if #a ~= #b then return #a > #b end
-  return a > b
-end
-if ARGV[2] ~= '' then
-  local stored = redis.pcall('JSON.GET', KEYS[1], '$.version')
-  if type(stored) == 'table' and stored.err then return stored end
-  local version = stored and string.match(stored, '^%[(%-?%d+)%]$')
-  if version and greater(version, ARGV[2]) then return 0 end
-end
-local reply = redis.pcall('JSON.SET', KEYS[1], '$', ARGV[1])
-if type(reply) == 'table' and reply.err then return reply end
-return 1
-"""
-NEWEST_WINS_SHA = hashlib.sha1(NEWEST_WINS_SCRIPT.encode(), usedforsecurity=False).hexdigest()
-STALE = 0  # the script's reply when a newer document is stored; 1 when it wrote
+NEWEST_WINS_SCRIPT = JSON_SCRIPT  # the JSON layout's, by its former name
+NEWEST_WINS_SHA = sha(JSON_SCRIPT)
 
 
 @dataclass(frozen=True)
 class _Write:
-    """One document ready for the script: its key, JSON text and version ('' for none)."""
+    """One document ready for its layout's script: its key and the script's arguments."""
 
     drug_id: int
     key: str
-    encoded: str
-    version: str
+    arguments: tuple[str | bytes, ...]
 
 
 class RedisDocumentStore:
@@ -101,15 +82,16 @@ class RedisDocumentStore:
         client: redis.Redis,
         key_prefix: str,
         index_name: str,
-        hnsw_m: int = 16,
-        hnsw_ef_construction: int = 200,
         write_batch_size: int = 500,
         allow_eviction: bool = False,
+        layout: StorageLayout = DEFAULT_LAYOUT,
     ) -> None:
         self._client = client
         self.key_prefix = key_prefix
         self.index_name = index_name
-        self._hnsw = ("M", str(hnsw_m), "EF_CONSTRUCTION", str(hnsw_ef_construction))
+        self.layout = layout
+        self._script = SCRIPTS[layout.storage]
+        self._script_sha = sha(self._script)
         self._write_batch_size = write_batch_size
         self._allow_eviction = allow_eviction
 
@@ -120,14 +102,15 @@ class RedisDocumentStore:
     def key(self, drug_id: int) -> str:
         return f"{self.key_prefix}{drug_id}"
 
-    def at(self, key_prefix: str, index_name: str) -> "RedisDocumentStore":
-        """The same server and settings under another prefix and index (another generation's)."""
-        store = RedisDocumentStore(
+    def at(
+        self, key_prefix: str, index_name: str, layout: StorageLayout | None = None
+    ) -> "RedisDocumentStore":
+        """The same server and settings under another prefix and index (another generation's), in
+        `layout` (that generation's) or this store's."""
+        return RedisDocumentStore(
             self._client, key_prefix, index_name, write_batch_size=self._write_batch_size,
-            allow_eviction=self._allow_eviction,
+            allow_eviction=self._allow_eviction, layout=layout or self.layout,
         )  # fmt: skip
-        store._hnsw = self._hnsw
-        return store
 
     def ensure_index(self, dimension: int) -> None:
         """Create the index if it is missing; refuse one that is not the index drugsync builds.
@@ -143,7 +126,8 @@ class RedisDocumentStore:
                 if self.index_info() is None:
                     self._create_index(dimension)
                 # Compared even after creating: another process may have won the race with its own.
-                differences = index_differences(self.index_info() or {}, self.key_prefix, dimension)
+                info = self.index_info() or {}
+                differences = index_differences(info, self.key_prefix, dimension, self.layout)
         except UnavailableError as error:
             if isinstance(error.__cause__, redis_errors.NoPermissionError):
                 raise ConfigError(
@@ -160,7 +144,7 @@ class RedisDocumentStore:
     def _load_script(self) -> None:
         """Load the newest-wins script now: a user who may not run scripts is refused before any write."""
         try:
-            _execute(self._client, "SCRIPT", "LOAD", NEWEST_WINS_SCRIPT)
+            _execute(self._client, "SCRIPT", "LOAD", self._script)
         except redis_errors.NoPermissionError as error:
             raise ConfigError(
                 "the Redis user may not run scripts (NOPERM): drugsync writes each document through a"
@@ -178,15 +162,18 @@ class RedisDocumentStore:
         return judge_eviction_policy(self.eviction_policy(), self._allow_eviction)
 
     def _create_index(self, dimension: int) -> None:
+        layout = self.layout
         try:
             _execute(
-                self._client, "FT.CREATE", self.index_name, "ON", "JSON", "PREFIX", "1", self.key_prefix,
-                "SCHEMA", *schema_arguments(dimension, self._hnsw),
+                self._client, "FT.CREATE", self.index_name, "ON", layout.storage.upper(), "PREFIX", "1",
+                self.key_prefix, "SCHEMA", *schema_arguments(dimension, layout),
             )  # fmt: skip
         except redis.ResponseError as error:
             # Another producer created it between our check and our create: that is success.
-            if "already exists" not in str(error).lower():
-                raise
+            if "already exists" in str(error).lower():
+                return
+            refuse_vector_type(error, layout)
+            raise
 
     def index_info(self) -> dict[str, Any] | None:
         """FT.INFO as a dict, or None when the index does not exist."""
@@ -204,7 +191,7 @@ class RedisDocumentStore:
             return None
         for attribute in info.get("attributes", []):
             described = pairs_to_dict(attribute)
-            if described.get("identifier") == VECTOR_PATH:
+            if described.get("identifier") == vector_identifier(self.layout.storage):
                 return int(described["dim"])
         return None
 
@@ -243,19 +230,21 @@ class RedisDocumentStore:
         version = document.get("version")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise TypeError(f"version must be an integer, not {version!r}")
-        encoded = json.dumps(document, allow_nan=False)
-        return _Write(drug_id, self.key(drug_id), encoded, "" if version is None else str(version))
+        decimal = "" if version is None else str(version)
+        if self.layout.storage == "hash":
+            return _Write(drug_id, self.key(drug_id), (decimal, *hash_arguments(document, self.layout)))
+        return _Write(drug_id, self.key(drug_id), (encode_json(document), decimal))
 
     def _run_script(self, writes: Sequence[_Write]) -> list[Any]:
         """Replies of the newest-wins script for each write; raises the first server-wide error."""
-        replies = _pipelined(self._client, writes, "EVALSHA", NEWEST_WINS_SHA)
+        replies = _pipelined(self._client, writes, "EVALSHA", self._script_sha)
         raise_server_wide(replies)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis_errors.NoScriptError)]
         if missing:
             # The server lost its script cache (a restart, a failover, SCRIPT FLUSH): load it for
             # the batches to come, and send these with the script's text.
-            _execute(self._client, "SCRIPT", "LOAD", NEWEST_WINS_SCRIPT)
-            resent = _pipelined(self._client, [writes[i] for i in missing], "EVAL", NEWEST_WINS_SCRIPT)
+            _execute(self._client, "SCRIPT", "LOAD", self._script)
+            resent = _pipelined(self._client, [writes[i] for i in missing], "EVAL", self._script)
             raise_server_wide(resent)
             for i, reply in zip(missing, resent, strict=True):
                 replies[i] = reply
@@ -278,7 +267,7 @@ class RedisDocumentStore:
         return removed
 
     def fingerprints(self, page_size: int = 1000) -> dict[int, str]:
-        """Every document's id and content fingerprint, read with SCAN and JSON.MGET in pages."""
+        """Every document's id and content fingerprint, read with SCAN and pages of reads."""
         found: dict[int, str] = {}
         keys: list[bytes] = []
         with translate_errors("reading fingerprints", self._client):
@@ -291,7 +280,7 @@ class RedisDocumentStore:
         return found
 
     def stored_fingerprints(self, drug_ids: Sequence[int]) -> dict[int, str]:
-        """One JSON.MGET: the fingerprints of those documents that exist (a missing key is absent)."""
+        """One page of reads: the fingerprints of those documents that exist (a missing key is absent)."""
         if not drug_ids:
             return {}
         with translate_errors("reading fingerprints", self._client):
@@ -302,12 +291,21 @@ class RedisDocumentStore:
         ours = [(key, drug_id) for key in keys if (drug_id := self.drug_id(key)) is not None]
         if not ours:
             return {}
+        if self.layout.storage == "hash":
+            values = self._hash_fingerprints([key for key, _ in ours])
+            return {drug_id: value for (_, drug_id), value in zip(ours, values, strict=True)}
         values = _execute(self._client, "JSON.MGET", *(key for key, _ in ours), "$.fingerprint")
         page = {}
         for (_, drug_id), value in zip(ours, values, strict=True):
             fingerprints = json.loads(value) if value else []
             page[drug_id] = fingerprints[0] if fingerprints else ""
         return page
+
+    def _hash_fingerprints(self, keys: list[bytes]) -> list[str]:
+        """Each key's fingerprint in one script call (HASH has no multi-key read); '' for none, and
+        for a key of another type under the prefix, as JSON.MGET answers for one."""
+        values = _execute(self._client, "EVAL", HASH_FINGERPRINTS_SCRIPT, len(keys), *keys)
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
     def drug_id(self, key: bytes | str) -> int | None:
         """The drug id a key under the prefix names, or None for a key drugsync never writes."""
@@ -367,7 +365,8 @@ class RedisDocumentStore:
         """(bytes per JSON document by MEMORY USAGE, bytes per document of index) on this server."""
         with translate_errors("measuring memory", self._client):
             keys = list(itertools.islice(self._client.scan_iter(match=f"{self.key_prefix}*"), sample))
-            used = [int(self._client.memory_usage(key) or 0) for key in keys]
+            # SAMPLES 0: every field counted; the default samples 5 fields of a HASH and may miss the vector
+            used = [int(self._client.memory_usage(key, samples=0) or 0) for key in keys]
             info = self.index_info() or {}
         documents = max(int(info.get("num_docs", 0)), 1)
         index_mb = float(info.get("vector_index_sz_mb", 0)) + float(info.get("total_index_memory_sz_mb", 0))
@@ -401,8 +400,8 @@ class RedisDocumentStore:
         store's: the vector has another dimension, or the hits lie under another prefix; through a
         generation's own index (a server without aliases), that the index was retired meanwhile.
         """
-        blob = np.asarray(vector, dtype=np.float32).tobytes()
-        query = f"*=>[KNN {int(k)} @{VECTOR_FIELD} $vector AS distance]"
+        blob = self.layout.vector_bytes(np.asarray(vector, dtype=np.float32))
+        query = f"*=>[KNN {int(k)} @{VECTOR_FIELD} $vector{self._query_tuning()} AS distance]"
         try:
             with translate_errors("searching", self._client):
                 raw = _execute(
@@ -417,6 +416,13 @@ class RedisDocumentStore:
                 raise GenerationMoved(f"{index} no longer exists (a retired generation): {error}") from error
             raise
         return self._parse_hits(raw, index)
+
+    def _query_tuning(self) -> str:
+        """EF_RUNTIME sent with every HNSW query: a changed setting applies at once, no rebuild.
+        (FLAT takes no such attribute.)"""
+        if self.layout.algorithm != "HNSW":
+            return ""
+        return f" EF_RUNTIME {int(self.layout.hnsw_ef_runtime)}"
 
     def _parse_hits(self, raw: Sequence[Any], alias: str | None = None) -> list[SearchHit]:
         """Hits named by their keys: RETURN gives `id` as the index's NUMERIC, a double that
@@ -450,9 +456,19 @@ def _execute(target: Any, *args: Any) -> Any:
 execute = _execute
 
 
+def refuse_vector_type(error: redis.ResponseError, layout: StorageLayout) -> None:
+    """A server that does not know the vector type refuses FT.CREATE naming it (MemoryDB and
+    valkey-search answer "Unknown argument `FLOAT16`"): a ConfigError that says what to set."""
+    if layout.vector_type != "FLOAT32" and layout.vector_type.lower() in str(error).lower():
+        raise ConfigError(
+            f"this Redis server cannot index {layout.vector_type} vectors ({error}): MemoryDB and"
+            " ElastiCache vector search take FLOAT32 only; set DRUGSYNC_VECTOR_TYPE=FLOAT32"
+        ) from error
+
+
 def _pipelined(client: redis.Redis, writes: Sequence[_Write], command: str, script: str) -> list[Any]:
     """Run the script (by EVALSHA sha or EVAL text) once per write in one pipeline; errors as values."""
     pipe = client.pipeline(transaction=False)
     for write in writes:
-        _execute(pipe, command, script, 1, write.key, write.encoded, write.version)
+        _execute(pipe, command, script, 1, write.key, *write.arguments)
     return list(pipe.execute(raise_on_error=False)) if writes else []

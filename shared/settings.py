@@ -51,8 +51,15 @@ class Settings(BaseSettings):
 
     key_prefix: str = Field("drug:", pattern=r"^[A-Za-z0-9_:.\-]{1,64}$")
     index_name: str = Field("idx:drugs", pattern=r"^[A-Za-z0-9_:.\-]{1,64}$")
+    # How documents are stored and indexed (shared/layout.py). A generation records its storage, vector
+    # type and algorithm: changing one makes the next full run rebuild into a new generation.
+    storage: Literal["json", "hash"] = "json"
+    vector_type: Literal["FLOAT32", "FLOAT16"] = "FLOAT32"
+    vector_algorithm: Literal["HNSW", "FLAT"] = "HNSW"
     hnsw_m: int = Field(16, ge=2, le=512)
     hnsw_ef_construction: int = Field(200, ge=1, le=4096)
+    # Candidates an HNSW query explores (recall against speed): sent with every query, so it applies at once.
+    hnsw_ef_runtime: int = Field(10, ge=1, le=4096)
     # Accept an allkeys-* maxmemory-policy, under which Redis may evict documents of finished ranges.
     allow_eviction: bool = False
 
@@ -122,6 +129,16 @@ class Settings(BaseSettings):
         if not _IDENTIFIER.match(value):
             raise ValueError(f"column {value!r} must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)")
         return value
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("vector_type", "vector_algorithm", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_bedrock_dimension(self) -> "Settings":

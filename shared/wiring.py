@@ -6,6 +6,7 @@ import boto3
 
 from shared.capture import ChangeCapture
 from shared.errors import ConfigError
+from shared.layout import StorageLayout
 from shared.ledger import PostgresLedger
 from shared.postgres import Database, PostgresCatalog
 from shared.queue import SqsQueue
@@ -55,15 +56,21 @@ def redis_url(settings: Settings) -> str:
     raise ConfigError("no Redis: set REDIS_URL (redis:// or rediss:// for TLS) or DRUGSYNC_REDIS_SECRET_ARN")
 
 
+def storage_layout(settings: Settings) -> StorageLayout:
+    return StorageLayout(
+        settings.storage, settings.vector_type, settings.vector_algorithm, settings.hnsw_m,
+        settings.hnsw_ef_construction, settings.hnsw_ef_runtime,
+    )  # fmt: skip
+
+
 def build_store(settings: Settings) -> RedisDocumentStore:
     return RedisDocumentStore(
         connect_redis(redis_url(settings)),
         key_prefix=settings.key_prefix,
         index_name=settings.index_name,
-        hnsw_m=settings.hnsw_m,
-        hnsw_ef_construction=settings.hnsw_ef_construction,
         write_batch_size=settings.write_batch_size,
         allow_eviction=settings.allow_eviction,
+        layout=storage_layout(settings),
     )
 
 

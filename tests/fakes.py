@@ -20,6 +20,7 @@ from shared.errors import (
     UnavailableError,
 )
 from shared.generations import Registry
+from shared.layout import DEFAULT_LAYOUT
 from shared.models import Drug, Fetched, Generation, PlannedRange, RowFailure
 from shared.ports import (
     Catalog,
@@ -480,11 +481,12 @@ class FakeGenerations:
         self.indexed_lag = 0
         self.indexing_failures = 0
         self.switches: list[int] = []
+        self.layout = DEFAULT_LAYOUT
 
     def read(self) -> Registry:
         return self.registry
 
-    def store(self, number: int) -> FakeStore:
+    def store(self, number: int, generation: Generation | None = None) -> FakeStore:
         return self._shared or self.stores.setdefault(number, FakeStore())
 
     def _put(self, generation: Generation, current: int | None = None) -> None:
@@ -495,7 +497,7 @@ class FakeGenerations:
         number = max([0, *self.registry.generations]) + 1
         generation = Generation(
             number, embedder, dimension, TEXT_TEMPLATE_VERSION, f"drug@{number}:", f"idx@{number}",
-            run_id, "building", "",
+            run_id, "building", "", *self.layout.identity,
         )  # fmt: skip
         self._put(generation)
         self.store(number).ensure_index(dimension)

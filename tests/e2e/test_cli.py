@@ -142,7 +142,10 @@ def test_plan_prints_the_figures_for_the_table_and_for_494000_drugs(user_env: di
         "ranges of <=",
         "wall time at max concurrency",
         "Redis memory:",
-        "as HASH",
+        "as json FLOAT32 HNSW (index included, the chosen layout)",
+        "hash FLOAT32 HNSW",
+        "hash FLOAT16 HNSW",
+        "KB/document",
         "Postgres connections:",
         "Redis eviction: maxmemory-policy noeviction",
         "cost estimate (USD):",
@@ -610,3 +613,75 @@ def test_a_new_embedding_dimension_rebuilds_into_a_new_generation_by_itself(user
     assert (status["run"]["mode"], status["run"]["generation"]) == ("rebuild", 2)
     text = drugsync(wider, "status").stdout
     assert f"generation 2 current (hashing-v1-256, {alias}@2)" in text
+
+
+LAYOUT_SETTINGS = {
+    "json FLOAT32 HNSW": {},
+    "hash FLOAT32 HNSW": {"DRUGSYNC_STORAGE": "hash"},
+    "hash FLOAT16 FLAT": {
+        "DRUGSYNC_STORAGE": "hash", "DRUGSYNC_VECTOR_TYPE": "FLOAT16", "DRUGSYNC_VECTOR_ALGORITHM": "FLAT",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUT_SETTINGS))
+def test_each_storage_layout_syncs_verifies_searches_and_skips_what_is_unchanged(
+    user_env: dict[str, str], layout: str
+) -> None:
+    # GIVEN a catalog and the settings of one layout
+    name = "layout_" + layout.replace(" ", "_").lower()
+    env = {**own_catalog(user_env, name, 500), **LAYOUT_SETTINGS[layout]}
+
+    # WHEN it is synced, then synced again unchanged
+    first = sync_and_verify(env)
+    second = sync_and_verify(env)
+
+    # THEN nothing drifts, the generation is of that layout, search finds the drug, nothing was redone
+    assert first["index_documents"] == first["postgres_eligible"] == second["index_documents"]
+    client = _redis(user_env)
+    generation = _generation(client, env["DRUGSYNC_INDEX_NAME"])
+    recorded = (
+        generation.get("storage", "json"),
+        generation.get("vector_type", "FLOAT32"),
+        generation.get("algorithm", "HNSW"),
+    )
+    assert " ".join(recorded) == layout
+    key = next(client.scan_iter(f"{name}@1:*", count=1000))
+    assert client.type(key) == (b"hash" if layout.startswith("hash") else b"ReJSON-RL")
+    hits = json.loads(
+        drugsync(env, "search", "atorvastatin calcium 40 mg tablet", "-k", "3", "--json").stdout
+    )
+    assert hits[0]["name"] == "Atorvastatin Calcium 40 mg tablet"
+    run = json.loads(drugsync(env, "status", "--json").stdout)["run"]
+    assert (run["drugs_skipped"], run["generation"]) == (first["postgres_eligible"], 1)
+
+
+def test_a_new_storage_layout_rebuilds_into_a_new_generation_by_itself(user_env: dict[str, str]) -> None:
+    # GIVEN a catalog synced as JSON documents
+    env = own_catalog(user_env, "relayout", 500)
+    sync_and_verify(env)
+    client = _redis(user_env)
+    alias = env["DRUGSYNC_INDEX_NAME"]
+
+    # WHEN the storage becomes HASH and a plain sync runs
+    hashed = {**env, "DRUGSYNC_STORAGE": "hash"}
+    sync = drugsync(hashed, "sync", "--range-size", "100", "--json")
+    assert sync.returncode == 0, sync.stderr
+    assert (json.loads(sync.stdout)["mode"], json.loads(sync.stdout)["generation"]) == ("rebuild", 2)
+    assert drugsync(hashed, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
+
+    # THEN readers are on a HASH generation 2, the JSON one is gone, and nothing drifts, whichever
+    # layout the reader's own settings name: readers follow the generation's recorded layout
+    assert _alias_target(client, alias) == f"{alias}@2"
+    assert _generation(client, alias)["storage"] == "hash"
+    assert list(client.scan_iter("relayout@1:*", count=5000)) == []
+    assert {client.type(key) for key in client.scan_iter("relayout@2:*", count=5000)} == {b"hash"}
+    for reader in (hashed, env):
+        report = json.loads(drugsync(reader, "verify", "--json").stdout)
+        assert (report["missing"], report["extra"], report["stale"]) == (0, 0, 0), report
+        hits = json.loads(
+            drugsync(reader, "search", "atorvastatin calcium 40 mg tablet", "-k", "3", "--json").stdout
+        )
+        assert hits[0]["name"] == "Atorvastatin Calcium 40 mg tablet"
+    again = drugsync(hashed, "sync", "--json")
+    assert (json.loads(again.stdout)["mode"], json.loads(again.stdout)["generation"]) == ("full", 2)

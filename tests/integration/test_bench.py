@@ -39,9 +39,15 @@ def test_every_row_of_make_bench_runs_on_a_tiny_catalog(test_env: Isolated, tmp_
         assert [(row.key, row.drugs) for row in rows] == [("A", 5)] + [(key, eligible) for key in "BCDE"]
         assert all(row.seconds > 0 and row.redis_cpu is not None for row in rows)
         assert _bench_keys(services) == ([], [])
-    # AND the default layout's memory holds at least each document's vector, and HNSW found its neighbours
-    assert [entry.layout for entry in memory] == ["JSON FLOAT32"]
-    assert memory[0].per_document > test_env.settings.embedding_dim * 4
+    # AND each layout's memory holds at least each document's vector (2 or 4 bytes a number), HASH with
+    # packed bytes takes less than JSON's number arrays, and HNSW found its neighbours
+    per_document = {entry.layout: entry.per_document for entry in memory}
+    assert list(per_document) == ["JSON FLOAT32", "JSON FLOAT16", "HASH FLOAT32", "HASH FLOAT16"]
+    dimension = test_env.settings.embedding_dim
+    assert per_document["JSON FLOAT32"] > dimension * 4
+    assert per_document["HASH FLOAT16"] > dimension * 2
+    assert per_document["HASH FLOAT32"] < per_document["JSON FLOAT32"]
+    assert per_document["HASH FLOAT16"] < per_document["HASH FLOAT32"]
     assert recall is not None
     assert 0.9 <= recall <= 1.0
 

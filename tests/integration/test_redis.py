@@ -98,7 +98,7 @@ def test_clear_removes_the_index_and_every_document_under_the_prefix(test_env: I
 
 
 def _ours(dimension: int = 128) -> list[str]:
-    return schema_arguments(dimension, ("M", "16", "EF_CONSTRUCTION", "200"))
+    return schema_arguments(dimension)
 
 
 def _replaced(old: str, new: str) -> list[str]:

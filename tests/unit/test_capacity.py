@@ -1,23 +1,28 @@
-from console.capacity import Measured, make_plan, render_plan
+from dataclasses import replace
+
+from console.capacity import LayoutCost, Measured, make_plan, render_plan
 from shared.redis_errors import judge_eviction_policy
 
 MEASURED = Measured(
     sample=500,
     client_seconds_per_drug=0.001,
     server_seconds_per_drug=0.002,
-    json_bytes_per_drug=14_000,
-    index_bytes_per_drug=2_000,
     text_chars_per_drug=400,
-    hash_bytes_per_drug=2_000,
+    layouts=(
+        LayoutCost("json FLOAT32 HNSW", 14_000, 2_000),
+        LayoutCost("json FLOAT16 HNSW", 14_000, 1_200),
+        LayoutCost("hash FLOAT32 HNSW", 2_000, 2_000),
+        LayoutCost("hash FLOAT16 HNSW", 1_200, 1_200),
+    ),
 )
 
 
 def _plan(
     drugs: int = 494_000, concurrency: int = 10, redis_limit: int = 64 * 2**30, free: int = 90, titan=False,
-    eviction: tuple[str, str | None] = ("noeviction", None),
+    eviction: tuple[str, str | None] = ("noeviction", None), measured: Measured = MEASURED,
 ):  # fmt: skip
     return make_plan(
-        drugs, 1000, concurrency, MEASURED,
+        drugs, 1000, concurrency, measured,
         embedder="amazon.titan-embed-text-v2:0-1024" if titan else "hashing-v1-384", dimension=384,
         consumer_memory_mb=1024, consumer_timeout=120, redis_limit=(redis_limit, "maxmemory"), postgres_free=free,
         redis_eviction=eviction,
@@ -106,3 +111,33 @@ def test_titan_embeds_one_text_a_request_and_the_hashing_embedder_none() -> None
     titan = TitanEmbedder(None, "amazon.titan-embed-text-v2:0", 1024, 256, 8)  # type: ignore[arg-type]
     assert titan.texts_per_request == 1
     assert HashingEmbedder(32, 256).texts_per_request is None
+
+
+def test_the_plan_sizes_redis_for_the_chosen_layout_and_names_the_others_cost() -> None:
+    hashed = replace(MEASURED, layouts=(MEASURED.layouts[2], *MEASURED.layouts[:2], MEASURED.layouts[3]))
+    plan = _plan(measured=hashed)
+
+    assert (plan.layout, plan.redis_bytes) == ("hash FLOAT32 HNSW", 494_000 * 4_000)
+    rendered = render_plan(plan)
+    assert "as hash FLOAT32 HNSW (index included, the chosen layout)" in rendered
+    lines = {line.strip().split("  ")[0]: line for line in rendered.splitlines() if " KB/document" in line}
+    assert set(lines) == {"json FLOAT32 HNSW", "json FLOAT16 HNSW", "hash FLOAT32 HNSW", "hash FLOAT16 HNSW"}
+    for layout, kb in (("json FLOAT32 HNSW", 15.6), ("json FLOAT16 HNSW", 14.8), ("hash FLOAT16 HNSW", 2.3)):
+        assert f"{kb} KB/document" in lines[layout]
+    assert "3.9 KB/document" in lines["hash FLOAT32 HNSW"]
+    assert lines["hash FLOAT32 HNSW"].endswith("<- chosen")
+    assert rendered.count("<- chosen") == 1
+
+
+def test_a_run_that_fits_only_in_a_smaller_layout_says_which() -> None:
+    plan = _plan(redis_limit=3 * 2**30)  # JSON FLOAT32 needs 7.4 GiB, HASH FLOAT16 1.1 GiB
+    warning = next(w for w in plan.warnings if "will not fit" in w)
+    assert "as json FLOAT32 HNSW" in warning
+    assert "it would as hash FLOAT32 HNSW, hash FLOAT16 HNSW" in warning
+
+
+def test_a_layout_the_server_refused_is_shown_as_refused() -> None:
+    refused = replace(MEASURED, layouts=(*MEASURED.layouts[:3], LayoutCost("hash FLOAT16 HNSW", None, None)))
+    plan = _plan(measured=refused)
+    assert plan.redis_bytes_by_layout["hash FLOAT16 HNSW"] is None
+    assert "hash FLOAT16 HNSW  refused by this server" in render_plan(plan)
