@@ -2,12 +2,21 @@
 
 import uuid
 from collections.abc import Sequence
+from typing import cast
 
+import pytest
+import redis
+
+from consumer import handler
 from consumer.sync import SyncEnv, sync_message
+from shared.embedders.simulated import SimulatedApiEmbedder
 from shared.errors import QuotaWaitTooLong
 from shared.models import AnyMessage, PlannedRange, RangeMessage, parse_message
 from shared.ports import Vectors
+from shared.ratelimit import RedisRequestLimiter
 from shared.retry import RetryPolicy
+from shared.settings import Settings
+from tests.factories import lambda_context, range_body, sqs_event
 from tests.fakes import (
     FakeCatalog,
     FakeClock,
@@ -20,6 +29,7 @@ from tests.fakes import (
     RecordingTelemetry,
     make_drug,
 )
+from tests.unit.test_ratelimit import ScriptedRedis
 
 RUN = uuid.uuid4()
 
@@ -145,3 +155,31 @@ def test_a_probe_spares_requests_embedded_in_vain() -> None:
     assert probed.embedder.requests == 40  # one request per drug: none embedded in vain
     assert unprobed.store.documents == {}  # no progress at all: each chunk embedded in vain
     assert unprobed.embedder.requests > 20  # and the quota spent on them
+
+
+def test_the_handler_lets_quota_waits_take_what_the_invocation_can_spare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a consumer whose API embedder passes a shared limiter (its script scripted: slots at once)
+    ledger = FakeLedger()
+    ledger.start_run(RUN, 10, None, [PlannedRange(1, 10, 10)])
+    client = ScriptedRedis(*([1, 0, 1] for _ in range(10)))
+    limiter = RedisRequestLimiter(cast(redis.Redis, client), "quota", 600)
+    embedder = SimulatedApiEmbedder(16, 256, 0.0, 1, 2)
+    embedder.limiter = limiter
+    consumer = handler.Consumer(
+        settings=Settings(handoff_margin_seconds=5.0, bedrock_concurrency=3),
+        catalog=FakeCatalog([make_drug(i) for i in range(1, 11)]), ledger=ledger, store=FakeStore(),
+        embedder=embedder, work_queue=FakeQueue(), dead_letters=FakeQueue(), limiter=limiter,
+    )  # fmt: skip
+    monkeypatch.setattr(handler, "_consumer", lambda: consumer)
+
+    # WHEN it syncs a range in an invocation of 60 s
+    handler.lambda_handler(sqs_event(range_body(RUN, 1, 10, 10)), lambda_context(60.0))
+
+    # THEN each request could wait at most the invocation's remaining time less the hand-off margin
+    max_waits = [call["args"][4] / 1_000_000 for call in client.calls]
+    assert len(max_waits) == 10
+    assert all(50.0 < wait <= 55.0 for wait in max_waits)
+    # AND the first chunk was a probe of one request per concurrent slot
+    assert consumer.env().probe_chunk_size == 3
