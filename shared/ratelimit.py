@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -143,18 +144,18 @@ class RedisRequestLimiter:
         return Reservation(bool(admitted), int(wait_us) / MICROSECONDS, int(slot_us))
 
 
-def admissions_per_second(client: redis.Redis, key: str, seconds: int) -> dict[int, int]:
-    """Requests admitted in each of the last `seconds` seconds (server time) and those reserved ahead:
-    {unix second: requests}, read from the quota's counters."""
+def admissions_per_second(client: redis.Redis, key: str, seconds: int) -> tuple[int, dict[int, int]]:
+    """The server's second now, and the requests admitted in each of the last `seconds` seconds and
+    those reserved ahead: {unix second: requests}, from the quota's counters."""
     now = int(client.time()[0])
-    fields = {f"s{cell}": f"n{cell}" for cell in range(COUNTER_RING_SECONDS)}
-    values = client.hgetall(key)
-    counts: dict[int, int] = {}
-    for second_field, count_field in fields.items():
-        second = values.get(second_field.encode())
-        if second is not None and int(second) > now - seconds:
-            counts[int(second)] = int(values.get(count_field.encode(), b"0"))
-    return counts
+    fields = cast(dict[bytes, bytes], client.hgetall(key))
+    values = {name.decode(): int(value) for name, value in fields.items() if name[:1] in b"sn"}
+    counts = {
+        values[f"s{cell}"]: values.get(f"n{cell}", 0)
+        for cell in range(COUNTER_RING_SECONDS)
+        if values.get(f"s{cell}", 0) > now - seconds
+    }
+    return now, counts
 
 
 def enable_admission_log(client: redis.Redis, key: str, capacity: int) -> int:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from console.status import gather_quota, render_quota
 from shared.errors import UnavailableError
 from shared.ratelimit import (
     MICROSECONDS,
@@ -19,6 +20,8 @@ from shared.ratelimit import (
     read_admission_log,
 )
 from shared.redis_store import connect_redis
+from shared.settings import Settings
+from shared.wiring import quota_key
 from tests.conftest import Isolated
 
 pytestmark = pytest.mark.integration
@@ -108,7 +111,7 @@ def test_the_counters_show_admissions_per_second(test_env: Isolated) -> None:
     client = connect_redis(test_env.env["REDIS_URL"])
     key = _key()
     _reserve_many(test_env.env["REDIS_URL"], key, 600, None, 25, 1)  # 10 a second: 2.5 s of slots
-    counts = admissions_per_second(client, key, 60)
+    _, counts = admissions_per_second(client, key, 60)
     assert sum(counts.values()) == 25
     assert max(counts.values()) == 10
 
@@ -143,3 +146,25 @@ def test_concurrent_acquires_are_spaced_by_the_quota(test_env: Isolated) -> None
     for thread in threads:
         thread.join()
     assert most_in_window(_slots(client, key, start), MICROSECONDS // 20) == 1
+
+
+def test_status_shows_the_quota_used_in_the_last_minute_and_reserved_ahead(test_env: Isolated) -> None:
+    # GIVEN a quota of 600 a minute (10 a second) and 25 requests reserved at once: 2.5 s of slots
+    model = f"test-model-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        embedder="bedrock", embedding_dim=256, bedrock_model_id=model, embedding_quota_rpm=600
+    )
+    client = connect_redis(test_env.env["REDIS_URL"])
+    _reserve_many(test_env.env["REDIS_URL"], quota_key(settings), 600, None, 25, 1)
+
+    quota = gather_quota(client, settings)
+
+    # THEN status counts every one of them, those whose second has come and those still ahead
+    assert quota is not None
+    assert quota["requests_last_60_seconds"] + quota["requests_reserved_ahead"] == 25
+    assert quota["requests_reserved_ahead"] >= 5  # the last second's slots are still to come
+    assert render_quota(quota).endswith(
+        f"{model}: {quota['requests_last_60_seconds']} requests in the last"
+        f" 60 s of 600/min, {quota['requests_reserved_ahead']} reserved ahead"
+    )
+    assert gather_quota(client, Settings()) is None
