@@ -126,12 +126,12 @@ def _write_unit(
         size = pacer.next_chunk_size(env.chunk_size, made_progress=position > 0)
         if size == 0:
             return _continue(message, drugs[position:], env, written, failed, deferred=False, skipped=skipped)
-        probe = position == 0 and env.probe_chunk_size is not None
-        if probe and env.probe_chunk_size is not None:
-            size = min(size, env.probe_chunk_size)  # measure this invocation's share of the quota first
+        probe = env.probe_chunk_size if position == 0 else None
+        if probe is not None:
+            size = min(size, probe)  # measure this invocation's share of the quota first
         chunk = drugs[position : position + size]
         try:
-            result = pacer.timed(len(chunk), partial(write_chunk, chunk, env, deadline), probe)
+            result = pacer.timed(len(chunk), partial(write_chunk, chunk, env, deadline), probe is not None)
         except QuotaWaitTooLong as error:
             # Not a failure: the quota's line is longer than this invocation can wait. No deferral is
             # counted; the rest is seen again about when its turn would have come.
