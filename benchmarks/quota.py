@@ -63,7 +63,8 @@ class AdmissionLog:
             self._stop.set()
             thread.join()
             self._read()
-            self._client.hdel(self._key, "log")
+            capacity = int(self._client.hget(self._key, "log") or 0)
+            self._client.hdel(self._key, "log", *(f"l{cell}" for cell in range(capacity)))
 
 
 def minute_rates(slots: list[int], quota: int) -> list[float]:

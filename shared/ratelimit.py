@@ -22,8 +22,6 @@ MAX_WAIT_SECONDS = 900.0
 # Per-second admission counters kept in a ring of this many seconds (longer than the longest wait,
 # so a reserved second never shares its field with one still read).
 COUNTER_RING_SECONDS = 1024
-# A quota's state outlives its last reservation by this long (then an idle quota starts afresh).
-IDLE_TTL_SECONDS = 3600
 MICROSECONDS = 1_000_000
 
 # GCRA (generic cell rate algorithm) as reservations, over requests and tokens per minute at once.
@@ -42,12 +40,14 @@ MICROSECONDS = 1_000_000
 # quota: the next slot is always taken by someone already asleep until it.
 # Observability in the same hash (one key per quota, so it runs on a cluster): s<i>/n<i> count the
 # admissions of second s<i> in a ring, and when the field `log` holds N > 0 (set by a measurement or
-# an operator), l<seq mod N> records each admission's slot, `seq` numbering them.
+# an operator), l<seq mod N> records each admission's slot, `seq` numbering them. No TTL: the hash
+# stays small (two fields a second of the ring), and a volatile-* eviction policy, which evicts only
+# keys with a TTL, must never forget the line (the README promises drugsync sets no TTLs).
 # https://redis.io/docs/latest/develop/interact/programmability/eval-intro/
 RESERVE_SCRIPT = """
 local requests, tokens = tonumber(ARGV[1]), tonumber(ARGV[2])
 local request_us, token_us = tonumber(ARGV[3]), tonumber(ARGV[4])
-local max_wait_us, ring, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_wait_us, ring = tonumber(ARGV[5]), tonumber(ARGV[6])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local state = redis.call('HMGET', KEYS[1], 'r', 't', 'log', 'seq')
@@ -78,7 +78,6 @@ if log > 0 then
   end
   redis.call('HSET', KEYS[1], 'seq', seq + requests)
 end
-redis.call('EXPIRE', KEYS[1], math.ceil(wait / 1000000) + ttl)
 return {1, wait, slot}
 """
 
@@ -139,7 +138,7 @@ class RedisRequestLimiter:
         arguments = [requests, tokens, self._request_us, self._token_us, int(max_wait * MICROSECONDS)]
         with translate_errors("reserving an embedding request under the quota", self._client):
             admitted, wait_us, slot_us = self._script(
-                keys=[self.key], args=[*arguments, COUNTER_RING_SECONDS, IDLE_TTL_SECONDS]
+                keys=[self.key], args=[*arguments, COUNTER_RING_SECONDS]
             )
         return Reservation(bool(admitted), int(wait_us) / MICROSECONDS, int(slot_us))
 

@@ -59,6 +59,8 @@ def test_threads_hammering_one_quota_never_exceed_it_in_any_minute(test_env: Iso
     ordered = sorted(slots)
     gaps = {b - a for a, b in itertools.pairwise(ordered)}
     assert gaps == {MINUTE_US // quota}
+    # AND the quota's state carries no TTL: a volatile-* eviction policy never forgets the line
+    assert client.ttl(key) == -1
 
 
 def test_processes_hammering_one_quota_never_exceed_it_in_any_minute(test_env: Isolated) -> None:
