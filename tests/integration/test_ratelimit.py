@@ -124,9 +124,11 @@ def test_acquire_sleeps_until_its_slot_on_the_server_clock(test_env: Isolated) -
     limiter = RedisRequestLimiter(client, _key(), 120, sleep=slept.append)
     for _ in range(3):
         limiter.acquire(1, 1)
-    # The first goes at once; the others wait for their slots, half a second apart, less the time elapsed.
-    assert slept[0] == pytest.approx(0.5, abs=0.05)
-    assert slept[1] == pytest.approx(1.0, abs=0.05)
+    # The first goes at once; the others wait for their slots, half a second apart, less the time
+    # elapsed since the first (never more than their slot is away, whatever the machine's load).
+    assert len(slept) == 2
+    assert 0 < slept[0] <= 0.5
+    assert slept[0] < slept[1] <= 1.0
 
 
 def test_redis_down_while_acquiring_is_unavailable(test_env: Isolated) -> None:
