@@ -8,7 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from console.local_stack import StackState
 from console.status import gather_quota, render_quota
 from shared.errors import UnavailableError
 from shared.ratelimit import (
@@ -172,3 +176,41 @@ def test_status_shows_the_quota_used_in_the_last_minute_and_reserved_ahead(test_
         f" 60 s of 600/min, {quota['requests_reserved_ahead']} reserved ahead"
     )
     assert gather_quota(client, Settings()) is None
+
+
+def _most_tokens_in_window(slots: list[int], tokens: list[int], window_us: int) -> int:
+    """The most tokens admitted in any window [a, a + window_us) (the busiest starts at a slot)."""
+    pairs = sorted(zip(slots, tokens, strict=True))
+    return max(
+        (sum(cost for slot, cost in pairs if start <= slot < start + window_us) for start, _ in pairs),
+        default=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def quota_client(stack: StackState) -> redis.Redis:
+    return connect_redis(stack.env["REDIS_URL"])
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    rpm=st.integers(1, 600),
+    tpm=st.none() | st.integers(100, 4_000),
+    costs=st.lists(st.integers(1, 120), min_size=1, max_size=80),
+)
+def test_any_quotas_and_costs_keep_their_bounds_in_every_minute(
+    quota_client: redis.Redis, rpm: int, tpm: int | None, costs: list[int]
+) -> None:
+    # GIVEN any requests and tokens quotas and requests of any token counts, reserved back to back
+    key = _key()
+    start = enable_admission_log(quota_client, key, 1_000)
+    limiter = RedisRequestLimiter(quota_client, key, rpm, tpm)
+    # (those whose slot is beyond the longest wait, 900 s, are refused and take nothing)
+    admitted = [cost for cost in costs if limiter.reserve(1, cost).admitted]
+    slots = _slots(quota_client, key, start)
+    # THEN no minute admits more requests than the quota, and no more tokens than the quota plus
+    # the largest request's own tokens less one (the bound the script's comment derives)
+    assert len(slots) == len(admitted) >= 1
+    assert most_in_window(slots, MINUTE_US) <= rpm
+    if tpm is not None:
+        assert _most_tokens_in_window(slots, admitted, MINUTE_US) <= tpm + max(admitted) - 1
