@@ -35,9 +35,10 @@ MICROSECONDS = 1_000_000
 # request's own tokens less one (k requests spaced by their costs), and by nothing when every
 # request estimates the same count and it divides the quota; they are estimates anyway.
 # The clock is the server's TIME, so Lambdas with skewed clocks agree. The reply is
-# {admitted, microseconds to wait, slot}; a refused caller takes nothing. Reserving slots ahead
-# (instead of admitting only when the slot has come) is what keeps waiting callers from idling the
-# quota: the next slot is always taken by someone already asleep until it.
+# {admitted, microseconds to wait, slot}; a refused caller takes nothing. The caller sleeps the wait
+# from the reply on, so it sends at or after its slot, never before (late only by its scheduling).
+# Reserving slots ahead (instead of admitting only when the slot has come) is what keeps waiting
+# callers from idling the quota: the next slot is always taken by someone already asleep until it.
 # Observability in the same hash (one key per quota, so it runs on a cluster): s<i>/n<i> count the
 # admissions of second s<i> in a ring, and when the field `log` holds N > 0 (set by a measurement or
 # an operator), l<seq mod N> records each admission's slot, `seq` numbering them. No TTL: the hash

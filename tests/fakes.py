@@ -743,4 +743,19 @@ class OneTextApiEmbedder(HashingEmbedder):
         return super()._embed_batch(texts)
 
 
+class ScriptedRedis:
+    """Answers the reservation script with scripted replies and records its arguments."""
+
+    def __init__(self, *replies: list[int]) -> None:
+        self.replies = list(replies)
+        self.calls: list[dict[str, Any]] = []
+
+    def register_script(self, script: str) -> Any:
+        def run(keys: list[str], args: list[Any]) -> list[int]:
+            self.calls.append({"keys": keys, "args": args})
+            return self.replies.pop(0)
+
+        return run
+
+
 _quota: RequestLimiter = FakeQuota(FakeClock(), 1.0)

@@ -27,9 +27,9 @@ from tests.fakes import (
     FakeStore,
     OneTextApiEmbedder,
     RecordingTelemetry,
+    ScriptedRedis,
     make_drug,
 )
-from tests.unit.test_ratelimit import ScriptedRedis
 
 RUN = uuid.uuid4()
 MAX_INVOCATIONS = 100

@@ -8,27 +8,14 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.quota import minute_rates
 from shared.embedders.hashing import HashingEmbedder
 from shared.embedders.simulated import SimulatedApiEmbedder
 from shared.errors import QuotaWaitTooLong
 from shared.ratelimit import MAX_WAIT_SECONDS, RedisRequestLimiter, interval_us, most_in_window
 from shared.settings import Settings
 from shared.wiring import build_limiter, quota_key
-
-
-class ScriptedRedis:
-    """Answers the reservation script with scripted replies and records its arguments."""
-
-    def __init__(self, *replies: list[int]) -> None:
-        self.replies = list(replies)
-        self.calls: list[dict[str, Any]] = []
-
-    def register_script(self, script: str) -> Any:
-        def run(keys: list[str], args: list[Any]) -> list[int]:
-            self.calls.append({"keys": keys, "args": args})
-            return self.replies.pop(0)
-
-        return run
+from tests.fakes import ScriptedRedis
 
 
 def _limiter(client: ScriptedRedis, slept: list[float]) -> RedisRequestLimiter:
@@ -123,3 +110,10 @@ def test_the_quota_key_is_per_region_and_model_not_per_deployment(monkeypatch: p
     assert keys == {"drugsync:quota:eu-west-1:amazon.titan-embed-text-v2:0"}
     other = _settings(embedder="bedrock", embedding_dim=1024, bedrock_model_id="cohere.embed-english-v3")
     assert quota_key(other) == "drugsync:quota:eu-west-1:cohere.embed-english-v3"
+
+
+def test_minute_rates_count_each_full_minute_from_the_first_admission() -> None:
+    # 150 s at 10 a second, with the second minute missing 6 s of admissions
+    slots = [i * 100_000 for i in range(1500) if not 70 <= i // 10 < 76]
+    assert minute_rates(slots, 600) == [1.0, 0.9]  # the last half minute is not a full one
+    assert minute_rates([], 600) == []
