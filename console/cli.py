@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from uuid import UUID
 
@@ -19,7 +20,7 @@ from console.event_source import EventSourceConfig, LocalEventSource
 from console.invoker import CodeSource, invoke_producer
 from console.seed import seed_drugs, synthetic_sample
 from console.services import Services
-from console.status import gather_runs, gather_status, render_runs, render_status
+from console.status import gather_quota, gather_runs, gather_status, render_runs, render_status
 from console.verify import render_report, repair, verify
 from console.watch import DEFAULT_INTERVAL, interval_seconds, watch_run
 from producer.plan import range_size_that_fits, resume_run
@@ -217,6 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = gather_status(
         found.ledger, found.catalog, found.current_store, queue, found.dead_letter, run_id, found.generations
     )
+    report = replace(report, quota=gather_quota(found.store.client, found.settings))
     print(json.dumps(report.to_json(), indent=2) if args.json else render_status(report))
     return 0
 

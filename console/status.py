@@ -5,11 +5,16 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import redis
+
 from shared.generations import RedisGenerations, describe
 from shared.ledger import PostgresLedger
 from shared.ports import Catalog, RunProgress
 from shared.queue import QueueDepth, SqsQueue
+from shared.ratelimit import admissions_per_second
 from shared.redis_store import RedisDocumentStore
+from shared.settings import Settings
+from shared.wiring import quota_key
 
 MAX_LISTED_FAILURES = 50
 
@@ -40,10 +45,12 @@ class StatusReport:
     dead_letter: QueueDepth | None
     counts: Counts | None  # None while `status --watch` refreshes the run and queues only
     generations: dict[str, Any] | None = None
+    quota: dict[str, Any] | None = None  # the shared embedding quota's use, when one is configured
 
     def to_json(self) -> dict[str, Any]:
         return {
             "generations": self.generations,
+            "quota": self.quota,
             "run": self.run,
             "queue": asdict(self.queue) if self.queue else None,
             "dead_letter": asdict(self.dead_letter) if self.dead_letter else None,
@@ -147,6 +154,22 @@ def gather_status(
     return replace(report, run=run, counts=gather_counts(catalog, store), generations=described)
 
 
+def gather_quota(client: redis.Redis, settings: Settings) -> dict[str, Any] | None:
+    """How much of the embedding quota every consumer sharing this Redis used in the last minute, and
+    how much is reserved ahead (requests waiting for their slot); None without a quota."""
+    if settings.embedding_quota_rpm is None and settings.embedding_quota_tpm is None:
+        return None
+    key = quota_key(settings)
+    now, counts = admissions_per_second(client, key, 60)
+    return {
+        "key": key,
+        "requests_per_minute": settings.embedding_quota_rpm,
+        "tokens_per_minute": settings.embedding_quota_tpm,
+        "requests_last_60_seconds": sum(count for second, count in counts.items() if second <= now),
+        "requests_reserved_ahead": sum(count for second, count in counts.items() if second > now),
+    }
+
+
 def gather_progress(
     ledger: PostgresLedger,
     queue: SqsQueue | None,
@@ -210,7 +233,18 @@ def render_status(report: StatusReport) -> str:
         lines.append(render_generations(report.generations))
     if report.counts is not None:
         lines.append(render_counts(report.counts))
+    if report.quota is not None:
+        lines.append(render_quota(report.quota))
     return "\n".join(lines)
+
+
+def render_quota(quota: dict[str, Any]) -> str:
+    limit, used = quota["requests_per_minute"], quota["requests_last_60_seconds"]
+    of = f" of {limit:,}/min" if limit else ""
+    return (
+        f"embedding quota {quota['key']}: {used:,} requests in the last 60 s{of},"
+        f" {quota['requests_reserved_ahead']:,} reserved ahead"
+    )
 
 
 def render_generations(generations: dict[str, Any]) -> str:

@@ -43,6 +43,9 @@ class SyncEnv:
     # Run id -> the store of its generation, kept by the process: one ledger read per run.
     run_stores: dict[UUID, DocumentStore] = field(default_factory=dict)
     canary_k: int = 10
+    # Under a shared embedding quota, an invocation's first chunk is this small: its share of the quota
+    # is unknown until measured, and a chunk too big for the time left would be embedded in vain.
+    probe_chunk_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ from shared.generations import RedisGenerations
 from shared.models import AnyMessage, ChangesMessage, RetireMessage, RowsMessage, SweepMessage, parse_message
 from shared.ports import Catalog, DocumentStore, Embedder, Generations, Ledger, RunProgress, WorkQueue
 from shared.postgres import Database
+from shared.ratelimit import RedisRequestLimiter
 from shared.retry import RetryPolicy
 from shared.settings import Settings, get_settings
 from shared.telemetry import Notifier
-from shared.wiring import build_catalog, build_ledger, build_queue, build_store, open_database
+from shared.wiring import build_catalog, build_ledger, build_limiter, build_queue, build_store, open_database
 
 logger = Logger(service="drugsync-consumer")
 metrics = Metrics(namespace="drugsync", service="consumer")
@@ -90,6 +91,13 @@ class Consumer:
     database: Database | None = None
     generations: Generations | None = None
     run_stores: dict[UUID, DocumentStore] = field(default_factory=dict)
+    limiter: RedisRequestLimiter | None = None
+
+    def bind_deadline(self, deadline: "ContextDeadline") -> None:
+        """Let quota waits take at most what this invocation can spare; a longer one hands the range on."""
+        if self.limiter is not None:
+            margin = self.settings.handoff_margin_seconds
+            self.limiter.wait_budget = lambda: deadline.remaining_seconds() - margin
 
     def close(self) -> None:
         """Close the database connection (a Lambda container never needs to; a test measuring does)."""
@@ -119,13 +127,24 @@ class Consumer:
             claim_seconds=2 * self.settings.consumer_timeout_seconds,
             generations=self.generations,
             run_stores=self.run_stores,
+            probe_chunk_size=self._probe_chunk_size(),
         )
+
+    def _probe_chunk_size(self) -> int | None:
+        """One request per concurrent slot of an API embedder under a quota; None otherwise."""
+        per_request: int | None = getattr(self.embedder, "texts_per_request", None)
+        if self.limiter is None or per_request is None:
+            return None
+        return self.settings.bedrock_concurrency * per_request
 
 
 def build_consumer(settings: Settings) -> Consumer:
     db = open_database(settings)
     embedder = build_embedder(settings)
     store = build_store(settings)
+    limiter = embedder.limiter = build_limiter(settings, embedder, store.client)
+    if limiter is None and (settings.embedding_quota_rpm or settings.embedding_quota_tpm):
+        logger.info(f"embedding quota ignored: {embedder.name} is a local embedder, it sends no API requests")
     # Each run's generation has its index from the producer; the consumer checks durability only.
     warning = store.check_durability()
     if warning:
@@ -143,6 +162,7 @@ def build_consumer(settings: Settings) -> Consumer:
         notifier=SnsNotifier(settings.completion_topic_arn) if settings.completion_topic_arn else None,
         database=db,
         generations=RedisGenerations(store),
+        limiter=limiter,
     )
 
 
@@ -186,7 +206,9 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext | None = Non
     try:
         message = parse_message(record.body)
         logger.append_keys(**_message_keys(message))  # every line about this message names its run
-        outcome = sync_message(message, consumer.env(), ContextDeadline(lambda_context))
+        deadline = ContextDeadline(lambda_context)
+        consumer.bind_deadline(deadline)
+        outcome = sync_message(message, consumer.env(), deadline)
     except InvalidMessage as error:
         # Retrying cannot fix a bad message: it goes straight to the DLQ with the reason.
         reason = describe_error(error)

@@ -37,10 +37,12 @@ class Pacer:
         size = min(chunk_size, fits)
         return size if size > 0 or made_progress else 1
 
-    def timed(self, drugs: int, action: Callable[[], T]) -> T:
-        """Run one chunk and fold its seconds per drug into the estimate."""
+    def timed(self, drugs: int, action: Callable[[], T], probe: bool = False) -> T:
+        """Run one chunk and fold its seconds per drug into the estimate; a probe's measure replaces
+        the estimate (the configured guess knows nothing of a quota shared with other consumers)."""
         began = self._clock()
         result = action()
         measured = (self._clock() - began) / max(drugs, 1)
-        self.seconds_per_drug = SMOOTHING * measured + (1 - SMOOTHING) * self.seconds_per_drug
+        weight = 1.0 if probe else SMOOTHING
+        self.seconds_per_drug = weight * measured + (1 - weight) * self.seconds_per_drug
         return result

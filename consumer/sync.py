@@ -17,7 +17,14 @@ from consumer.generation import retire, run_store
 from consumer.pacing import Deadline, Pacer
 from consumer.run_end import advance_run
 from shared.documents import build_document, build_embedding_text, fingerprint
-from shared.errors import EmbeddingError, InvalidMessage, ProviderError, RejectedTexts, UnavailableError
+from shared.errors import (
+    EmbeddingError,
+    InvalidMessage,
+    ProviderError,
+    QuotaWaitTooLong,
+    RejectedTexts,
+    UnavailableError,
+)
 from shared.models import (
     MAX_DEFERRAL_DELAY_SECONDS,
     MAX_DEFERRALS,
@@ -119,9 +126,21 @@ def _write_unit(
         size = pacer.next_chunk_size(env.chunk_size, made_progress=position > 0)
         if size == 0:
             return _continue(message, drugs[position:], env, written, failed, deferred=False, skipped=skipped)
+        probe = env.probe_chunk_size if position == 0 else None
+        if probe is not None:
+            size = min(size, probe)  # measure this invocation's share of the quota first
         chunk = drugs[position : position + size]
         try:
-            result = pacer.timed(len(chunk), partial(write_chunk, chunk, env, deadline))
+            result = pacer.timed(len(chunk), partial(write_chunk, chunk, env, deadline), probe is not None)
+        except QuotaWaitTooLong as error:
+            # Not a failure: the quota's line is longer than this invocation can wait. No deferral is
+            # counted; the rest is seen again about when its turn would have come.
+            env.telemetry.count("QuotaHandoffs")
+            rest = drugs[position:]
+            delay = min(MAX_DEFERRAL_DELAY_SECONDS, int(error.wait_seconds))
+            return _continue(
+                message, rest, env, written, failed, deferred=False, skipped=skipped, delay=delay
+            )
         except (UnavailableError, ProviderError):
             if message.deferrals >= MAX_DEFERRALS:
                 raise
@@ -163,11 +182,13 @@ def _continue(
     failed: list[int],
     deferred: bool,
     skipped: int = 0,
+    delay: int = 0,
 ) -> Outcome:
     """Enqueue the unfinished rest of the unit as a new message of the same run and range."""
     continuation = _rest_of(message, rest[0].id, len(rest), deferred, skipped)
     # A deferral waits before it is seen again, doubling each time: the API needs the pause.
-    delay = min(MAX_DEFERRAL_DELAY_SECONDS, 2 ** (continuation.deferrals + 2)) if deferred else 0
+    if deferred:
+        delay = min(MAX_DEFERRAL_DELAY_SECONDS, 2 ** (continuation.deferrals + 2))
     env.work_queue.send_messages([continuation.model_dump_json()], delay_seconds=delay)
     return Outcome(written, tuple(failed), continued_at=rest[0].id, deferred=deferred, drugs_skipped=skipped)
 

@@ -53,6 +53,20 @@ class ThrottledError(UnavailableError):
     """The provider asked us to slow down (throttling); counted apart from other transient errors."""
 
 
+class QuotaWaitTooLong(UnavailableError):
+    """The shared embedding quota has no slot for this request within what the caller may wait.
+
+    Not retried in place (waiting is what the caller cannot afford): the consumer hands the rest of
+    its range on, and anything else that meets it treats it as the embedding API being unavailable.
+    """
+
+    retryable = False
+
+    def __init__(self, wait_seconds: float, quota: str) -> None:
+        super().__init__(f"the embedding quota {quota} has its next slot in {wait_seconds:.1f} s")
+        self.wait_seconds = wait_seconds
+
+
 class EmbeddingError(DrugSyncError):
     """The embedding provider rejected a request for a reason that retrying will not fix."""
 

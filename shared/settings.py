@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # The account's embedding quota in requests per minute (Service Quotas, e.g. InvokeModel requests
     # per minute for the model): `plan` bounds a run by it.
     embedding_quota_rpm: int | None = Field(None, ge=1, le=100_000_000)
+    # And in tokens per minute, when the account has such a quota too (estimated at 4 characters a
+    # token). With either set, every consumer sharing the Redis server waits its turn (shared/ratelimit.py).
+    embedding_quota_tpm: int | None = Field(None, ge=1, le=1_000_000_000)
 
     range_size: int = Field(1000, ge=1, le=100_000)
     write_batch_size: int = Field(500, ge=1, le=10_000)

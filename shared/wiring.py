@@ -1,15 +1,19 @@
 """Build each adapter from settings; handlers and the console call these once per process."""
 
 from functools import partial
+from urllib.parse import urlsplit
 
 import boto3
+import redis
 
 from shared.capture import ChangeCapture
+from shared.embedders.base import BatchingEmbedder
 from shared.errors import ConfigError
 from shared.layout import StorageLayout
 from shared.ledger import PostgresLedger
 from shared.postgres import Database, PostgresCatalog
 from shared.queue import SqsQueue
+from shared.ratelimit import RedisRequestLimiter
 from shared.redis_store import RedisDocumentStore, connect_redis
 from shared.secrets import database_url_from_secret, redis_url_from_secret
 from shared.settings import Settings
@@ -78,3 +82,27 @@ def build_queue(queue_url: str | None, setting_name: str) -> SqsQueue:
     if not queue_url:
         raise ConfigError(f"no queue: set {setting_name}")
     return SqsQueue(boto3.client("sqs"), queue_url)
+
+
+def quota_key(settings: Settings) -> str:
+    """The Redis key of the embedding quota: Bedrock's quotas are per account, region and model, and
+    one Redis server serves one account, so the key names the region and the model (not the
+    dimension, index or key prefix): every deployment calling that model there waits in one line."""
+    if settings.embedder == "openai":
+        # An OpenAI-compatible API's quota is per endpoint (its account) and model, whatever the region.
+        host = urlsplit(settings.openai_base_url or "").netloc or "no-endpoint"
+        return f"drugsync:quota:openai:{host}:{settings.openai_model}"
+    region = boto3.session.Session().region_name or "no-region"
+    model = settings.bedrock_model_id if settings.embedder == "bedrock" else settings.embedder
+    return f"drugsync:quota:{region}:{model}"
+
+
+def build_limiter(
+    settings: Settings, embedder: BatchingEmbedder, client: redis.Redis
+) -> RedisRequestLimiter | None:
+    """The shared limiter for an API embedder with a quota configured; None without a quota, and for a
+    local embedder (it sends no requests to limit)."""
+    rpm, tpm = settings.embedding_quota_rpm, settings.embedding_quota_tpm
+    if (rpm is None and tpm is None) or embedder.texts_per_request is None:
+        return None
+    return RedisRequestLimiter(client, quota_key(settings), rpm, tpm)

@@ -15,6 +15,7 @@ from shared.errors import (
     DrugSyncError,
     EmbeddingError,
     GenerationInUse,
+    QuotaWaitTooLong,
     RunActive,
     SwitchRefused,
     UnavailableError,
@@ -30,6 +31,7 @@ from shared.ports import (
     GenerationCounts,
     Generations,
     Ledger,
+    RequestLimiter,
     RunProgress,
     RunTouch,
     Vectors,
@@ -698,3 +700,67 @@ _changes: ChangeFeed = FakeChangeFeed()
 _generations: Generations = FakeGenerations()
 _embedder: Embedder = CountingEmbedder()
 _telemetry: Telemetry = RecordingTelemetry()
+
+
+class FakeQuota:
+    """The shared quota's reservations on a FakeClock: slots `interval` apart, a wait beyond the budget
+    refused without taking one. Records each admission's slot."""
+
+    def __init__(self, clock: FakeClock, interval: float) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._next = 0.0
+        self.wait_budget: Callable[[], float] = lambda: 900.0
+        self.slots: list[float] = []
+
+    def acquire(self, requests: int, tokens: int) -> None:
+        slot = max(self._clock.now, self._next)
+        wait = slot - self._clock.now
+        if wait > self.wait_budget():
+            raise QuotaWaitTooLong(wait, "fake")
+        self._next = slot + requests * self._interval
+        self.slots.append(slot)
+        self._clock.sleep(wait)
+
+    def take(self, requests: int) -> None:
+        """Other callers reserve the next `requests` slots."""
+        self._next = max(self._clock.now, self._next) + requests * self._interval
+
+
+class OneTextApiEmbedder(HashingEmbedder):
+    """An API embedder on a FakeClock: one text per request, each passing the limiter, then `latency`."""
+
+    def __init__(self, dimension: int, clock: FakeClock, latency: float) -> None:
+        super().__init__(dimension, batch_size=10_000)
+        self._clock = clock
+        self._latency = latency
+        self.requests = 0
+
+    @property
+    def texts_per_request(self) -> int:
+        return 1
+
+    def _embed_batch(self, texts: Sequence[str]) -> Vectors:
+        for text in texts:
+            self._before_request([text])
+            self.requests += 1
+            self._clock.sleep(self._latency)
+        return super()._embed_batch(texts)
+
+
+class ScriptedRedis:
+    """Answers the reservation script with scripted replies and records its arguments."""
+
+    def __init__(self, *replies: list[int]) -> None:
+        self.replies = list(replies)
+        self.calls: list[dict[str, Any]] = []
+
+    def register_script(self, script: str) -> Any:
+        def run(keys: list[str], args: list[Any]) -> list[int]:
+            self.calls.append({"keys": keys, "args": args})
+            return self.replies.pop(0)
+
+        return run
+
+
+_quota: RequestLimiter = FakeQuota(FakeClock(), 1.0)
