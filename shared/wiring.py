@@ -90,7 +90,9 @@ def quota_key(settings: Settings) -> str:
     dimension, index or key prefix): every deployment calling that model there waits in one line."""
     if settings.embedder == "openai":
         # An OpenAI-compatible API's quota is per endpoint (its account) and model, whatever the region.
-        host = urlsplit(settings.openai_base_url or "").netloc or "no-endpoint"
+        # Host and port only: a user:password@ in the URL never reaches the key (`status` prints it).
+        url = urlsplit(settings.openai_base_url or "")
+        host = f"{url.hostname}:{url.port}" if url.port else url.hostname or "no-endpoint"
         return f"drugsync:quota:openai:{host}:{settings.openai_model}"
     region = boto3.session.Session().region_name or "no-region"
     model = settings.bedrock_model_id if settings.embedder == "bedrock" else settings.embedder

@@ -160,7 +160,7 @@ def test_status_shows_the_quota_used_in_the_last_minute_and_reserved_ahead(test_
     # GIVEN a quota of 600 a minute (10 a second) and 25 requests reserved at once: 2.5 s of slots
     model = f"test-model-{uuid.uuid4().hex[:8]}"
     settings = Settings(
-        embedder="bedrock", embedding_dim=256, bedrock_model_id=model, embedding_quota_rpm=600
+        embedder="openai", openai_base_url="http://quota.test/v1", openai_model=model, embedding_quota_rpm=600
     )
     client = connect_redis(test_env.env["REDIS_URL"])
     _reserve_many(test_env.env["REDIS_URL"], quota_key(settings), 600, None, 25, 1)

@@ -121,6 +121,7 @@ def test_an_openai_compatible_quota_is_keyed_by_its_endpoint_and_model() -> None
     )
     assert key("https://api.openai.com/v1", "m") != key("http://tei.internal:8080/v1", "m")
     assert key("https://api.openai.com/v1", "a") != key("https://api.openai.com/v1", "b")
+    assert key("https://user:secret@tei.internal:8080/v1", "m") == "drugsync:quota:openai:tei.internal:8080:m"
 
 
 def test_minute_rates_count_each_full_minute_from_the_first_admission() -> None:
