@@ -264,6 +264,29 @@ def check_environment(template: Template) -> list[str]:
     return problems
 
 
+# Embedders that call a rate-limited API from every consumer at once.
+API_EMBEDDERS = frozenset({"bedrock", "openai"})
+QUOTA_VARIABLES = ("DRUGSYNC_EMBEDDING_QUOTA_RPM", "DRUGSYNC_EMBEDDING_QUOTA_TPM")
+
+
+def check_embedding_quota(template: Template) -> list[str]:
+    """Consumers of an API embedder share the account's quota only when it is configured: without one,
+    a fan-out at maximum concurrency turns into throttling storms."""
+    problems = []
+    for name, function in resources(template, "AWS::Lambda::Function"):
+        variables = function.get("Environment", {}).get("Variables", {})
+        embedder = variables.get("DRUGSYNC_EMBEDDER")
+        if embedder not in API_EMBEDDERS or function.get("Handler") != "consumer/handler.lambda_handler":
+            continue
+        if not any(str(variables.get(variable, "")).strip() for variable in QUOTA_VARIABLES):
+            problems.append(
+                f"{name}: DRUGSYNC_EMBEDDER={embedder} with no embedding quota: set the deploy param"
+                " embeddingQuotaRpm (and embeddingQuotaTpm if the account has one) to the model's quota"
+                " in Service Quotas"
+            )
+    return problems
+
+
 def check_deployable_embedder(template: Template) -> list[str]:
     """A function told to embed with a local-only model would fail at every cold start."""
     problems = []
@@ -300,7 +323,7 @@ def check_consumer_event(template: Template) -> list[str]:
 CHECKS: tuple[Callable[[Template], list[str]], ...] = (
     check_visibility_timeout, check_redrive, check_queue_encryption, check_dlq_alarm,
     check_dashboards, check_iam_wildcards, check_environment, check_consumer_event, check_bedrock_grant,
-    check_no_credentials, check_outputs, check_schedule, check_deployable_embedder,
+    check_no_credentials, check_outputs, check_schedule, check_deployable_embedder, check_embedding_quota,
 )  # fmt: skip
 
 

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     # Optional: an SNS topic told when a run finishes.
     completion_topic_arn: str | None = None
 
+    @field_validator("embedding_quota_rpm", "embedding_quota_tpm", mode="before")
+    @classmethod
+    def _empty_quota_is_none(cls, value: object) -> object:
+        # serverless.yml passes an unset quota parameter as an empty variable.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("table")
     @classmethod
     def _check_table(cls, value: str) -> str:

@@ -25,7 +25,10 @@ def _deployed(
 ) -> list[str]:
     template = copy.deepcopy(GOOD)
     _env(template, CONSUMER).update(
-        DRUGSYNC_BEDROCK_MODEL_ID=model_id, DRUGSYNC_EMBEDDER=embedder, DRUGSYNC_EMBEDDING_DIM=dimension
+        DRUGSYNC_BEDROCK_MODEL_ID=model_id,
+        DRUGSYNC_EMBEDDER=embedder,
+        DRUGSYNC_EMBEDDING_DIM=dimension,
+        DRUGSYNC_EMBEDDING_QUOTA_RPM="1500",
     )
     _grant(template)["Resource"] = grant
     return check_template(template)
@@ -118,3 +121,28 @@ def test_an_openai_api_key_in_a_functions_environment_is_refused_without_showing
     assert len(problems) == 1
     assert "DRUGSYNC_OPENAI_API_KEY in the environment: give DRUGSYNC_*_SECRET_ARN instead" in problems[0]
     assert "sk-live" not in problems[0]
+
+
+@pytest.mark.parametrize("embedder", ["bedrock", "openai"])
+def test_an_api_embedder_deployed_without_a_quota_is_refused_naming_the_param(embedder: str) -> None:
+    template = copy.deepcopy(GOOD)
+    _env(template, CONSUMER).update(DRUGSYNC_EMBEDDER=embedder, DRUGSYNC_EMBEDDING_DIM="1024")
+    problems = [problem for problem in check_template(template) if "quota" in problem]
+    assert len(problems) == 1
+    assert f"DRUGSYNC_EMBEDDER={embedder} with no embedding quota" in problems[0]
+    assert "embeddingQuotaRpm" in problems[0]
+
+
+@pytest.mark.parametrize("variable", ["DRUGSYNC_EMBEDDING_QUOTA_RPM", "DRUGSYNC_EMBEDDING_QUOTA_TPM"])
+def test_a_bedrock_deployment_with_either_quota_passes(variable: str) -> None:
+    template = copy.deepcopy(GOOD)
+    _env(template, CONSUMER).update(
+        DRUGSYNC_EMBEDDER="bedrock", DRUGSYNC_EMBEDDING_DIM="1024", **{variable: "1500"}
+    )
+    assert check_template(template) == []
+
+
+def test_the_default_template_passes_the_quota_through_empty() -> None:
+    # the deploy params reach the consumer; empty (unset) is fine for the hashing embedder
+    assert _env(GOOD, CONSUMER)["DRUGSYNC_EMBEDDING_QUOTA_RPM"] == ""
+    assert _env(GOOD, CONSUMER)["DRUGSYNC_EMBEDDING_QUOTA_TPM"] == ""

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from shared.errors import ConfigError
 from shared.settings import Settings, get_settings
@@ -49,3 +50,15 @@ def test_bedrock_needs_a_titan_dimension() -> None:
 
 def test_schema_qualified_table() -> None:
     assert Settings(table="catalog.drugs").table_parts == ("catalog", "drugs")
+
+
+def test_an_empty_quota_variable_is_no_quota_as_serverless_passes_an_unset_param(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DRUGSYNC_EMBEDDING_QUOTA_RPM", "")
+    monkeypatch.setenv("DRUGSYNC_EMBEDDING_QUOTA_TPM", " ")
+    settings = Settings()
+    assert (settings.embedding_quota_rpm, settings.embedding_quota_tpm) == (None, None)
+    monkeypatch.setenv("DRUGSYNC_EMBEDDING_QUOTA_RPM", "fifteen hundred")
+    with pytest.raises(ValidationError, match="embedding_quota_rpm"):
+        Settings()
