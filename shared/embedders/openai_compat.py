@@ -121,9 +121,13 @@ class OpenAICompatibleEmbedder(MultiTextEmbedder):
             raise EmbeddingError(f"{self._label}: response has no 'data' list of {count} embeddings")
         try:
             ordered = sorted(data, key=lambda item: int(item["index"]))
+            indexes = [int(item["index"]) for item in ordered]
             rows = [item["embedding"] for item in ordered]
         except (KeyError, TypeError, ValueError) as error:
             raise EmbeddingError(f"{self._label}: response items lack 'index' or 'embedding'") from error
+        if indexes != list(range(count)):
+            # A repeated or missing index would hand some text another text's vector.
+            raise EmbeddingError(f"{self._label}: response indexes are not 0..{count - 1} once each")
         return as_vectors(rows, self._label)
 
     def _safe(self, text: str) -> str:

@@ -220,6 +220,18 @@ def test_an_answer_that_is_not_one_vector_per_input_is_an_embedding_error(endpoi
         embedder(endpoint.url).embed_texts(["drug 1", "drug 2"])
 
 
+def test_an_answer_whose_indexes_repeat_is_an_embedding_error_not_a_vector_given_to_the_wrong_text(
+    endpoint,
+) -> None:
+    endpoint.answer = lambda request: (
+        200,
+        {"data": [{"index": 0, "embedding": [1.0] * 8}, {"index": 0, "embedding": [0.0, 1.0] + [0.0] * 6}]},
+    )
+
+    with pytest.raises(EmbeddingError, match=r"not 0\.\.1 once each"):
+        embedder(endpoint.url).embed_texts(["drug 1", "drug 2"])
+
+
 def test_a_query_is_one_input_and_every_request_passes_the_limiter(endpoint) -> None:
     class Limiter:
         def __init__(self) -> None:
