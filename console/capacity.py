@@ -144,21 +144,36 @@ class Plan:
         return {**asdict(self), "prices": PRICES}
 
 
+def embedding_requests(drugs: int, range_size: int, chunk_size: int, texts_per_request: int | None) -> int:
+    """Requests a run sends: each range is embedded in chunks of `chunk_size`, and each chunk in
+    requests of up to `texts_per_request` texts (0 for a local embedder)."""
+    if not texts_per_request or not drugs:
+        return 0
+
+    def per_range(size: int) -> int:
+        whole, rest = divmod(size, chunk_size)
+        return whole * math.ceil(chunk_size / texts_per_request) + math.ceil(rest / texts_per_request)
+
+    ranges, last = divmod(drugs, range_size)
+    return ranges * per_range(range_size) + per_range(last)
+
+
 def make_plan(
     drugs: int, range_size: int, max_concurrency: int, measured: Measured, *, embedder: str, dimension: int,
     consumer_memory_mb: int, consumer_timeout: float, redis_limit: tuple[int, str], postgres_free: int,
     redis_eviction: tuple[str, str | None], texts_per_request: int | None = None,
-    quota_rpm: int | None = None,
+    quota_rpm: int | None = None, chunk_size: int | None = None,
 ) -> Plan:  # fmt: skip
     """Turn measured per-drug costs into the figures for a run of `drugs` drugs.
 
     redis_eviction is the server's maxmemory-policy and the warning judge_eviction_policy gave it.
     texts_per_request is what one request to the embedding API carries (None: a local embedder, no
-    API); quota_rpm the account's quota of those requests per minute. The run goes no faster than
+    API), chunk_size the texts a consumer embeds at once (DRUGSYNC_EMBED_BATCH_SIZE: a request never
+    spans two); quota_rpm the account's quota of those requests per minute. The run goes no faster than
     its slowest stage: the consumers, the one Redis server's index insertion, or the quota.
     """
     ranges = math.ceil(drugs / range_size) if drugs else 0
-    requests = math.ceil(drugs / texts_per_request) if texts_per_request else 0
+    requests = embedding_requests(drugs, range_size, chunk_size or range_size, texts_per_request)
     rates = {  # drugs per second each stage allows
         "consumers": max_concurrency / measured.client_seconds_per_drug,
         "Redis index insertion (one server)": 1 / measured.server_seconds_per_drug,

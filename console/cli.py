@@ -340,7 +340,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         consumer_memory_mb=args.memory_mb, consumer_timeout=settings.consumer_timeout_seconds,
         redis_limit=found.store.memory_limit(), postgres_free=free_connections(found.db),
         redis_eviction=(policy, durability), texts_per_request=found.embedder.texts_per_request,
-        quota_rpm=settings.embedding_quota_rpm,
+        quota_rpm=settings.embedding_quota_rpm, chunk_size=settings.embed_batch_size,
     )  # fmt: skip
     aliases = describe_aliases(found.generations)
     print(json.dumps({**plan.to_json(), "aliases": aliases}, indent=2) if args.json else render_plan(plan))

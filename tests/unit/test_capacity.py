@@ -1,6 +1,6 @@
 from dataclasses import replace
 
-from console.capacity import LayoutCost, Measured, make_plan, render_plan
+from console.capacity import LayoutCost, Measured, embedding_requests, make_plan, render_plan
 from shared.redis_errors import judge_eviction_policy
 
 MEASURED = Measured(
@@ -68,11 +68,12 @@ def test_the_plan_names_the_eviction_policy_and_warns_when_documents_could_be_ev
     assert _plan().warnings == []
 
 
-def _api_plan(texts_per_request: int | None, quota_rpm: int | None):
+def _api_plan(texts_per_request: int | None, quota_rpm: int | None, chunk_size: int | None = None):
     return make_plan(
         494_000, 1000, 10, MEASURED, embedder="amazon.titan-embed-text-v2:0-1024", dimension=1024,
         consumer_memory_mb=1024, consumer_timeout=120, redis_limit=(64 * 2**30, "maxmemory"), postgres_free=90,
         redis_eviction=("noeviction", None), texts_per_request=texts_per_request, quota_rpm=quota_rpm,
+        chunk_size=chunk_size,
     )  # fmt: skip
 
 
@@ -88,11 +89,21 @@ def test_an_embedding_quota_bounds_the_run_and_is_named_as_its_bottleneck() -> N
 
 
 def test_a_provider_that_batches_needs_fewer_requests_and_may_not_be_the_bound() -> None:
-    # 96 texts a request (Cohere Embed): 5,146 requests, 3.4 min at 1,500/min, under Redis's 988 s
+    # 96 texts a request (Cohere Embed), a request never spanning two ranges of 1,000: 11 a range,
+    # 5,434 requests, 3.6 min at 1,500/min, under Redis's 988 s
     plan = _api_plan(texts_per_request=96, quota_rpm=1_500)
-    assert plan.embedding_requests == 5_146
+    assert plan.embedding_requests == 5_434
     assert plan.bottleneck == "Redis index insertion (one server)"
     assert round(plan.wall_seconds) == 988
+
+
+def test_requests_are_counted_per_chunk_as_consumers_send_them() -> None:
+    # consumers embed a range of 1,000 in chunks of 256 (256, 256, 256, 232), each sent as requests of
+    # at most 96 (3 + 3 + 3 + 3): 12 a range, 5,928 for 494 ranges, not 494,000 / 96
+    assert _api_plan(texts_per_request=96, quota_rpm=1_500, chunk_size=256).embedding_requests == 5_928
+    assert embedding_requests(2_500, 1_000, 256, 96) == 2 * 12 + 6  # the last range: 256, 244 -> 3 + 3
+    assert embedding_requests(494_000, 1_000, 256, 1) == 494_000
+    assert embedding_requests(494_000, 1_000, 256, None) == 0
 
 
 def test_an_api_embedder_without_a_quota_is_warned_about_and_a_local_one_needs_no_requests() -> None:
