@@ -1,6 +1,6 @@
 """`make bench`: five ways of getting the same drugs into the same index, side by side in one run.
 
-    .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 48000]
+    .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000] [--in-flight 16]
         [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 250] [--repeats 2]
 
   A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
@@ -40,9 +40,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quota",
         type=int,
-        default=48_000,
-        help="row B's embedding quota, requests/min (below the 54,857 its 64 requests in flight could send)",
+        default=60_000,
+        help="row B's embedding quota, requests/min (it binds: 8 x 16 in flight could send 109,714)",
     )
+    parser.add_argument("--in-flight", type=int, default=16, help="row B's requests in flight per consumer")
     parser.add_argument("--latency-ms", type=float, default=70.0, help="the simulated API's latency")
     parser.add_argument("--a-drugs", type=int, default=300, help="drugs row A syncs (it is slow)")
     parser.add_argument(
@@ -55,7 +56,16 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recall-queries", type=int, default=RECALL_QUERIES)
     parser.add_argument("--repeats", type=int, default=2, help="runs of rows C, D and E (the best is shown)")
     args = parser.parse_args(argv)
-    for name in ("drugs", "consumers", "quota", "a_drugs", "hashing_consumers", "range_size", "repeats"):
+    for name in (
+        "drugs",
+        "consumers",
+        "quota",
+        "in_flight",
+        "a_drugs",
+        "hashing_consumers",
+        "range_size",
+        "repeats",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.latency_ms < 0 or args.recall_queries < 0:
@@ -72,7 +82,7 @@ def run_rows(
     rows: list[Row] = [original.run_original(services, args.a_drugs, args.latency_ms)]
     print(rows[-1].progress(), flush=True)
     with end_to_end.environment({"DRUGSYNC_RANGE_SIZE": str(args.range_size)}):
-        api = end_to_end.simulated_api(args.consumers, args.latency_ms, args.quota)
+        api = end_to_end.simulated_api(args.consumers, args.latency_ms, args.quota, args.in_flight)
         rows.append(end_to_end.run_end_to_end(api, eligible, folder / "consumers-B.log"))
         print(rows[-1].progress(), flush=True)
         settings = Settings()
