@@ -104,7 +104,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.pipeline $(BENCH_ARGS)
 
 ## bench-full (not in CI): the full catalog (494,000 drugs) end to end, then the ceiling on the same
-## documents, with peak memory per process and verify; most of an hour on 2 cores
+## documents, with peak memory per process and verify; about 11 minutes on a quiet 2-core machine
 bench-full: $(STAMP)
 	$(BIN)/python -m benchmarks.full $(BENCH_ARGS)
 
