@@ -5,6 +5,7 @@ texts; requests run on a bounded thread pool per consumer, as the Titan embedder
 quota limiter like every API request. The vectors are the hashing embedder's, so searches still answer.
 """
 
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ class SimulatedApiEmbedder(HashingEmbedder):
         self._per_request = texts_per_request
         self._concurrency = concurrency
         self.requests = 0
+        self._counting = threading.Lock()  # requests run on a pool: `+=` alone could lose a count
 
     @property
     def name(self) -> str:
@@ -47,6 +49,7 @@ class SimulatedApiEmbedder(HashingEmbedder):
 
     def _request(self, texts: Sequence[str]) -> Vectors:
         self._before_request(texts)
-        self.requests += 1
+        with self._counting:
+            self.requests += 1
         time.sleep(self._latency)
         return super()._embed_batch(texts)
