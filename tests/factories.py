@@ -3,7 +3,9 @@
 import hashlib
 import io
 import json
+import textwrap
 import uuid
+from pathlib import Path
 from typing import Any, cast
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -76,3 +78,19 @@ def count_requests(client: Any) -> list[str]:
         lambda params, **kwargs: sent.append(json.loads(params["body"])["inputText"]),
     )
     return sent
+
+
+def readme_reader() -> dict[str, Any]:
+    """The README's reader of the generations (its python block naming `@generations`), executed with
+    the hashing embedder as its `embed()`: the namespace holds its `search`. The README's own text is
+    what is tested."""
+    from shared.embedders.hashing import HashingEmbedder
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
+    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
+    namespace: dict[str, Any] = {
+        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
+    }
+    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+    return namespace

@@ -1,10 +1,8 @@
 """Generations on the real Redis Stack: the registry, the switch under search load, retirement."""
 
-import textwrap
 import threading
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +17,7 @@ from shared.generations import Choice, RedisGenerations, Registry, generation_in
 from shared.redis_store import RedisDocumentStore
 from shared.wiring import build_store
 from tests.conftest import Isolated
+from tests.factories import readme_reader
 from tests.integration.test_redis import _drugs, write_drugs
 
 pytestmark = pytest.mark.integration
@@ -151,13 +150,7 @@ def test_the_readme_reader_example_searches_the_current_generation_through_the_a
     first = gens.begin("hashing-v1-128", 128, "run-1")
     _filled(gens.store(first.number))
     gens.switch(first.number)
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
-    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
-    namespace: dict[str, Any] = {
-        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
-    }
-    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+    namespace = readme_reader()
 
     # WHEN it searches
     keys = namespace["search"](gens.store(1).client, "amoxicillin 500 mg capsule", 5, gens.alias)
@@ -357,13 +350,7 @@ def test_without_aliases_the_readme_reader_reads_again_when_its_generation_was_r
     # GIVEN the README's reader on a server without aliases, its first registry read just before
     # the switch to generation 2 and the Retire of generation 1
     gens = _without_aliases(test_env)
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
-    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
-    namespace: dict[str, Any] = {
-        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
-    }
-    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+    namespace = readme_reader()
     client = _RetiredAfterTheRegistryRead(gens.store(1).client, lambda: _switch_and_retire(gens))
 
     # WHEN it searches

@@ -17,6 +17,7 @@ from shared.redis_store import RedisDocumentStore, connect_redis
 from shared.settings import get_settings
 from shared.wiring import build_store
 from tests.conftest import Isolated
+from tests.factories import readme_reader
 from tests.fakes import make_drug
 from tests.integration.test_redis import _drugs
 from tests.store_cases import NEWEST_WINS, out_of_memory, refused, stored_document
@@ -281,8 +282,6 @@ def test_plan_measures_the_chosen_layout_first_and_every_other_beside_it(test_en
 def test_the_readme_reader_searches_a_generation_of_each_layout_as_drugsync_does(
     layout_env: Isolated,
 ) -> None:
-    import textwrap
-    from pathlib import Path
 
     from shared.generations import RedisGenerations
     from tests.integration.test_redis import write_drugs
@@ -293,13 +292,7 @@ def test_the_readme_reader_searches_a_generation_of_each_layout_as_drugsync_does
     write_drugs(_drugs(200), HashingEmbedder(DIMENSION, batch_size=256), gens.store(first.number))
     gens.store(first.number).wait_until_indexed(len(_drugs(200)), seconds=30)
     gens.switch(first.number)
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    blocks = [block.split("```")[0] for block in readme.split("```python\n")[1:]]
-    source = textwrap.dedent(next(block for block in blocks if "@generations" in block))
-    namespace: dict[str, Any] = {
-        "embed": lambda text, name, dimension: HashingEmbedder(dimension, 16).embed_texts([text])[0]
-    }
-    exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
+    namespace = readme_reader()
 
     # WHEN it searches
     keys = namespace["search"](gens.store(1).client, "amoxicillin 500 mg capsule", 5, gens.alias)
