@@ -122,7 +122,7 @@ def ceiling_on(settings: Settings, services: Services) -> ceiling.Written:
     store.ensure_index(settings.embedding_dim)
     try:
         batches = ceiling.document_batches(settings, services.catalog, RANGES_PER_BATCH)
-        written = ceiling.write_timed(store, batches)
+        written = ceiling.write_timed(store, batches, settings.embed_batch_size)
         print(redis_memory_line(store.client, "after the ceiling"), flush=True)
     finally:
         store.clear()

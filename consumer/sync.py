@@ -332,9 +332,11 @@ def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> Writ
     """Embed the chunk's changed drugs (isolating rejected texts) and write their documents.
 
     A drug whose stored document carries its fingerprint (the same fields, text template, embedder
-    and dimension) is current: it is neither embedded nor written again.
+    and dimension) is current: it is neither embedded nor written again. One with no stored document
+    is written as new (see DocumentStore.write_documents).
     """
-    changed = _changed(drugs, env, deadline)
+    stored = _stored_fingerprints(drugs, env, deadline)
+    changed = [drug for drug in drugs if stored.get(drug.id) != fingerprint(drug, env.embedder.name)]
     skipped = len(drugs) - len(changed)
     if skipped:
         env.telemetry.count("DrugsSkipped", skipped)
@@ -343,19 +345,19 @@ def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> Writ
     embedded, failures = embed_isolating(changed, env, deadline)
     documents = [(drug.id, build_document(drug, vector, env.embedder.name)) for drug, vector in embedded]
     if documents:
-        result = retried(env, deadline, lambda: env.store.write_documents(documents))
+        absent = {drug.id for drug in changed if drug.id not in stored}
+        result = retried(env, deadline, lambda: env.store.write_documents(documents, absent))
         failures += result.failures
         if result.stale_skipped:  # a newer version was already stored: not a failure, but worth seeing
             env.telemetry.count("StaleWritesSkipped", result.stale_skipped)
     return Written(failures, skipped)
 
 
-def _changed(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> list[Drug]:
-    """The drugs whose stored document is missing or carries another fingerprint (one round trip)."""
+def _stored_fingerprints(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> dict[int, str]:
+    """The fingerprints of the chunk's stored documents, by id (one round trip; none stored: absent)."""
     if not drugs:
-        return []
-    stored = retried(env, deadline, lambda: env.store.stored_fingerprints([drug.id for drug in drugs]))
-    return [drug for drug in drugs if stored.get(drug.id) != fingerprint(drug, env.embedder.name)]
+        return {}
+    return retried(env, deadline, lambda: env.store.stored_fingerprints([drug.id for drug in drugs]))
 
 
 def embed_isolating(

@@ -1,6 +1,6 @@
 """The collaborators the core needs, as Protocols; adapters and test fakes both satisfy them."""
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -241,9 +241,13 @@ class DocumentStore(Protocol):
 
     def ensure_index(self, dimension: int) -> None: ...
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> WriteResult:
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
         """Write every document unless a newer version is stored (see documents.is_stale).
 
+        `absent`: ids whose document was missing when last read, a hint the store may use to write
+        them more cheaply; it must never let an older document replace a newer one.
         Documents Redis rejects one by one come back as failures; server-wide refusals raise
         UnavailableError.
         """

@@ -5,8 +5,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,7 @@ class _Write:
     drug_id: int
     key: str
     arguments: tuple[str | bytes, ...]
+    create: bool = False  # JSON.SET NX: the key was missing when last read
 
 
 class RedisDocumentStore:
@@ -195,11 +196,17 @@ class RedisDocumentStore:
                 return int(described["dim"])
         return None
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> WriteResult:
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
         """Write each document unless a newer one is stored, in non-transactional pipelines.
 
-        A document that cannot be encoded, or that Redis rejects on its own, is returned as a
-        failure; a server-wide refusal (connection lost, failover, out of memory) raises
+        `absent` names the ids whose key was missing when last read (the consumer has just read the
+        stored fingerprints): a JSON document for one of them is created with JSON.SET NX, which costs
+        the server less than the newest-wins script; a key stored meanwhile refuses NX and its
+        document goes through the script after all, so a wrong hint costs time, never a newer
+        document. A document that cannot be encoded, or that Redis rejects on its own, is returned as
+        a failure; a server-wide refusal (connection lost, failover, out of memory) raises
         UnavailableError for the whole call, which is safe to repeat.
         """
         failures: list[RowFailure] = []
@@ -207,44 +214,65 @@ class RedisDocumentStore:
         for start in range(0, len(documents), self._write_batch_size):
             batch = documents[start : start + self._write_batch_size]
             with translate_errors(f"writing {len(batch)} documents", self._client):
-                result = self._write_batch(batch)
+                result = self._write_batch(batch, absent)
             failures += result.failures
             stale += result.stale_skipped
         return WriteResult(failures, stale)
 
-    def _write_batch(self, batch: Sequence[tuple[int, dict[str, Any]]]) -> WriteResult:
+    def _write_batch(
+        self, batch: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int]
+    ) -> WriteResult:
         failures: list[RowFailure] = []
         writes: list[_Write] = []
         for drug_id, document in batch:
             try:
-                writes.append(self._prepare(drug_id, document))
+                writes.append(self._prepare(drug_id, document, drug_id in absent))
             except (TypeError, ValueError) as error:
                 failures.append(RowFailure(drug_id, type(error).__name__, f"cannot encode: {error}"))
-        replies = self._run_script(writes)
+        replies = self._send(writes)
         for write, reply in zip(writes, replies, strict=True):
             if isinstance(reply, Exception):
                 failures.append(RowFailure(write.drug_id, type(reply).__name__, str(reply)))
         return WriteResult(failures, sum(reply == STALE for reply in replies))
 
-    def _prepare(self, drug_id: int, document: dict[str, Any]) -> _Write:
+    def _prepare(self, drug_id: int, document: dict[str, Any], absent: bool = False) -> _Write:
         version = document.get("version")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise TypeError(f"version must be an integer, not {version!r}")
         decimal = "" if version is None else str(version)
         if self.layout.storage == "hash":
             return _Write(drug_id, self.key(drug_id), (decimal, *hash_arguments(document, self.layout)))
-        return _Write(drug_id, self.key(drug_id), (encode_json(document), decimal))
+        # Only JSON has a create-only write: HSET has no NX for a whole hash.
+        return _Write(drug_id, self.key(drug_id), (encode_json(document), decimal), create=absent)
+
+    def _send(self, writes: Sequence[_Write]) -> list[Any]:
+        """Each write's reply in the script's terms (1 written, STALE, or an error), in one pipeline;
+        a create refused because the key exists, or a script the server lost, is sent again by script.
+        Raises the first server-wide error."""
+        replies = _pipelined(self._client, writes, self._script_sha)
+        raise_server_wide(replies)
+        created = [write.create and reply == b"OK" for write, reply in zip(writes, replies, strict=True)]
+        replies = [1 if done else reply for done, reply in zip(created, replies, strict=True)]
+        again = [
+            i for i, (write, reply) in enumerate(zip(writes, replies, strict=True))
+            if (write.create and not created[i]) or isinstance(reply, redis_errors.NoScriptError)
+        ]  # fmt: skip
+        if again:
+            resent = self._run_script([replace(writes[i], create=False) for i in again])
+            for i, reply in zip(again, resent, strict=True):
+                replies[i] = reply
+        return replies
 
     def _run_script(self, writes: Sequence[_Write]) -> list[Any]:
         """Replies of the newest-wins script for each write; raises the first server-wide error."""
-        replies = _pipelined(self._client, writes, "EVALSHA", self._script_sha)
+        replies = _pipelined(self._client, writes, self._script_sha)
         raise_server_wide(replies)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis_errors.NoScriptError)]
         if missing:
             # The server lost its script cache (a restart, a failover, SCRIPT FLUSH): load it for
             # the batches to come, and send these with the script's text.
             _execute(self._client, "SCRIPT", "LOAD", self._script)
-            resent = _pipelined(self._client, [writes[i] for i in missing], "EVAL", self._script)
+            resent = _pipelined(self._client, [writes[i] for i in missing], self._script_sha, self._script)
             raise_server_wide(resent)
             for i, reply in zip(missing, resent, strict=True):
                 replies[i] = reply
@@ -466,9 +494,15 @@ def refuse_vector_type(error: redis.ResponseError, layout: StorageLayout) -> Non
         ) from error
 
 
-def _pipelined(client: redis.Redis, writes: Sequence[_Write], command: str, script: str) -> list[Any]:
-    """Run the script (by EVALSHA sha or EVAL text) once per write in one pipeline; errors as values."""
+def _pipelined(client: redis.Redis, writes: Sequence[_Write], sha: str, text: str | None = None) -> list[Any]:
+    """One pipeline of the writes, errors as values: each by the script (EVALSHA, or EVAL of its text
+    when given), or as JSON.SET NX when it creates."""
     pipe = client.pipeline(transaction=False)
     for write in writes:
-        _execute(pipe, command, script, 1, write.key, *write.arguments)
+        if write.create:
+            _execute(pipe, "JSON.SET", write.key, "$", write.arguments[0], "NX")
+        elif text is None:
+            _execute(pipe, "EVALSHA", sha, 1, write.key, *write.arguments)
+        else:
+            _execute(pipe, "EVAL", text, 1, write.key, *write.arguments)
     return list(pipe.execute(raise_on_error=False)) if writes else []

@@ -1,6 +1,6 @@
 """In-memory fakes of the ports, type-checked against the same Protocols as the adapters."""
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -418,6 +418,7 @@ class FakeStore:
         self.documents: dict[int, dict[str, Any]] = {}
         self.index_dimension: int | None = None
         self.write_calls = 0
+        self.absent_hints: list[set[int]] = []  # each write_documents call's `absent`
         self.fingerprint_reads = 0
         self._rejects = rejects
         self._cursors: dict[int, int] = {}
@@ -426,9 +427,13 @@ class FakeStore:
     def ensure_index(self, dimension: int) -> None:
         self.index_dimension = dimension
 
-    def write_documents(self, documents: Sequence[tuple[int, dict[str, Any]]]) -> WriteResult:
-        """Newest wins as on the server: a strictly older version than the stored one is skipped."""
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        """Newest wins as on the server, whatever `absent` claims: a strictly older version than the
+        stored one is skipped."""
         self.write_calls += 1
+        self.absent_hints.append(set(absent))
         failures, stale = [], 0
         for drug_id, document in documents:
             reason = self._rejects(document)

@@ -288,6 +288,65 @@ def test_the_newest_version_wins_on_the_server_whatever_order_writes_arrive_in(t
     assert late.stale_skipped == sum(case.winner == "stored" for case in cases.values())
 
 
+def test_documents_named_absent_are_created_without_the_script(test_env: Isolated) -> None:
+    client = _server(test_env)
+    store = build_store(test_env.settings)
+    documents = [(i, build_document(make_drug(i), unit_vector(8), "e1")) for i in range(1, 6)]
+    before = client.info("commandstats")
+
+    result = store.write_documents(documents, absent={1, 2, 3, 4, 5})
+
+    after = client.info("commandstats")
+    assert (result.failures, result.stale_skipped) == ([], 0)
+    assert [_stored(client, store, i)["id"] for i in range(1, 6)] == [1, 2, 3, 4, 5]
+    assert _calls(after, "evalsha") - _calls(before, "evalsha") == 0
+    assert _calls(after, "json.set") - _calls(before, "json.set") == 5
+
+
+def _calls(stats: dict[str, Any], command: str) -> int:
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_wrong_absent_hint_never_lets_an_older_document_win(test_env: Isolated) -> None:
+    """Every stored document is named absent: each create is refused and the script decides."""
+    client = _server(test_env)
+    store = build_store(test_env.settings)
+
+    def build(drug_id: int) -> Any:
+        return lambda name, read_at: build_document(
+            make_drug(drug_id, name=name, read_at=read_at), unit_vector(8), "e1"
+        )
+
+    cases = dict(enumerate(NEWEST_WINS, start=1))
+    stored = store.write_documents([(i, stored_document(case, build(i))) for i, case in cases.items()])
+    assert stored.failures == []
+    client.script_flush()  # the resent writes also meet a server that lost the script
+
+    late = store.write_documents(
+        [(i, build(i)("incoming", case.incoming)) for i, case in cases.items()], absent=set(cases)
+    )
+
+    assert late.failures == []
+    left = {case.name: _stored(client, store, i)["name"] for i, case in cases.items()}
+    assert left == {case.name: case.winner for case in cases.values()}
+    assert late.stale_skipped == sum(case.winner == "stored" for case in cases.values())
+
+
+def test_a_key_of_another_type_named_absent_is_a_failure_and_left_alone(test_env: Isolated) -> None:
+    client = _server(test_env)
+    store = build_store(test_env.settings)
+    client.set(store.key(4), "someone else's")
+
+    result = store.write_documents(
+        [(i, build_document(make_drug(i), unit_vector(8), "e1")) for i in (3, 4)], absent={3, 4}
+    )
+
+    assert [failure.drug_id for failure in result.failures] == [4]
+    assert "wrong Redis type" in result.failures[0].error  # RedisJSON's words for WRONGTYPE
+    assert client.get(store.key(4)) == "someone else's"
+    assert _stored(client, store, 3)["id"] == 3
+
+
 def test_a_skipped_stale_write_leaves_the_newer_document_indexed_and_found(test_env: Isolated) -> None:
     store = build_store(test_env.settings)
     embedder = HashingEmbedder(128, batch_size=100)

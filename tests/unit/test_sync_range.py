@@ -375,6 +375,7 @@ def test_only_the_edited_drugs_are_embedded_again_and_a_missing_document_is_writ
     assert world.store.documents[7]["description"] == "now film-coated"
     assert 20 in world.store.documents
     assert (outcome.drugs_written, outcome.drugs_skipped) == (2, 23)
+    assert world.store.absent_hints[-2:] == [set(), {20}]  # chunks of 10: 7 is stored, 20 is not
 
 
 def test_another_embedder_or_dimension_embeds_every_drug_again() -> None:
