@@ -55,9 +55,7 @@ class HashingEmbedder(BatchingEmbedder):
         counts: list[int] = []
         for text in texts:
             before = len(slots)
-            for feature_slots, signed in self._text_features(tokenize(text)):
-                slots.extend(feature_slots)
-                values.extend(signed)
+            self._add_text_features(tokenize(text), slots, values)
             counts.append(len(slots) - before)
         offsets = np.repeat(np.arange(len(texts), dtype=np.int64) * self.dimension, counts)
         cells = np.asarray(slots, dtype=np.int64) + offsets
@@ -68,12 +66,25 @@ class HashingEmbedder(BatchingEmbedder):
         normalised: Vectors = vectors / norms
         return normalised
 
-    def _text_features(self, tokens: list[str]) -> Iterator[tuple[tuple[int, ...], tuple[float, ...]]]:
+    def _add_text_features(self, tokens: list[str], slots: list[int], values: list[float]) -> None:
+        """Append the slots and signed weights of a text's words and word pairs. A plain loop over
+        cached features: the consumers' embedding runs on the cores Redis needs (make bench, row C)."""
+        dimension = self.dimension
         for token in tokens:
-            yield _hashed_token(token, self.dimension)
+            token_slots, token_values = _hashed_token(token, dimension)
+            slots += token_slots
+            values += token_values
         for left, right in itertools.pairwise(tokens):
-            slot, sign = _hash_feature(f"p:{left} {right}", self.dimension)
-            yield (slot,), (sign * PAIR_WEIGHT,)
+            slot, signed = _hashed_pair(left, right, dimension)
+            slots.append(slot)
+            values.append(signed)
+
+
+@lru_cache(maxsize=1 << 18)
+def _hashed_pair(left: str, right: str, dimension: int) -> tuple[int, float]:
+    """Slot and signed weight of a word pair's feature."""
+    slot, sign = _hash_feature(f"p:{left} {right}", dimension)
+    return slot, sign * PAIR_WEIGHT
 
 
 @lru_cache(maxsize=1 << 16)

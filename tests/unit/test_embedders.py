@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -36,6 +37,18 @@ def test_hashing_is_deterministic_normalised_and_shaped() -> None:
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(first, second)
     assert embedder.calls == 3  # 5 texts in batches of 2: never one call per text
+
+
+# The vectors of CATALOG as hashing-v1 has always made them (rounded to 4 decimals, so a last-ulp
+# difference between CPUs does not matter). The embedder's name is in every stored fingerprint and
+# search embeds queries with today's code: under the same name, the vectors must never change.
+HASHING_V1_CATALOG_SHA256 = "3b20faaa45c386e336303a293e1983bbed3613663b295d3b336c6d2b516aadb2"
+
+
+def test_hashing_v1_makes_the_vectors_it_always_made() -> None:
+    vectors = HashingEmbedder(384, batch_size=2).embed_texts(CATALOG)
+    rounded = np.round(vectors.astype(np.float64), 4)
+    assert hashlib.sha256(rounded.tobytes()).hexdigest() == HASHING_V1_CATALOG_SHA256
 
 
 def test_hashing_ranks_the_drug_searched_for_first() -> None:
