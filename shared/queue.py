@@ -1,6 +1,6 @@
 """SQS adapter: batched sends with per-entry failure handling, and queue depths."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,9 +37,17 @@ class QueueDepth:
 class SqsQueue:
     """One SQS queue, addressed by URL."""
 
-    def __init__(self, client: "SQSClient", queue_url: str) -> None:
-        self._client = client
+    def __init__(self, client: "SQSClient | Callable[[], SQSClient]", queue_url: str) -> None:
+        """`client`, or a function that makes one at the first call: a consumer syncing a range sends
+        nothing, and a boto3 client costs a cold invocation ~30 ms of CPU on the cores Redis shares."""
+        self._client_or_factory = client
         self.queue_url = queue_url
+
+    @property
+    def _client(self) -> "SQSClient":
+        if callable(self._client_or_factory):
+            self._client_or_factory = self._client_or_factory()
+        return self._client_or_factory
 
     def send_messages(
         self, bodies: Sequence[str], attributes: Mapping[str, str] | None = None, delay_seconds: int = 0

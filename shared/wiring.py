@@ -81,7 +81,7 @@ def build_store(settings: Settings) -> RedisDocumentStore:
 def build_queue(queue_url: str | None, setting_name: str) -> SqsQueue:
     if not queue_url:
         raise ConfigError(f"no queue: set {setting_name}")
-    return SqsQueue(boto3.client("sqs"), queue_url)
+    return SqsQueue(lambda: boto3.client("sqs"), queue_url)
 
 
 def quota_key(settings: Settings) -> str:

@@ -13,6 +13,24 @@ def sqs():
         yield boto3.client("sqs", region_name="us-east-1")
 
 
+def test_a_queue_given_a_factory_makes_its_client_at_the_first_call_and_only_once(sqs) -> None:
+    url = sqs.create_queue(QueueName="work")["QueueUrl"]
+    made: list[object] = []
+
+    def make_client():
+        made.append(sqs)
+        return sqs
+
+    queue = SqsQueue(make_client, url)
+    assert made == []  # a consumer that never sends builds no client
+
+    queue.send_messages(["first"])
+    queue.send_messages(["second"])
+
+    assert len(made) == 1
+    assert queue.depth().visible == 2
+
+
 def test_sends_every_body_in_batches_of_ten_and_reports_depth(sqs) -> None:
     url = sqs.create_queue(QueueName="work")["QueueUrl"]
     queue = SqsQueue(sqs, url)
