@@ -336,14 +336,18 @@ def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> Writ
     is written as new (see DocumentStore.write_documents).
     """
     stored = _stored_fingerprints(drugs, env, deadline)
-    changed = [drug for drug in drugs if stored.get(drug.id) != fingerprint(drug, env.embedder.name)]
+    prints = {drug.id: fingerprint(drug, env.embedder.name) for drug in drugs}
+    changed = [drug for drug in drugs if stored.get(drug.id) != prints[drug.id]]
     skipped = len(drugs) - len(changed)
     if skipped:
         env.telemetry.count("DrugsSkipped", skipped)
     if not changed:
         return Written([], skipped)
     embedded, failures = embed_isolating(changed, env, deadline)
-    documents = [(drug.id, build_document(drug, vector, env.embedder.name)) for drug, vector in embedded]
+    documents = [
+        (drug.id, build_document(drug, vector, env.embedder.name, prints[drug.id]))
+        for drug, vector in embedded
+    ]
     if documents:
         absent = {drug.id for drug in changed if drug.id not in stored}
         result = retried(env, deadline, lambda: env.store.write_documents(documents, absent))

@@ -71,16 +71,19 @@ def is_stale(stored: int | None, incoming: int | None) -> bool:
     return stored is not None and incoming is not None and stored > incoming
 
 
-def build_document(drug: Drug, embedding: Vectors, embedder_name: str) -> dict[str, Any]:
+def build_document(
+    drug: Drug, embedding: Vectors, embedder_name: str, known_fingerprint: str | None = None
+) -> dict[str, Any]:
     """The document stored for one drug; `version` orders writes of it (newest wins).
 
     The vector stays a numpy array: the store encodes it for its layout (orjson or packed bytes),
-    never through a list of Python floats.
+    never through a list of Python floats. `known_fingerprint`: the drug's fingerprint for this
+    embedder, when the caller has just computed it (the consumer compares it with the stored one).
     """
     document: dict[str, Any] = {field: getattr(drug, field) for field in TEXT_FIELDS}
     document["id"] = drug.id
     document["updated_at"] = None if drug.updated_at is None else drug.updated_at.isoformat()
     document["version"] = document_version(drug.read_at)
-    document["fingerprint"] = fingerprint(drug, embedder_name)
+    document["fingerprint"] = known_fingerprint or fingerprint(drug, embedder_name)
     document["embedding"] = embedding
     return document
