@@ -1,7 +1,8 @@
 """`make bench`: five ways of getting the same drugs into the same index, side by side in one run.
 
     .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000] [--in-flight 16]
-        [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 250] [--repeats 2]
+        [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 500] [--repeats 3]
+        [--ceiling-writers 1]
 
   A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
   B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM
@@ -52,9 +53,20 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default=4,
         help="row C's max concurrency (4 keeps Redis busier than 2)",
     )
-    parser.add_argument("--range-size", type=int, default=250, help="drugs per range in rows B and C")
+    parser.add_argument(
+        "--range-size",
+        type=int,
+        default=500,
+        help="drugs per range in rows B and C (fewer messages: the local SQS server's CPU is Redis's too)",
+    )
     parser.add_argument("--recall-queries", type=int, default=RECALL_QUERIES)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of rows C, D and E (the best is shown)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of rows C, D and E (the best is shown)")
+    parser.add_argument(
+        "--ceiling-writers",
+        type=int,
+        default=1,
+        help="row D's clients writing at once (2 keep the server busy while one encodes)",
+    )
     args = parser.parse_args(argv)
     for name in (
         "drugs",
@@ -65,6 +77,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "hashing_consumers",
         "range_size",
         "repeats",
+        "ceiling_writers",
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -94,7 +107,9 @@ def run_rows(
             hashing = end_to_end.hashing(args.hashing_consumers)
             tries["C"].append(end_to_end.run_end_to_end(hashing, eligible, folder / "consumers-C.log"))
             queries = args.recall_queries if attempt == 0 else 0
-            row, used, measured = ceiling.run_ceiling(settings, documents, ceiling.LAYOUTS[0], queries)
+            row, used, measured = ceiling.run_ceiling(
+                settings, documents, ceiling.LAYOUTS[0], queries, args.ceiling_writers
+            )
             tries["D"].append(row)
             memory, recall = (memory, recall) if attempt else ([used], measured)
             tries["E"].append(ceiling.run_redisvl(settings, documents, redis_url(settings)))
