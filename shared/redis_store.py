@@ -251,7 +251,12 @@ class RedisDocumentStore:
         Raises the first server-wide error."""
         replies = _pipelined(self._client, writes, self._script_sha)
         raise_server_wide(replies)
-        created = [write.create and reply == b"OK" for write, reply in zip(writes, replies, strict=True)]
+        # NX answers nil when the key exists; anything else but an error is a create (b"OK", or True
+        # once a JSON response callback is registered on the client).
+        pairs = zip(writes, replies, strict=True)
+        created = [
+            write.create and reply is not None and not isinstance(reply, Exception) for write, reply in pairs
+        ]
         replies = [1 if done else reply for done, reply in zip(created, replies, strict=True)]
         again = [
             i for i, (write, reply) in enumerate(zip(writes, replies, strict=True))

@@ -82,9 +82,10 @@ class HashingEmbedder(BatchingEmbedder):
 
 @lru_cache(maxsize=1 << 18)
 def _hashed_pair(left: str, right: str, dimension: int) -> tuple[int, float]:
-    """Slot and signed weight of a word pair's feature."""
-    slot, sign = _hash_feature(f"p:{left} {right}", dimension)
-    return slot, sign * PAIR_WEIGHT
+    """Slot and signed weight of a word pair's feature (hashed here, not through _hash_feature's cache:
+    a pair cached twice would cost a warm consumer tens of MB)."""
+    digest = zlib.crc32(f"p:{left} {right}".encode())
+    return digest % dimension, (PAIR_WEIGHT if digest & 0x80000000 else -PAIR_WEIGHT)
 
 
 @lru_cache(maxsize=1 << 16)
