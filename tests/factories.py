@@ -94,3 +94,12 @@ def readme_reader() -> dict[str, Any]:
     }
     exec(source, namespace)  # noqa: S102 - the README's own text is what is tested
     return namespace
+
+
+def as_texts(store: Any, keys: list[str], drugs: list[Any]) -> list[str]:
+    """Each search hit's key as the text its drug was embedded from. Synthetic drugs repeat texts, and
+    drugs of one text tie in a KNN search, in either order: two searches agree when these lists do."""
+    from shared.documents import build_embedding_text
+
+    texts = {drug.id: build_embedding_text(drug) for drug in drugs}
+    return [texts[store.drug_id(key)] for key in keys]

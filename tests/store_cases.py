@@ -5,7 +5,7 @@ document stored before versions existed (no `version` field at all).
 The Redis windows make the real server refuse writes for a while, then restore it.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +14,8 @@ from typing import Any
 import redis
 
 from console.local_stack import free_port
+from shared.documents import build_document
+from tests.fakes import make_drug
 
 ABSENT = "absent"
 T = datetime(2026, 1, 1, tzinfo=UTC)
@@ -62,6 +64,36 @@ def stored_document(case: Case, build: Any) -> dict[str, Any]:
         assert not isinstance(case.stored, str)
         document = build("stored", case.stored)
     return document
+
+
+def play_newest_wins(
+    store: Any,
+    vector: Callable[[int], Any],
+    stored_name: Callable[[int], str],
+    late_absent: bool = False,
+    between: Callable[[], object] = lambda: None,
+) -> None:
+    """Every NEWEST_WINS case against a real store: its stored document, then (after `between`) the
+    incoming one, named absent if `late_absent` (a wrong hint); each case's winner is left, and the
+    stale writes are counted. `stored_name(drug_id)` reads back the stored document's name."""
+
+    def build(drug_id: int) -> Any:
+        return lambda name, read_at: build_document(
+            make_drug(drug_id, name=name, read_at=read_at), vector(drug_id), "e1"
+        )
+
+    cases = dict(enumerate(NEWEST_WINS, start=1))
+    first = store.write_documents([(i, stored_document(case, build(i))) for i, case in cases.items()])
+    assert first.failures == []
+    between()
+
+    incoming = [(i, build(i)("incoming", case.incoming)) for i, case in cases.items()]
+    late = store.write_documents(incoming, set(cases) if late_absent else frozenset())
+
+    assert late.failures == []
+    left = {case.name: stored_name(i) for i, case in cases.items()}
+    assert left == {case.name: case.winner for case in cases.values()}
+    assert late.stale_skipped == sum(case.winner == "stored" for case in cases.values())
 
 
 @contextmanager

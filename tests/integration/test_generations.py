@@ -17,7 +17,7 @@ from shared.generations import Choice, RedisGenerations, Registry, generation_in
 from shared.redis_store import RedisDocumentStore
 from shared.wiring import build_store
 from tests.conftest import Isolated
-from tests.factories import readme_reader
+from tests.factories import as_texts, readme_reader
 from tests.integration.test_redis import _drugs, write_drugs
 
 pytestmark = pytest.mark.integration
@@ -159,9 +159,8 @@ def test_the_readme_reader_example_searches_the_current_generation_through_the_a
     assert len(keys) == 5
     assert all(key.startswith(first.prefix) for key in keys)
     vector = HashingEmbedder(128, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
-    assert [
-        gens.store(1).key(hit.drug_id) for hit in gens.store(1).search(vector, 5, index=gens.alias)
-    ] == keys
+    expected = [gens.store(1).key(hit.drug_id) for hit in gens.store(1).search(vector, 5, index=gens.alias)]
+    assert as_texts(gens.store(1), keys, _drugs(200)) == as_texts(gens.store(1), expected, _drugs(200))
 
 
 def test_a_search_mid_rebuild_embeds_as_the_current_generation_not_as_the_settings(

@@ -17,10 +17,10 @@ from shared.redis_store import RedisDocumentStore, connect_redis
 from shared.settings import get_settings
 from shared.wiring import build_store
 from tests.conftest import Isolated
-from tests.factories import readme_reader
+from tests.factories import as_texts, readme_reader
 from tests.fakes import make_drug
 from tests.integration.test_redis import _drugs
-from tests.store_cases import NEWEST_WINS, out_of_memory, refused, stored_document
+from tests.store_cases import out_of_memory, play_newest_wins, refused
 
 pytestmark = pytest.mark.integration
 DIMENSION = 128
@@ -93,21 +93,7 @@ def test_a_document_keeps_every_field_and_its_vector_in_each_layout(layout_env: 
 def test_the_newest_version_wins_in_each_layout(layout_env: Isolated) -> None:
     store, client = build_store(layout_env.settings), _client(layout_env)
 
-    def build(drug_id: int) -> Any:
-        return lambda name, read_at: build_document(
-            make_drug(drug_id, name=name, read_at=read_at), _vector(drug_id), "e1"
-        )
-
-    cases = dict(enumerate(NEWEST_WINS, start=1))
-    first = store.write_documents([(i, stored_document(case, build(i))) for i, case in cases.items()])
-    assert first.failures == []
-
-    late = store.write_documents([(i, build(i)("incoming", case.incoming)) for i, case in cases.items()])
-
-    assert late.failures == []
-    left = {case.name: read_document(client, store, i)["name"] for i, case in cases.items()}
-    assert left == {case.name: case.winner for case in cases.values()}
-    assert late.stale_skipped == sum(case.winner == "stored" for case in cases.values())
+    play_newest_wins(store, _vector, lambda i: read_document(client, store, i)["name"])
 
 
 def test_a_field_that_became_null_is_cleared_from_the_document_and_the_index(layout_env: Isolated) -> None:
@@ -300,5 +286,6 @@ def test_the_readme_reader_searches_a_generation_of_each_layout_as_drugsync_does
     # THEN it answers what drugsync's own search answers
     vector = HashingEmbedder(DIMENSION, 16).embed_texts(["amoxicillin 500 mg capsule"])[0]
     store = gens.store(1)
-    assert keys == [store.key(hit.drug_id) for hit in store.search(vector, 5, index=gens.alias)]
+    expected = [store.key(hit.drug_id) for hit in store.search(vector, 5, index=gens.alias)]
+    assert as_texts(store, keys, _drugs(200)) == as_texts(store, expected, _drugs(200))
     assert len(keys) == 5

@@ -24,7 +24,7 @@ from shared.settings import get_settings
 from shared.wiring import build_store
 from tests.conftest import Isolated
 from tests.fakes import make_drug, unit_vector
-from tests.store_cases import NEWEST_WINS, out_of_memory, read_only, refused, stored_document
+from tests.store_cases import out_of_memory, play_newest_wins, read_only, refused
 
 pytestmark = pytest.mark.integration
 
@@ -269,23 +269,7 @@ def test_the_newest_version_wins_on_the_server_whatever_order_writes_arrive_in(t
     client = _server(test_env)
     store = build_store(test_env.settings)
 
-    def build(drug_id: int) -> Any:
-        return lambda name, read_at: build_document(
-            make_drug(drug_id, name=name, read_at=read_at), unit_vector(8), "e1"
-        )
-
-    cases = dict(enumerate(NEWEST_WINS, start=1))
-    assert (
-        store.write_documents([(i, stored_document(case, build(i))) for i, case in cases.items()]).failures
-        == []
-    )
-
-    late = store.write_documents([(i, build(i)("incoming", case.incoming)) for i, case in cases.items()])
-
-    assert late.failures == []
-    left = {case.name: _stored(client, store, i)["name"] for i, case in cases.items()}
-    assert left == {case.name: case.winner for case in cases.values()}
-    assert late.stale_skipped == sum(case.winner == "stored" for case in cases.values())
+    play_newest_wins(store, lambda _: unit_vector(8), lambda i: _stored(client, store, i)["name"])
 
 
 def test_documents_named_absent_are_created_without_the_script(test_env: Isolated) -> None:
@@ -308,28 +292,15 @@ def _calls(stats: dict[str, Any], command: str) -> int:
 
 
 def test_a_wrong_absent_hint_never_lets_an_older_document_win(test_env: Isolated) -> None:
-    """Every stored document is named absent: each create is refused and the script decides."""
+    """Every stored document is named absent: each create is refused and the script decides, on a
+    server that has lost the script meanwhile."""
     client = _server(test_env)
     store = build_store(test_env.settings)
 
-    def build(drug_id: int) -> Any:
-        return lambda name, read_at: build_document(
-            make_drug(drug_id, name=name, read_at=read_at), unit_vector(8), "e1"
-        )
-
-    cases = dict(enumerate(NEWEST_WINS, start=1))
-    stored = store.write_documents([(i, stored_document(case, build(i))) for i, case in cases.items()])
-    assert stored.failures == []
-    client.script_flush()  # the resent writes also meet a server that lost the script
-
-    late = store.write_documents(
-        [(i, build(i)("incoming", case.incoming)) for i, case in cases.items()], absent=set(cases)
-    )
-
-    assert late.failures == []
-    left = {case.name: _stored(client, store, i)["name"] for i, case in cases.items()}
-    assert left == {case.name: case.winner for case in cases.values()}
-    assert late.stale_skipped == sum(case.winner == "stored" for case in cases.values())
+    play_newest_wins(
+        store, lambda _: unit_vector(8), lambda i: _stored(client, store, i)["name"],
+        late_absent=True, between=client.script_flush,
+    )  # fmt: skip
 
 
 def test_a_key_of_another_type_named_absent_is_a_failure_and_left_alone(test_env: Isolated) -> None:
