@@ -46,6 +46,9 @@ class SyncEnv:
     # Under a shared embedding quota, an invocation's first chunk is this small: its share of the quota
     # is unknown until measured, and a chunk too big for the time left would be embedded in vain.
     probe_chunk_size: int | None = None
+    # A chunk's write runs on a thread while the next chunk is prepared (consumer/write_behind.py);
+    # False writes on the caller's thread, settled in the same order (deterministic tests).
+    write_behind: bool = True
 
 
 @dataclass(frozen=True)

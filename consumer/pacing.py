@@ -30,11 +30,12 @@ class Pacer:
         self.seconds_per_drug = seconds_per_drug
         self._clock = clock
 
-    def next_chunk_size(self, chunk_size: int, made_progress: bool) -> int:
-        """Drugs to attempt next; 0 means hand off. Without progress yet, at least one drug is tried."""
+    def next_chunk_size(self, chunk_size: int, made_progress: bool, in_flight: int = 0) -> int:
+        """Drugs to attempt next; 0 means hand off. Without progress yet, at least one drug is tried.
+        `in_flight` drugs are still being written: the time left must hold them too."""
         available = self._deadline.remaining_seconds() - self._margin
         fits = int(available / (self.seconds_per_drug * SAFETY_FACTOR)) if available > 0 else 0
-        size = min(chunk_size, fits)
+        size = max(0, min(chunk_size, fits - in_flight))
         return size if size > 0 or made_progress else 1
 
     def timed(self, drugs: int, action: Callable[[], T], probe: bool = False) -> T:

@@ -8,7 +8,7 @@ every good row is written.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from uuid import UUID
 
@@ -16,6 +16,7 @@ from consumer.env import Outcome, SyncEnv, hand_off_walk, out_of_time_for_a_page
 from consumer.generation import retire, run_store
 from consumer.pacing import Deadline, Pacer
 from consumer.run_end import advance_run
+from consumer.write_behind import Prepared, WriteBehind, Written, write_prepared
 from shared.documents import build_document, build_embedding_text, fingerprint
 from shared.errors import (
     EmbeddingError,
@@ -113,46 +114,125 @@ def _write_unit(
     env: SyncEnv,
     deadline: Deadline,
 ) -> Outcome:
-    """Write the drugs in paced chunks, then mark the range done; hand off the rest when short of time."""
-    # Broken rows are isolated as the unit reaches them, so a continuation never isolates twice.
-    broken = sorted(broken, key=lambda row: row.drug_id)
-    failed: list[int] = []
+    """Write the drugs in paced chunks, then mark the range done; hand off the rest when short of time.
+
+    A chunk's write runs behind the preparation of the next one (WriteBehind), and is settled before
+    that one is handed to the writer: a chunk counts as passed only once its write has succeeded, so a
+    continuation starts at the first chunk not written.
+    """
+    unit = _Unit(message, drugs, broken, env, deadline)
     pacer = Pacer(deadline, env.margin_seconds, env.seconds_per_drug, env.clock)
-    position, written, skipped = 0, 0, 0
-    while position < len(drugs):
-        passed = [row for row in broken if row.drug_id < drugs[position].id]
-        broken = broken[len(passed) :]
-        failed += isolate(env, deadline, message.run_id, passed)
-        size = pacer.next_chunk_size(env.chunk_size, made_progress=position > 0)
-        if size == 0:
-            return _continue(message, drugs[position:], env, written, failed, deferred=False, skipped=skipped)
-        probe = env.probe_chunk_size if position == 0 else None
-        if probe is not None:
-            size = min(size, probe)  # measure this invocation's share of the quota first
-        chunk = drugs[position : position + size]
-        try:
-            result = pacer.timed(len(chunk), partial(write_chunk, chunk, env, deadline), probe is not None)
-        except QuotaWaitTooLong as error:
-            # Not a failure: the quota's line is longer than this invocation can wait. No deferral is
-            # counted; the rest is seen again about when its turn would have come.
-            env.telemetry.count("QuotaHandoffs")
-            rest = drugs[position:]
-            delay = min(MAX_DEFERRAL_DELAY_SECONDS, int(error.wait_seconds))
-            return _continue(
-                message, rest, env, written, failed, deferred=False, skipped=skipped, delay=delay
-            )
-        except (UnavailableError, ProviderError):
-            if message.deferrals >= MAX_DEFERRALS:
-                raise
-            return _continue(message, drugs[position:], env, written, failed, deferred=True, skipped=skipped)
-        failed += isolate(env, deadline, message.run_id, result.failures)
-        written += len(chunk) - len(result.failures) - result.skipped
-        skipped += result.skipped
-        env.telemetry.count("DrugsSynced", len(chunk) - len(result.failures))
-        position += size
-    failed += isolate(env, deadline, message.run_id, broken)  # those after the last good row
-    newly_done = _complete_range(message, env, deadline, message.drugs_skipped + skipped)
-    return Outcome(written, tuple(failed), range_done=newly_done, drugs_skipped=skipped)
+    with WriteBehind(env, deadline, threaded=env.write_behind) as writer:
+        position = 0
+        while position < len(drugs):
+            size = pacer.next_chunk_size(env.chunk_size, position > 0, in_flight=writer.in_flight)
+            if size == 0:
+                return unit.stop(writer, position)
+            probe = env.probe_chunk_size if position == 0 else None
+            if probe is not None:
+                size = min(size, probe)  # measure this invocation's share of the quota first
+            size = min(size, len(drugs) - position)
+            step = partial(unit.prepare_and_pass, writer, position, size, probe is not None)
+            try:
+                stopped = pacer.timed(size, step, probe is not None)
+            except QuotaWaitTooLong as error:
+                # Not a failure: the quota's line is longer than this invocation can wait. No deferral
+                # is counted; the rest is seen again about when its turn would have come.
+                delay = min(MAX_DEFERRAL_DELAY_SECONDS, int(error.wait_seconds))
+                return unit.stop(writer, position, delay=delay, handoff="QuotaHandoffs")
+            except (UnavailableError, ProviderError) as error:
+                return unit.stop(writer, position, deferred_by=error)
+            if stopped is not None:
+                return stopped
+            position += size
+        stopped = unit.settle(writer)
+        if stopped is not None:
+            return stopped
+    unit.pass_rows(len(drugs))  # the broken rows after the last good one
+    newly_done = _complete_range(message, env, deadline, message.drugs_skipped + unit.skipped)
+    return Outcome(unit.written, tuple(unit.failed), range_done=newly_done, drugs_skipped=unit.skipped)
+
+
+class _Unit:
+    """What a range or changes message has done so far, and where it stops.
+
+    Broken rows are isolated as the unit passes them, so a continuation never isolates twice."""
+
+    def __init__(
+        self,
+        message: RangeMessage | ChangesMessage,
+        drugs: Sequence[Drug],
+        broken: Sequence[RowFailure],
+        env: SyncEnv,
+        deadline: Deadline,
+    ) -> None:
+        self.message, self.drugs, self.env, self.deadline = message, drugs, env, deadline
+        self.broken = sorted(broken, key=lambda row: row.drug_id)
+        self.failed: list[int] = []
+        self.written = 0
+        self.skipped = 0
+
+    def prepare_and_pass(self, writer: WriteBehind, position: int, size: int, probe: bool) -> Outcome | None:
+        """Prepare the chunk at `position` while the write before it finishes, settle that write, and
+        hand this chunk to the writer; an Outcome if the write before it failed and the unit stops.
+        A probe's own write is settled too: its measure must hold the write."""
+        prepared = prepare_chunk(self.drugs[position : position + size], self.env, self.deadline)
+        stopped = self.settle(writer)
+        if stopped is None:
+            writer.submit(position, size, prepared)
+            if probe:
+                stopped = self.settle(writer)
+        return stopped
+
+    def settle(self, writer: WriteBehind) -> Outcome | None:
+        """Wait for the write in flight and count it in; an Outcome if it failed and the unit stops."""
+        settled = writer.settle()
+        if settled is None:
+            return None
+        if settled.written is None:
+            assert settled.error is not None
+            if not isinstance(settled.error, UnavailableError | ProviderError):
+                raise settled.error
+            return self.stop(writer, settled.position, deferred_by=settled.error)
+        result = settled.written
+        self.pass_rows(settled.position)
+        self.failed += isolate(self.env, self.deadline, self.message.run_id, result.failures)
+        self.written += settled.size - len(result.failures) - result.skipped
+        self.skipped += result.skipped
+        self.env.telemetry.count("DrugsSynced", settled.size - len(result.failures))
+        self.pass_rows(settled.position + settled.size)
+        return None
+
+    def pass_rows(self, position: int) -> None:
+        """Isolate the broken rows before the drug at `position` (all of them at the end)."""
+        if position < len(self.drugs):
+            passed = [row for row in self.broken if row.drug_id < self.drugs[position].id]
+        else:
+            passed = self.broken
+        self.broken = self.broken[len(passed) :]
+        self.failed += isolate(self.env, self.deadline, self.message.run_id, passed)
+
+    def stop(
+        self,
+        writer: WriteBehind,
+        position: int,
+        delay: int = 0,
+        deferred_by: BaseException | None = None,
+        handoff: str | None = None,
+    ) -> Outcome:
+        """Hand off the unit from `position` (or from the write in flight, should that one fail);
+        `handoff` names the metric counting this kind of hand-off."""
+        stopped = self.settle(writer)
+        if stopped is not None:
+            return stopped
+        if deferred_by is not None and self.message.deferrals >= MAX_DEFERRALS:
+            raise deferred_by
+        if handoff is not None:
+            self.env.telemetry.count(handoff)
+        self.pass_rows(position)
+        rest, deferred = self.drugs[position:], deferred_by is not None
+        done, failed, skipped = self.written, self.failed, self.skipped
+        return _continue(self.message, rest, self.env, done, failed, deferred, skipped=skipped, delay=delay)
 
 
 def _complete_range(
@@ -320,16 +400,13 @@ def _write_back(run_id: UUID, drugs: Sequence[Drug], env: SyncEnv, deadline: Dea
         return ids
 
 
-@dataclass(frozen=True)
-class Written:
-    """What writing a chunk did: the rows that failed, and how many were already current."""
-
-    failures: list[RowFailure]
-    skipped: int = 0
-
-
 def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> Written:
-    """Embed the chunk's changed drugs (isolating rejected texts) and write their documents.
+    """Embed the chunk's changed drugs (isolating rejected texts) and write their documents."""
+    return write_prepared(prepare_chunk(drugs, env, deadline), env, deadline)
+
+
+def prepare_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> Prepared:
+    """Read the chunk's stored fingerprints, then embed its changed drugs and build their documents.
 
     A drug whose stored document carries its fingerprint (the same fields, text template, embedder
     and dimension) is current: it is neither embedded nor written again. One with no stored document
@@ -342,19 +419,14 @@ def write_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> Writ
     if skipped:
         env.telemetry.count("DrugsSkipped", skipped)
     if not changed:
-        return Written([], skipped)
+        return Prepared([], frozenset(), [], skipped)
     embedded, failures = embed_isolating(changed, env, deadline)
     documents = [
         (drug.id, build_document(drug, vector, env.embedder.name, prints[drug.id]))
         for drug, vector in embedded
     ]
-    if documents:
-        absent = {drug.id for drug in changed if drug.id not in stored}
-        result = retried(env, deadline, lambda: env.store.write_documents(documents, absent))
-        failures += result.failures
-        if result.stale_skipped:  # a newer version was already stored: not a failure, but worth seeing
-            env.telemetry.count("StaleWritesSkipped", result.stale_skipped)
-    return Written(failures, skipped)
+    absent = frozenset(drug.id for drug in changed if drug.id not in stored)
+    return Prepared(documents, absent, failures, skipped)
 
 
 def _stored_fingerprints(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> dict[int, str]:

@@ -1,0 +1,201 @@
+"""A chunk's write runs behind the preparation of the next one: nothing lost, skipped or doubled."""
+
+import threading
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import pytest
+
+from consumer.pacing import Pacer
+from shared.errors import InvalidMessage, QuotaWaitTooLong, UnavailableError
+from shared.models import RangeMessage, RowsMessage
+from shared.ports import WriteResult
+from shared.retry import RetryPolicy
+from tests.fakes import FakeClock, FakeDeadline, FakeStore, RecordingTelemetry
+from tests.unit.test_sync_range import World
+
+BOTH_WAYS = pytest.mark.parametrize("threaded", [True, False], ids=["on a thread", "on the caller's thread"])
+
+
+class OutageStore(FakeStore):
+    """Writes fail with UnavailableError from call `first_failing` on, for `failing` calls."""
+
+    def __init__(self, first_failing: int, failing: int = 1_000_000) -> None:
+        super().__init__()
+        self.first_failing, self.failing = first_failing, failing
+
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        call = self.write_calls + 1
+        if self.first_failing <= call < self.first_failing + self.failing:
+            self.write_calls += 1
+            raise UnavailableError("redis: connection lost")
+        return super().write_documents(documents, absent)
+
+
+def world_with(store: FakeStore, threaded: bool, **options: Any) -> World:
+    world = World(**options)
+    world.store = world.env.store = store
+    world.env.write_behind = threaded
+    # No retries: the first refusal is the one the unit meets.
+    world.env.retry = RetryPolicy(budget_seconds=0.0, sleep=world.clock.sleep, clock=world.clock)
+    return world
+
+
+@BOTH_WAYS
+def test_a_write_that_fails_after_the_next_chunk_was_prepared_continues_from_its_own_chunk(
+    threaded: bool,
+) -> None:
+    # GIVEN chunks of 10, and Redis lost from the second write on (chunk 11..20, while 21..30 is prepared)
+    world = world_with(OutageStore(first_failing=2), threaded, count=30, chunk_size=10)
+
+    outcome = world.run()
+
+    # THEN the range is deferred from drug 11: the chunk whose write failed, not the one prepared after it
+    assert sorted(world.store.documents) == list(range(1, 11))
+    assert (outcome.deferred, outcome.continued_at, outcome.drugs_written) == (True, 11, 10)
+    continuation = RangeMessage.model_validate_json(world.work_queue.bodies[-1])
+    assert (continuation.first_id, continuation.expected_count, continuation.deferrals) == (11, 20, 1)
+    assert world.ledger.done == {}
+
+
+@BOTH_WAYS
+def test_a_quota_hand_off_while_a_write_is_in_flight_starts_after_the_written_chunk(threaded: bool) -> None:
+    # GIVEN the quota's line grows too long while the third chunk is embedded (the second being written)
+    world = world_with(FakeStore(), threaded, count=30, chunk_size=10)
+    world.embedder.raises = [None, None, QuotaWaitTooLong(42.0, "quota")]
+
+    outcome = world.run()
+
+    # THEN both chunks before it are written and the hand-off starts at the third, not deferred
+    assert sorted(world.store.documents) == list(range(1, 21))
+    assert (outcome.deferred, outcome.continued_at) == (False, 21)
+    body, _, delay = world.work_queue.sent[-1]
+    assert (RangeMessage.model_validate_json(body).first_id, delay) == (21, 42)
+
+
+@BOTH_WAYS
+def test_a_quota_hand_off_gives_way_to_the_failed_write_before_it(threaded: bool) -> None:
+    # GIVEN the second chunk's write fails while the third chunk runs into the quota
+    world = world_with(OutageStore(first_failing=2), threaded, count=30, chunk_size=10)
+    world.embedder.raises = [None, None, QuotaWaitTooLong(42.0, "quota")]
+    telemetry = world.env.telemetry = RecordingTelemetry()
+
+    outcome = world.run()
+
+    # THEN the unit is deferred from the chunk that was not written; no quota hand-off is counted
+    assert (outcome.deferred, outcome.continued_at) == (True, 11)
+    assert "QuotaHandoffs" not in telemetry.counts
+
+
+@BOTH_WAYS
+def test_broken_rows_in_a_chunk_whose_write_failed_are_isolated_once_by_the_continuation(
+    threaded: bool,
+) -> None:
+    # GIVEN a broken row inside the second chunk, whose first write attempt is lost
+    world = world_with(OutageStore(first_failing=2, failing=1), threaded, count=30, chunk_size=10,
+                       broken={15: "ndc: empty", 25: "ndc: empty"})  # fmt: skip
+
+    world.drain(seconds=1000)
+
+    dead_ids = [i for body in world.dead_letters.bodies for i in RowsMessage.model_validate_json(body).ids]
+    assert sorted(dead_ids) == [15, 25]  # each exactly once
+    assert set(world.store.documents) == set(range(1, 31)) - {15, 25}
+    assert world.ledger.done == {(world.message.run_id, 1): 28}
+
+
+class GatedStore(FakeStore):
+    """A write that waits (up to 5 s) for the next chunk's embedding to begin, and says whether it did."""
+
+    def __init__(self, next_embedding: threading.Event) -> None:
+        super().__init__()
+        self.next_embedding = next_embedding
+        self.overlapped: list[bool] = []
+
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        if not self.overlapped:  # the first chunk's write
+            self.overlapped.append(self.next_embedding.wait(timeout=5.0))
+        return super().write_documents(documents, absent)
+
+
+def test_the_next_chunk_is_embedded_while_the_write_before_it_runs() -> None:
+    world = World(count=20, chunk_size=10)
+    started = threading.Event()
+    world.store = world.env.store = GatedStore(started)
+    embed = world.embedder.embed_texts
+
+    def embed_texts(texts: Sequence[str]) -> Any:
+        if world.embedder.calls == 1:  # the second chunk's call
+            started.set()
+        return embed(texts)
+
+    world.embedder.embed_texts = embed_texts  # type: ignore[method-assign]
+
+    world.run()
+
+    assert world.store.overlapped == [True]
+    assert sorted(world.store.documents) == list(range(1, 21))
+
+
+class SlowStore(FakeStore):
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        time.sleep(0.3)
+        return super().write_documents(documents, absent)
+
+
+def test_no_write_outlives_the_invocation_that_started_it() -> None:
+    # GIVEN the second chunk fails unexpectedly while the first one's (slow) write is in flight
+    world = world_with(SlowStore(), True, count=20, chunk_size=10)
+    world.embedder.raises = [None, InvalidMessage("unexpected")]
+
+    with pytest.raises(InvalidMessage):
+        world.run()
+
+    # THEN by the time the invocation ends, the write it started has finished, and its thread with it
+    assert sorted(world.store.documents) == list(range(1, 11))
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("drugsync-write")]
+
+
+class FlakyStaleStore(FakeStore):
+    """The first write is refused once (transient); every write finds one document stale."""
+
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        self.write_calls += 1
+        if self.write_calls == 1:
+            raise UnavailableError("redis: LOADING")
+        result = super().write_documents(documents, absent)
+        return WriteResult(result.failures, result.stale_skipped + 1)
+
+
+def test_the_writers_retries_and_counts_reach_the_invocations_telemetry_on_its_own_thread() -> None:
+    world = World(count=20, chunk_size=10)
+    world.store = world.env.store = FlakyStaleStore()
+    telemetry = world.env.telemetry = RecordingTelemetry()
+    retried_on: list[str] = []
+    world.env.retry = RetryPolicy(base_seconds=0.0, sleep=world.clock.sleep, clock=world.clock,
+                                  on_retry=lambda error: retried_on.append(threading.current_thread().name))  # fmt: skip
+
+    outcome = world.run()
+
+    assert outcome.range_done is True
+    assert sorted(world.store.documents) == list(range(1, 21))
+    assert telemetry.counts["StaleWritesSkipped"] == 2
+    assert retried_on == [threading.main_thread().name]
+
+
+def test_the_time_left_must_hold_the_drugs_still_being_written() -> None:
+    clock = FakeClock()
+    pacer = Pacer(FakeDeadline(clock, 11.0), margin_seconds=1.0, seconds_per_drug=0.1)  # fits 66 drugs
+
+    assert pacer.next_chunk_size(100, made_progress=True) == 66
+    assert pacer.next_chunk_size(100, made_progress=True, in_flight=60) == 6
+    assert pacer.next_chunk_size(100, made_progress=True, in_flight=66) == 0
+    assert pacer.next_chunk_size(100, made_progress=True, in_flight=90) == 0  # never negative
