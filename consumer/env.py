@@ -47,7 +47,8 @@ class SyncEnv:
     # is unknown until measured, and a chunk too big for the time left would be embedded in vain.
     probe_chunk_size: int | None = None
     # A chunk's write runs on a thread while the next chunk is prepared (consumer/write_behind.py);
-    # False writes on the caller's thread, settled in the same order (deterministic tests).
+    # False writes on the caller's thread, settled in the same order (for a test that needs each
+    # write done before the next chunk is prepared).
     write_behind: bool = True
 
 

@@ -38,6 +38,11 @@ class Pacer:
         size = max(0, min(chunk_size, fits - in_flight))
         return size if size > 0 or made_progress else 1
 
+    def holds(self, drugs: int) -> bool:
+        """Whether the time left, less the margin, still holds `drugs` at the estimated pace (a write
+        about to start, once the one before it took longer than it should have)."""
+        return self._deadline.remaining_seconds() - self._margin >= self.seconds_per_drug * drugs
+
     def timed(self, drugs: int, action: Callable[[], T], probe: bool = False) -> T:
         """Run one chunk and fold its seconds per drug into the estimate; a probe's measure replaces
         the estimate (the configured guess knows nothing of a quota shared with other consumers)."""

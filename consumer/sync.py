@@ -132,16 +132,8 @@ def _write_unit(
             if probe is not None:
                 size = min(size, probe)  # measure this invocation's share of the quota first
             size = min(size, len(drugs) - position)
-            step = partial(unit.prepare_and_pass, writer, position, size, probe is not None)
-            try:
-                stopped = pacer.timed(size, step, probe is not None)
-            except QuotaWaitTooLong as error:
-                # Not a failure: the quota's line is longer than this invocation can wait. No deferral
-                # is counted; the rest is seen again about when its turn would have come.
-                delay = min(MAX_DEFERRAL_DELAY_SECONDS, int(error.wait_seconds))
-                return unit.stop(writer, position, delay=delay, handoff="QuotaHandoffs")
-            except (UnavailableError, ProviderError) as error:
-                return unit.stop(writer, position, deferred_by=error)
+            step = partial(unit.prepare_and_pass, writer, pacer, position, size, probe is not None)
+            stopped = pacer.timed(size, step, probe is not None)
             if stopped is not None:
                 return stopped
             position += size
@@ -172,17 +164,33 @@ class _Unit:
         self.written = 0
         self.skipped = 0
 
-    def prepare_and_pass(self, writer: WriteBehind, position: int, size: int, probe: bool) -> Outcome | None:
+    def prepare_and_pass(
+        self, writer: WriteBehind, pacer: Pacer, position: int, size: int, probe: bool
+    ) -> Outcome | None:
         """Prepare the chunk at `position` while the write before it finishes, settle that write, and
-        hand this chunk to the writer; an Outcome if the write before it failed and the unit stops.
-        A probe's own write is settled too: its measure must hold the write."""
-        prepared = prepare_chunk(self.drugs[position : position + size], self.env, self.deadline)
+        hand this chunk to the writer; an Outcome when the unit stops here. A probe's own write is
+        settled too: its measure must hold the write.
+
+        Only the preparation's own refusals hand the unit off: an error in settling (the ledger, the
+        DLQ, a continuation's send) fails the message, which SQS delivers again whole."""
+        try:
+            prepared = prepare_chunk(self.drugs[position : position + size], self.env, self.deadline)
+        except QuotaWaitTooLong as error:
+            # Not a failure: the quota's line is longer than this invocation can wait. No deferral
+            # is counted; the rest is seen again about when its turn would have come.
+            delay = min(MAX_DEFERRAL_DELAY_SECONDS, int(error.wait_seconds))
+            return self.stop(writer, position, delay=delay, handoff="QuotaHandoffs")
+        except (UnavailableError, ProviderError) as error:
+            return self.stop(writer, position, deferred_by=error)
+        waited = writer.in_flight > 0
         stopped = self.settle(writer)
-        if stopped is None:
-            writer.submit(position, size, prepared)
-            if probe:
-                stopped = self.settle(writer)
-        return stopped
+        if stopped is not None:
+            return stopped
+        if waited and not pacer.holds(size):
+            # The write before took the time this one needs (its retries, say): hand off instead.
+            return self.stop(writer, position)
+        writer.submit(position, size, prepared)
+        return self.settle(writer) if probe else None
 
     def settle(self, writer: WriteBehind) -> Outcome | None:
         """Wait for the write in flight and count it in; an Outcome if it failed and the unit stops."""
@@ -209,8 +217,8 @@ class _Unit:
             passed = [row for row in self.broken if row.drug_id < self.drugs[position].id]
         else:
             passed = self.broken
-        self.broken = self.broken[len(passed) :]
         self.failed += isolate(self.env, self.deadline, self.message.run_id, passed)
+        self.broken = self.broken[len(passed) :]
 
     def stop(
         self,
@@ -416,8 +424,6 @@ def prepare_chunk(drugs: Sequence[Drug], env: SyncEnv, deadline: Deadline) -> Pr
     prints = {drug.id: fingerprint(drug, env.embedder.name) for drug in drugs}
     changed = [drug for drug in drugs if stored.get(drug.id) != prints[drug.id]]
     skipped = len(drugs) - len(changed)
-    if skipped:
-        env.telemetry.count("DrugsSkipped", skipped)
     if not changed:
         return Prepared([], frozenset(), [], skipped)
     embedded, failures = embed_isolating(changed, env, deadline)

@@ -44,6 +44,8 @@ class Written:
 def write_prepared(prepared: Prepared, env: SyncEnv, deadline: Deadline) -> Written:
     """Write a prepared chunk's documents (retrying what is transient); every row that failed in it."""
     failures = list(prepared.failures)
+    if prepared.skipped:  # counted once the chunk is through: a chunk prepared in vain is prepared again
+        env.telemetry.count("DrugsSkipped", prepared.skipped)
     if prepared.documents:
         documents, absent = prepared.documents, prepared.absent
         result = retried(env, deadline, lambda: env.store.write_documents(documents, absent))
@@ -114,6 +116,11 @@ class WriteBehind:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
+        settled = self.settle()  # a write left in flight when the unit raised: it still happened
+        if settled is not None and settled.error is not None and error is not None:
+            error.add_note(
+                f"the write of the chunk at {settled.position} in flight failed too: {settled.error!r}"
+            )
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 

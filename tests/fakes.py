@@ -1,5 +1,6 @@
 """In-memory fakes of the ports, type-checked against the same Protocols as the adapters."""
 
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -607,16 +608,19 @@ class RecordingTelemetry:
 
 
 class FakeClock:
-    """Time that moves only when told: embedders and deadlines share it."""
+    """Time that moves only when told: embedders and deadlines share it (and a consumer's write
+    thread: moves are atomic)."""
 
     def __init__(self) -> None:
         self.now = 0.0
+        self._lock = threading.Lock()
 
     def __call__(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
-        self.now += seconds
+        with self._lock:
+            self.now += seconds
 
 
 class FakeDeadline:

@@ -9,10 +9,10 @@ import pytest
 
 from consumer.pacing import Pacer
 from shared.errors import InvalidMessage, QuotaWaitTooLong, UnavailableError
-from shared.models import RangeMessage, RowsMessage
+from shared.models import MAX_DEFERRALS, RangeMessage, RowFailure, RowsMessage
 from shared.ports import WriteResult
 from shared.retry import RetryPolicy
-from tests.fakes import FakeClock, FakeDeadline, FakeStore, RecordingTelemetry
+from tests.fakes import FakeClock, FakeDeadline, FakeQueue, FakeStore, RecordingTelemetry
 from tests.unit.test_sync_range import World
 
 BOTH_WAYS = pytest.mark.parametrize("threaded", [True, False], ids=["on a thread", "on the caller's thread"])
@@ -199,3 +199,218 @@ def test_the_time_left_must_hold_the_drugs_still_being_written() -> None:
     assert pacer.next_chunk_size(100, made_progress=True, in_flight=60) == 6
     assert pacer.next_chunk_size(100, made_progress=True, in_flight=66) == 0
     assert pacer.next_chunk_size(100, made_progress=True, in_flight=90) == 0  # never negative
+
+
+class BrokenStore(FakeStore):
+    """The second write fails with an error that is no outage (a bug, say)."""
+
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        if self.write_calls == 1:
+            self.write_calls += 1
+            raise RuntimeError("a bug in the writer")
+        return super().write_documents(documents, absent)
+
+
+@BOTH_WAYS
+def test_a_write_that_fails_with_no_outage_fails_the_message_instead_of_deferring(threaded: bool) -> None:
+    world = world_with(BrokenStore(), threaded, count=30, chunk_size=10)
+
+    with pytest.raises(RuntimeError, match="a bug in the writer"):
+        world.run()
+
+    assert world.work_queue.bodies == []  # nothing handed on: SQS delivers the message again
+    assert world.ledger.done == {}
+
+
+@BOTH_WAYS
+def test_a_write_that_fails_at_the_deferral_limit_fails_the_message(threaded: bool) -> None:
+    world = world_with(OutageStore(first_failing=2), threaded, count=30, chunk_size=10)
+    exhausted = world.message.model_copy(update={"deferrals": MAX_DEFERRALS})
+
+    with pytest.raises(UnavailableError, match="connection lost"):
+        world.run(exhausted)
+
+    assert world.work_queue.bodies == []
+
+
+class FirstSendFails(FakeQueue):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 1
+
+    def send_messages(self, bodies: Sequence[str], attributes: Any = None, delay_seconds: int = 0) -> int:
+        if self.refusals:
+            self.refusals -= 1
+            raise UnavailableError("sqs: unreachable")
+        return super().send_messages(bodies, attributes, delay_seconds)
+
+
+@BOTH_WAYS
+def test_a_continuation_that_cannot_be_sent_after_a_failed_write_fails_the_message(threaded: bool) -> None:
+    # GIVEN the second chunk's write fails, and so does the send of the continuation from it
+    world = world_with(OutageStore(first_failing=2), threaded, count=30, chunk_size=10)
+    world.work_queue = world.env.work_queue = FirstSendFails()
+
+    # THEN the message fails (SQS delivers it again whole): no continuation skips the unwritten chunk
+    with pytest.raises(UnavailableError, match="sqs: unreachable"):
+        world.run()
+    assert world.work_queue.bodies == []
+    assert world.ledger.done == {}
+
+
+@BOTH_WAYS
+def test_failures_that_cannot_be_recorded_as_a_write_settles_fail_the_message(threaded: bool) -> None:
+    # GIVEN Redis refuses a document of the first chunk, and the ledger is down as that chunk settles
+    world = world_with(FakeStore(), threaded, count=30, chunk_size=10)
+    world.store._rejects = lambda document: "ERR document too large" if document["id"] == 7 else None
+    refusals = [UnavailableError("postgres: connection lost")]
+    record = world.ledger.record_failures
+
+    def record_failures(run_id: Any, failures: Sequence[RowFailure]) -> None:
+        if refusals:
+            raise refusals.pop()
+        record(run_id, failures)
+
+    world.ledger.record_failures = record_failures  # type: ignore[method-assign]
+
+    # THEN the message fails: neither the refused row nor the chunk after it is passed over
+    with pytest.raises(UnavailableError, match="postgres"):
+        world.run()
+    assert world.work_queue.bodies == []
+    assert world.dead_letters.bodies == []
+
+    # AND delivered again, it records the refused row once and completes the range
+    outcome = world.run()
+    assert outcome.failed_ids == (7,)
+    assert world.ledger.done == {(world.message.run_id, 1): 29}
+
+
+@BOTH_WAYS
+def test_a_stop_after_a_failed_write_leaves_its_broken_rows_to_the_continuation(threaded: bool) -> None:
+    # GIVEN a broken row in the second chunk, whose write fails while the third meets a long quota wait
+    world = world_with(OutageStore(first_failing=2, failing=1), threaded, count=30, chunk_size=10,
+                       broken={15: "ndc: empty"})  # fmt: skip
+    world.embedder.raises = [None, None, QuotaWaitTooLong(42.0, "quota")]
+
+    world.drain(seconds=1000)
+
+    dead_ids = [i for body in world.dead_letters.bodies for i in RowsMessage.model_validate_json(body).ids]
+    assert dead_ids == [15]
+    assert set(world.store.documents) == set(range(1, 31)) - {15}
+
+
+def test_the_chunks_in_flight_are_counted_against_the_time_left() -> None:
+    # GIVEN 0.1 s per text, instant writes, 4 s per invocation and a 1 s margin: about 2.7 s of work
+    world = world_with(FakeStore(), False, count=30, chunk_size=10, seconds_per_text=0.1)
+
+    outcome = world.run(seconds=4.0)
+
+    # THEN the chunks are sized so that nothing embedded is left unwritten when the time runs out
+    assert outcome.continued_at == 1 + world.embedder.texts
+    assert sorted(world.store.documents) == list(range(1, world.embedder.texts + 1))
+
+
+class SlowFirstWrite(FakeStore):
+    """The first write takes 1 s of the fake clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        if self.write_calls == 0:
+            self.clock.sleep(1.0)
+        return super().write_documents(documents, absent)
+
+
+def test_a_probe_measures_its_own_write() -> None:
+    # GIVEN a probe of 2 drugs whose write takes 1 s, after 0.2 s of embedding: 0.6 s per drug
+    world = World(count=30, chunk_size=10, seconds_per_text=0.1)
+    world.store = world.env.store = SlowFirstWrite(world.clock)
+    world.env.probe_chunk_size = 2
+    sizes: list[int] = []
+    embed = world.embedder.embed_texts
+    world.embedder.embed_texts = lambda texts: sizes.append(len(texts)) or embed(texts)  # type: ignore[method-assign]
+
+    world.run(seconds=10.0)
+
+    # THEN the next chunk fits the 7.8 s left at that pace (x1.5): 8 drugs, not a full chunk of 10
+    assert sizes[:2] == [2, 8]
+
+
+class GatedSlowFirstWrite(FakeStore):
+    """The first write waits until the next chunk is being embedded, then takes 7.5 s of the fake clock."""
+
+    def __init__(self, clock: FakeClock, next_embedding: threading.Event) -> None:
+        super().__init__()
+        self.clock, self.next_embedding = clock, next_embedding
+
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        if self.write_calls == 0:
+            self.next_embedding.wait(timeout=5.0)
+            self.clock.sleep(7.5)
+        return super().write_documents(documents, absent)
+
+
+def test_a_write_that_took_the_time_left_hands_off_before_the_next_one_starts() -> None:
+    # GIVEN 10 s, a 1 s margin, 1 s to embed a chunk, and a first write that takes 7.5 s
+    world = World(count=30, chunk_size=10, seconds_per_text=0.1)
+    started = threading.Event()
+    world.store = world.env.store = GatedSlowFirstWrite(world.clock, started)
+    embed = world.embedder.embed_texts
+
+    def embed_texts(texts: Sequence[str]) -> Any:
+        if world.embedder.calls == 1:
+            started.set()
+        return embed(texts)
+
+    world.embedder.embed_texts = embed_texts  # type: ignore[method-assign]
+
+    outcome = world.run(seconds=10.0)
+
+    # THEN with 0.5 s left after it, the second chunk is not written: the unit hands off from it
+    assert outcome.continued_at == 11
+    assert sorted(world.store.documents) == list(range(1, 11))
+    assert world.store.write_calls == 1
+
+
+class FailingSlowStore(FakeStore):
+    def write_documents(
+        self, documents: Sequence[tuple[int, dict[str, Any]]], absent: Collection[int] = frozenset()
+    ) -> WriteResult:
+        time.sleep(0.2)
+        raise UnavailableError("redis: connection lost")
+
+
+def test_an_error_that_ends_the_unit_says_the_write_in_flight_failed_too() -> None:
+    world = world_with(FailingSlowStore(), True, count=20, chunk_size=10)
+    world.embedder.raises = [None, InvalidMessage("unexpected")]
+
+    with pytest.raises(InvalidMessage) as raised:
+        world.run()
+
+    assert any("failed too" in note and "connection lost" in note for note in raised.value.__notes__)
+
+
+def test_drugs_skipped_are_counted_once_when_a_write_is_lost_and_its_chunk_prepared_again() -> None:
+    # GIVEN every drug written once, then the odd ones edited, and the second write of the next run lost
+    world = World(count=30, chunk_size=10)
+    world.drain(seconds=1000)
+    for drug_id in range(1, 31, 2):
+        world.catalog.drugs[drug_id] = world.catalog.drugs[drug_id].model_copy(update={"route": "topical"})
+    store = OutageStore(first_failing=2, failing=1)
+    store.documents = world.store.documents
+    world.store = world.env.store = store
+    telemetry = world.env.telemetry = RecordingTelemetry()
+    message = world.message.model_copy(update={"run_id": world.message.run_id})
+    world.ledger.done.clear()
+
+    world.drain(seconds=1000, first=message)
+
+    assert telemetry.counts["DrugsSkipped"] == 15
