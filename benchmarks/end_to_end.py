@@ -123,11 +123,14 @@ def timed_run(
         consumers_cpu.sample(consumer_workers())
         also_sample()
 
-    with sampling(sample, CPU_SAMPLE_SECONDS):
-        began = time.perf_counter()
-        summary = services.producer.start(SyncRequest())
-        stats = source.run()
-        seconds = time.perf_counter() - began
+    try:
+        with sampling(sample, CPU_SAMPLE_SECONDS):
+            began = time.perf_counter()
+            summary = services.producer.start(SyncRequest())
+            stats = source.poll()
+            seconds = time.perf_counter() - began
+    finally:
+        source.close()  # after the clock: a Lambda function does not wait for its containers to stop
     cpu = redis_cpu_seconds(services.store.client) - cpu
     progress = services.ledger.progress(summary.run_id)
     if progress is None or progress.state != "complete":

@@ -112,7 +112,16 @@ class LocalEventSource:
         return [w.pid for w in self._all_workers if w.busy and w.pid is not None]
 
     def run(self) -> WorkStats:
-        """Poll and invoke until stopped, or until the queue is drained with --until-empty."""
+        """Poll and invoke until stopped, or until the queue is drained with --until-empty; then
+        close the workers."""
+        try:
+            return self.poll()
+        finally:
+            self.close()
+
+    def poll(self) -> WorkStats:
+        """run() without closing the workers after: the caller closes them (a benchmark stops its
+        clock when the queue is drained, as no Lambda function waits for its containers to stop)."""
         empty_checks = 0
         with ThreadPoolExecutor(max_workers=self._config.max_concurrency) as pool:
             try:
@@ -130,7 +139,6 @@ class LocalEventSource:
                         break
             finally:
                 self._stop.set()
-        self._close_workers()
         return self.stats
 
     def _begin(self) -> None:
@@ -232,6 +240,7 @@ class LocalEventSource:
             "awsRegion": self._region,
         }
 
-    def _close_workers(self) -> None:
+    def close(self) -> None:
+        """Stop every worker process."""
         for worker in self._all_workers:
             worker.close()

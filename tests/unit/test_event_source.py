@@ -94,3 +94,24 @@ def test_warm_workers_start_before_the_first_message_and_stay_warm(sqs) -> None:
     # THEN every worker was running before the first message, and none started again for them
     assert all(pid is not None for pid in warmed[1])
     assert (stats.succeeded, stats.cold_starts, len(stats.init_ms)) == (3, 2, 2)
+
+
+def test_poll_leaves_the_workers_up_until_closed_and_run_closes_them(sqs) -> None:
+    # GIVEN a warmed source and a message
+    url = sqs.create_queue(QueueName="work")["QueueUrl"]
+    config = EventSourceConfig(queue_url=url, handler=HANDLER, max_concurrency=1, until_empty=True)
+    source = LocalEventSource(sqs, config)
+    source.warm()
+    sqs.send_message(QueueUrl=url, MessageBody="ok-1")
+
+    # WHEN polled until the queue is empty, the worker is still up; close() stops it
+    assert source.poll().succeeded == 1
+    assert [worker.pid for worker in source._all_workers] != [None]
+    source.close()
+    assert [worker.pid for worker in source._all_workers] == [None]
+
+    # AND run() closes its workers when it returns
+    source = LocalEventSource(sqs, config)
+    sqs.send_message(QueueUrl=url, MessageBody="ok-2")
+    assert source.run().succeeded == 1
+    assert [worker.pid for worker in source._all_workers] == [None]
