@@ -334,7 +334,12 @@ def test_a_probe_measures_its_own_write() -> None:
     world.env.probe_chunk_size = 2
     sizes: list[int] = []
     embed = world.embedder.embed_texts
-    world.embedder.embed_texts = lambda texts: sizes.append(len(texts)) or embed(texts)  # type: ignore[method-assign]
+
+    def embed_texts(texts: Sequence[str]) -> Any:
+        sizes.append(len(texts))
+        return embed(texts)
+
+    world.embedder.embed_texts = embed_texts  # type: ignore[method-assign]
 
     world.run(seconds=10.0)
 
