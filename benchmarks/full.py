@@ -1,6 +1,6 @@
 """`make bench-full` (not in CI): the whole catalog end to end on the local stack, then the ceiling.
 
-    .venv/bin/python -m benchmarks.full [--drugs 494000] [--consumers 4] [--share-cores]
+    .venv/bin/python -m benchmarks.full [--drugs 494000] [--consumers 4]
 
 Starts its own embedded stack in a temporary folder and seeds --drugs synthetic drugs, then:
   1. drugsync end to end (producer -> SQS -> local event source -> consumers -> Redis) with the
@@ -11,7 +11,6 @@ Starts its own embedded stack in a temporary folder and seeds --drugs synthetic 
 Prints wall times, drugs/s and their ratio, the peak resident memory (VmHWM) of each process (the
 consumer workers, this process which runs the producer, redis-server, postgres, the SQS server),
 and Redis used_memory and its peak. Takes about 11 minutes at full size on a quiet 2-core machine.
-As make bench, the Redis server gets a CPU of its own (benchmarks/stack.give_redis_a_core).
 """
 
 import argparse
@@ -24,7 +23,7 @@ import redis
 from benchmarks import ceiling
 from benchmarks.end_to_end import fresh_names, fresh_run, timed_run
 from benchmarks.probes import PeakWatch, children, consumer_workers, own_peak_rss_kb, sampling
-from benchmarks.stack import embedded_stack, give_redis_a_core
+from benchmarks.stack import embedded_stack
 from console import local_stack
 from console.seed import seed_drugs
 from console.services import Services
@@ -63,17 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--consumers", type=int, default=4, help="the event source's max concurrency (as make bench's row C)"
     )
-    parser.add_argument(
-        "--share-cores", action="store_true", help="leave Redis unpinned (as make bench's --share-cores)"
-    )
     args = parser.parse_args(argv)
     if args.drugs < 1 or args.consumers < 1:
         parser.error("--drugs and --consumers must be at least 1")
     with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, state, folder):
         eligible = seed_drugs(services.conn, services.settings, args.drugs)
-        placement = "Redis shares every CPU" if args.share_cores else give_redis_a_core(state.pids)
         print(f"{args.drugs:,} drugs seeded ({eligible:,} eligible); hashing embedder, {args.consumers}"
-              f" consumers at most; {placement}", flush=True)  # fmt: skip
+              " consumers at most", flush=True)  # fmt: skip
         watch = PeakWatch()
         seconds, clean = end_to_end(args.consumers, eligible, state.pids, folder / "consumers.log", watch)
         watch.peaks_kb["producer / CLI (this process)"] = own_peak_rss_kb()  # before the ceiling's documents
