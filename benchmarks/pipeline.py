@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000] [--in-flight 16]
         [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 500] [--repeats 3]
-        [--ceiling-writers 1] [--share-cores]
+        [--ceiling-writers 1]
 
   A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
   B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM
@@ -14,16 +14,14 @@ storage layout, and recall@10 of the HNSW settings against exact search. C, D an
 times in turns and show their best.
 
 Starts its own embedded stack in a temporary folder; every row writes a fresh index under a fresh
-prefix, removed before the next row. The Redis server gets a CPU of its own and everything else
-the others, as on AWS (benchmarks/stack.give_redis_a_core; --share-cores leaves it unpinned).
-Shared machines are noisy: compare runs on the same machine.
+prefix, removed before the next row. Shared machines are noisy: compare runs on the same machine.
 """
 
 import argparse
 from pathlib import Path
 
 from benchmarks import ceiling, end_to_end, original
-from benchmarks.stack import embedded_stack, give_redis_a_core
+from benchmarks.stack import embedded_stack
 from benchmarks.table import Memory, Row, render
 from console import local_stack
 from console.seed import seed_drugs
@@ -68,11 +66,6 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="row D's clients writing at once (2 keep the server busy while one encodes)",
-    )
-    parser.add_argument(
-        "--share-cores",
-        action="store_true",
-        help="leave Redis unpinned, sharing every CPU with the consumers, Postgres and the SQS server",
     )
     args = parser.parse_args(argv)
     for name in (
@@ -127,15 +120,14 @@ def run_rows(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
-    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, state, folder):
+    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, _, folder):
         eligible = seed_drugs(services.conn, services.settings, args.drugs)
         settings = services.settings
-        placement = "Redis shares every CPU" if args.share_cores else give_redis_a_core(state.pids)
         print(
             f"{args.drugs:,} synthetic drugs seeded ({eligible:,} eligible); every row:"
             f" {settings.embedding_dim} dims, HNSW M {settings.hnsw_m}"
             f" EF_CONSTRUCTION {settings.hnsw_ef_construction}, COSINE, a fresh index;"
-            f" ranges of {args.range_size} in rows B and C; {placement}\n",
+            f" ranges of {args.range_size} in rows B and C\n",
             flush=True,
         )
         rows, memory, recall = run_rows(services, eligible, args, folder)
