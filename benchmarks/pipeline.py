@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000] [--in-flight 16]
         [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 500] [--repeats 3]
-        [--ceiling-writers 1]
+        [--ceiling-writers 2]
 
   A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
   B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM
@@ -11,7 +11,7 @@
   E  RedisVL's SearchIndex.load of the same documents into an index of the same schema
 then the ratios B/A, C/D and D/E against issue 10's targets, Redis memory per document for each
 storage layout, and recall@10 of the HNSW settings against exact search. C, D and E run --repeats
-times in turns and show their best.
+rounds in turns; each shows its median run, and C/D and D/E are the medians of each round's ratio.
 
 Starts its own embedded stack in a temporary folder; every row writes a fresh index under a fresh
 prefix, removed before the next row. Shared machines are noisy: compare runs on the same machine.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks import ceiling, end_to_end, original
 from benchmarks.stack import embedded_stack
-from benchmarks.table import Memory, Row, render
+from benchmarks.table import Memory, Rounds, Row, render
 from console import local_stack
 from console.seed import seed_drugs
 from console.services import Services
@@ -60,12 +60,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="drugs per range in rows B and C (fewer messages: the local SQS server's CPU is Redis's too)",
     )
     parser.add_argument("--recall-queries", type=int, default=RECALL_QUERIES)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of rows C, D and E (the best is shown)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of rows C, D and E (each shown by its median run)"
+    )
     parser.add_argument(
         "--ceiling-writers",
         type=int,
-        default=1,
-        help="row D's clients writing at once (2 keep the server busy while one encodes)",
+        default=2,
+        help="row D's clients writing at once (2 keep the server busy while one encodes: its own limit)",
     )
     args = parser.parse_args(argv)
     for name in (
@@ -88,10 +90,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_rows(
     services: Services, eligible: int, args: argparse.Namespace, folder: Path
-) -> tuple[list[Row], list[Memory], float | None]:
+) -> tuple[list[Row], list[Memory], float | None, Rounds]:
     """Every row, each printed as it is measured; then the memory per document of each layout and
-    recall@10. Rows C, D and E, whose ratios compare runs seconds apart, are the best of --repeats
-    each, taken in turns (a shared machine slows one run or another)."""
+    recall@10. Rows C, D and E, whose ratios compare runs seconds apart, run --repeats rounds in
+    turns (a shared machine slows one round or another): each is shown by its median run, and their
+    ratios are the medians of each round's (table.Rounds)."""
     rows: list[Row] = [original.run_original(services, args.a_drugs, args.latency_ms)]
     print(rows[-1].progress(), flush=True)
     with end_to_end.environment({"DRUGSYNC_RANGE_SIZE": str(args.range_size)}):
@@ -100,22 +103,22 @@ def run_rows(
         print(rows[-1].progress(), flush=True)
         settings = Settings()
         documents = ceiling.build_documents(settings, services.catalog)
-        tries: dict[str, list[Row]] = {"C": [], "D": [], "E": []}
+        rounds = Rounds()
         memory: list[Memory] = []
         recall = None
         for attempt in range(args.repeats):
             hashing = end_to_end.hashing(args.hashing_consumers)
-            tries["C"].append(end_to_end.run_end_to_end(hashing, eligible, folder / "consumers-C.log"))
+            measured = {"C": end_to_end.run_end_to_end(hashing, eligible, folder / "consumers-C.log")}
             queries = args.recall_queries if attempt == 0 else 0
-            row, used, measured = ceiling.run_ceiling(
+            measured["D"], used, found = ceiling.run_ceiling(
                 settings, documents, ceiling.LAYOUTS[0], queries, args.ceiling_writers
             )
-            tries["D"].append(row)
-            memory, recall = (memory, recall) if attempt else ([used], measured)
-            tries["E"].append(ceiling.run_redisvl(settings, documents, redis_url(settings)))
-            print(*(tried[-1].progress() for tried in tries.values()), sep="\n", flush=True)
+            memory, recall = (memory, recall) if attempt else ([used], found)
+            measured["E"] = ceiling.run_redisvl(settings, documents, redis_url(settings))
+            rounds.rows.append(measured)
+            print(*(row.progress() for row in measured.values()), sep="\n", flush=True)
     memory += [ceiling.run_ceiling(settings, documents, layout)[1] for layout in ceiling.LAYOUTS[1:]]
-    return rows + [max(tried, key=lambda row: row.rate) for tried in tries.values()], memory, recall
+    return rows + [rounds.median_row(key) for key in "CDE"], memory, recall, rounds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,8 +133,8 @@ def main(argv: list[str] | None = None) -> None:
             f" ranges of {args.range_size} in rows B and C\n",
             flush=True,
         )
-        rows, memory, recall = run_rows(services, eligible, args, folder)
-    print("\n" + render(rows, memory, recall, args.recall_queries))
+        rows, memory, recall, rounds = run_rows(services, eligible, args, folder)
+    print("\n" + render(rows, memory, recall, args.recall_queries, rounds))
 
 
 if __name__ == "__main__":

@@ -33,11 +33,12 @@ def test_every_row_of_make_bench_runs_on_a_tiny_catalog(test_env: Isolated, tmp_
         eligible = seed_drugs(services.conn, services.settings, args.drugs)
 
         # WHEN every row runs, one after the other
-        rows, memory, recall = pipeline.run_rows(services, eligible, args, tmp_path)
+        rows, memory, recall, rounds = pipeline.run_rows(services, eligible, args, tmp_path)
 
         # THEN rows A to E were each measured on their drugs, and none left an index or a key behind
         assert [(row.key, row.drugs) for row in rows] == [("A", 5)] + [(key, eligible) for key in "BCDE"]
         assert all(row.seconds > 0 and row.redis_cpu is not None for row in rows)
+        assert [sorted(found) for found in rounds.rows] == [["C", "D", "E"]]
         assert _bench_keys(services) == ([], [])
     # AND each layout's memory holds at least each document's vector (2 or 4 bytes a number), HASH with
     # packed bytes takes less than JSON's number arrays, and HNSW found its neighbours

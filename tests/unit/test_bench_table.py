@@ -3,7 +3,7 @@
 import pytest
 
 from benchmarks import pipeline
-from benchmarks.table import RATIOS, Memory, Row, ratio_value, render
+from benchmarks.table import RATIOS, Memory, Rounds, Row, ratio_value, render
 
 
 def _rows(**rates: float) -> dict[str, Row]:
@@ -52,6 +52,29 @@ def test_the_table_shows_each_row_and_says_which_targets_are_met() -> None:
     assert "NOT met" not in verdicts["D/E"]
     assert any("JSON FLOAT32" in line and "14.00 KB" in line for line in table)
     assert table[-1] == "recall@10 of HNSW vs exact cosine: 0.987 over 200 queries"
+
+
+def test_rows_measured_in_rounds_show_their_median_run_and_the_median_of_each_rounds_ratio() -> None:
+    # GIVEN three rounds of C, D and E: the second one slow for C, the third fast for D
+    rounds = Rounds([_rows(C=900, D=1000, E=700), _rows(C=600, D=950, E=650), _rows(C=950, D=1250, E=800)])
+
+    # WHEN the table is rendered from each row's median run and the rounds
+    medians = [rounds.median_row(key) for key in "CDE"]
+    table = render(medians, [], recall=None, queries=0, rounds=rounds).splitlines()
+
+    # THEN each row shows its median run, and each ratio the median of the rounds' own ratios
+    assert [row.rate for row in medians] == [pytest.approx(900), pytest.approx(1000), pytest.approx(700)]
+    assert rounds.ratios(RATIOS[1]) == [pytest.approx(0.9), pytest.approx(600 / 950), pytest.approx(0.76)]
+    verdicts = {line.split()[0]: line for line in table if line[:4] in ("B/A ", "C/D ", "D/E ")}
+    assert verdicts["C/D"].split()[1] == "0.76"  # the median of 0.90, 0.63 and 0.76
+    assert "the median of rounds 0.90, 0.63, 0.76" in verdicts["C/D"]
+    assert verdicts["D/E"].split()[1] == "1.46"  # of 1.43, 1.46 and 1.56
+    assert "n/a" in verdicts["B/A"]  # no round measured A or B, and no row of them is given
+
+
+def test_an_even_number_of_runs_shows_the_slower_middle_one() -> None:
+    rounds = Rounds([_rows(C=900), _rows(C=700), _rows(C=800), _rows(C=1000)])
+    assert rounds.median_row("C").rate == pytest.approx(800)
 
 
 @pytest.mark.parametrize(
