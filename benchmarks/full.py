@@ -1,6 +1,6 @@
 """`make bench-full` (not in CI): the whole catalog end to end on the local stack, then the ceiling.
 
-    .venv/bin/python -m benchmarks.full [--drugs 494000] [--consumers 4]
+    .venv/bin/python -m benchmarks.full [--drugs 494000] [--consumers 4] [--ceiling-writers 2]
 
 Starts its own embedded stack in a temporary folder and seeds --drugs synthetic drugs, then:
   1. drugsync end to end (producer -> SQS -> local event source -> consumers -> Redis) with the
@@ -62,9 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--consumers", type=int, default=4, help="the event source's max concurrency (as make bench's row C)"
     )
+    parser.add_argument(
+        "--ceiling-writers",
+        type=int,
+        default=2,
+        help="the ceiling's clients at once (as row D)",
+    )
     args = parser.parse_args(argv)
-    if args.drugs < 1 or args.consumers < 1:
-        parser.error("--drugs and --consumers must be at least 1")
+    if args.drugs < 1 or args.consumers < 1 or args.ceiling_writers < 1:
+        parser.error("--drugs, --consumers and --ceiling-writers must be at least 1")
     with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, state, folder):
         eligible = seed_drugs(services.conn, services.settings, args.drugs)
         print(f"{args.drugs:,} drugs seeded ({eligible:,} eligible); hashing embedder, {args.consumers}"
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         watch = PeakWatch()
         seconds, clean = end_to_end(args.consumers, eligible, state.pids, folder / "consumers.log", watch)
         watch.peaks_kb["producer / CLI (this process)"] = own_peak_rss_kb()  # before the ceiling's documents
-        written = ceiling_on(services.settings, services)
+        written = ceiling_on(services.settings, services, args.ceiling_writers)
     print(f"end to end / ceiling: {written.seconds / seconds:.2f} (target >= 0.9)")
     print("peak resident memory (VmHWM) during the end-to-end run:")
     for group, peak in watch.peaks_kb.items():
@@ -116,18 +122,19 @@ def stages(progress: RunProgress) -> str:
     )
 
 
-def ceiling_on(settings: Settings, services: Services) -> ceiling.Written:
-    """The ceiling on the same documents, built a few ranges at a time, into a fresh index."""
+def ceiling_on(settings: Settings, services: Services, writers: int = 2) -> ceiling.Written:
+    """The ceiling on the same documents, built a few ranges at a time, into a fresh index by
+    `writers` clients at once."""
     store = build_store(settings.model_copy(update=fresh_names()))
     store.ensure_index(settings.embedding_dim)
     try:
         batches = ceiling.document_batches(settings, services.catalog, RANGES_PER_BATCH)
-        written = ceiling.write_timed(store, batches, settings.embed_batch_size)
+        written = ceiling.write_timed(store, batches, settings.embed_batch_size, writers)
         print(redis_memory_line(store.client, "after the ceiling"), flush=True)
     finally:
         store.clear()
     per_document = written.used_bytes / written.documents / 1024
-    print(f"ceiling: {written.documents:,} documents in {written.seconds:,.1f} s"
+    print(f"ceiling ({writers} writers): {written.documents:,} documents in {written.seconds:,.1f} s"
           f" ({written.documents / written.seconds:,.0f}/s), Redis CPU {written.redis_cpu:,.1f} s,"
           f" {per_document:.2f} KB per document", flush=True)  # fmt: skip
     return written
