@@ -44,14 +44,14 @@ class Written:
 def write_prepared(prepared: Prepared, env: SyncEnv, deadline: Deadline) -> Written:
     """Write a prepared chunk's documents (retrying what is transient); every row that failed in it."""
     failures = list(prepared.failures)
-    if prepared.skipped:  # counted once the chunk is through: a chunk prepared in vain is prepared again
-        env.telemetry.count("DrugsSkipped", prepared.skipped)
     if prepared.documents:
         documents, absent = prepared.documents, prepared.absent
         result = retried(env, deadline, lambda: env.store.write_documents(documents, absent))
         failures += result.failures
         if result.stale_skipped:  # a newer version was already stored: not a failure, but worth seeing
             env.telemetry.count("StaleWritesSkipped", result.stale_skipped)
+    if prepared.skipped:  # counted once the chunk is through: a chunk whose write failed is prepared again
+        env.telemetry.count("DrugsSkipped", prepared.skipped)
     return Written(failures, prepared.skipped)
 
 
@@ -70,6 +70,7 @@ class _Recorded:
         self.durations.append((name, value))
 
     def replay(self, env: SyncEnv) -> None:
+        env.retry.retries += len(self.retries)
         for error in self.retries:
             env.retry.on_retry(error)
         for name, value in self.counts:

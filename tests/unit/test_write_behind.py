@@ -411,11 +411,37 @@ def test_drugs_skipped_are_counted_once_when_a_write_is_lost_and_its_chunk_prepa
         world.catalog.drugs[drug_id] = world.catalog.drugs[drug_id].model_copy(update={"route": "topical"})
     store = OutageStore(first_failing=2, failing=1)
     store.documents = world.store.documents
-    world.store = world.env.store = store
-    telemetry = world.env.telemetry = RecordingTelemetry()
-    message = world.message.model_copy(update={"run_id": world.message.run_id})
+    lost = world_with(store, True, count=30, chunk_size=10)
+    lost.catalog, lost.ledger = world.catalog, world.ledger
+    lost.env.catalog, lost.env.ledger = world.catalog, world.ledger
+    telemetry = lost.env.telemetry = RecordingTelemetry()
     world.ledger.done.clear()
 
-    world.drain(seconds=1000, first=message)
+    lost.drain(seconds=1000)
 
-    assert telemetry.counts["DrugsSkipped"] == 15
+    assert (store.write_calls, telemetry.counts["DrugsSkipped"]) == (4, 15)  # the lost write prepared twice
+
+
+@BOTH_WAYS
+def test_a_broken_row_before_the_first_good_one_is_isolated_when_the_first_chunk_hands_off(
+    threaded: bool,
+) -> None:
+    # GIVEN the range's first row is broken, and the first chunk meets a long quota wait
+    world = world_with(FakeStore(), threaded, count=30, chunk_size=10, broken={1: "ndc: empty"})
+    world.embedder.raises = [QuotaWaitTooLong(42.0, "quota")]
+
+    world.drain(seconds=1000)
+
+    dead_ids = [i for body in world.dead_letters.bodies for i in RowsMessage.model_validate_json(body).ids]
+    assert dead_ids == [1]
+    assert set(world.store.documents) == set(range(2, 31))
+
+
+def test_the_writers_retries_are_counted_on_the_invocations_policy() -> None:
+    world = World(count=20, chunk_size=10)
+    world.store = world.env.store = FlakyStaleStore()
+    world.env.retry = RetryPolicy(base_seconds=0.0, sleep=world.clock.sleep, clock=world.clock)
+
+    world.run()
+
+    assert world.env.retry.retries == 1
