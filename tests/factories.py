@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, cast
@@ -103,3 +104,19 @@ def as_texts(store: Any, keys: list[str], drugs: list[Any]) -> list[str]:
 
     texts = {drug.id: build_embedding_text(drug) for drug in drugs}
     return [texts[store.drug_id(key)] for key in keys]
+
+
+def record_calls(embedder: Any, signal: tuple[int, threading.Event] | None = None) -> list[int]:
+    """Wrap the embedder's embed_texts: the returned list gets each call's number of texts; with
+    `signal` (n, event), the event is set as call n (from 0) begins."""
+    sizes: list[int] = []
+    embed = embedder.embed_texts
+
+    def embed_texts(texts: Any) -> Any:
+        if signal is not None and signal[0] == len(sizes):
+            signal[1].set()
+        sizes.append(len(texts))
+        return embed(texts)
+
+    embedder.embed_texts = embed_texts
+    return sizes

@@ -64,7 +64,7 @@ def test_rows_measured_in_rounds_show_their_median_run_and_the_median_of_each_ro
 
     # THEN each row shows its median run, and each ratio the median of the rounds' own ratios
     assert [row.rate for row in medians] == [pytest.approx(900), pytest.approx(1000), pytest.approx(700)]
-    assert rounds.ratios(RATIOS[1]) == [pytest.approx(0.9), pytest.approx(600 / 950), pytest.approx(0.76)]
+    assert rounds.ratios(RATIOS[1]) == pytest.approx([0.9, 600 / 950, 0.76])
     verdicts = {line.split()[0]: line for line in table if line[:4] in ("B/A ", "C/D ", "D/E ")}
     assert verdicts["C/D"].split()[1] == "0.76"  # the median of 0.90, 0.63 and 0.76
     assert "the median of rounds 0.90, 0.63, 0.76" in verdicts["C/D"]

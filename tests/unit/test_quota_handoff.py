@@ -1,7 +1,6 @@
 """A consumer under a shared embedding quota: waits it can afford, hands on what it cannot."""
 
 import uuid
-from collections.abc import Sequence
 from typing import cast
 
 import pytest
@@ -12,11 +11,10 @@ from consumer.sync import SyncEnv, sync_message
 from shared.embedders.simulated import SimulatedApiEmbedder
 from shared.errors import QuotaWaitTooLong
 from shared.models import AnyMessage, PlannedRange, RangeMessage, parse_message
-from shared.ports import Vectors
 from shared.ratelimit import RedisRequestLimiter
 from shared.retry import RetryPolicy
 from shared.settings import Settings
-from tests.factories import lambda_context, range_body, sqs_event
+from tests.factories import lambda_context, range_body, record_calls, sqs_event
 from tests.fakes import (
     FakeCatalog,
     FakeClock,
@@ -127,14 +125,7 @@ class Refusing:
 
 def test_the_first_chunk_under_a_quota_is_a_probe() -> None:
     world = QuotaWorld(count=30, interval=0.1, probe=4)
-    sizes: list[int] = []
-    original = world.embedder.embed_texts
-
-    def recording(texts: Sequence[str]) -> Vectors:
-        sizes.append(len(texts))
-        return original(texts)
-
-    world.embedder.embed_texts = recording  # type: ignore[method-assign]
+    sizes = record_calls(world.embedder)
 
     world.run(world.message, seconds=100.0)
 

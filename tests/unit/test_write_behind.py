@@ -12,6 +12,7 @@ from shared.errors import InvalidMessage, QuotaWaitTooLong, UnavailableError
 from shared.models import MAX_DEFERRALS, RangeMessage, RowFailure, RowsMessage
 from shared.ports import WriteResult
 from shared.retry import RetryPolicy
+from tests.factories import record_calls
 from tests.fakes import FakeClock, FakeDeadline, FakeQueue, FakeStore, RecordingTelemetry
 from tests.unit.test_sync_range import World
 
@@ -126,14 +127,7 @@ def test_the_next_chunk_is_embedded_while_the_write_before_it_runs() -> None:
     world = World(count=20, chunk_size=10)
     started = threading.Event()
     world.store = world.env.store = GatedStore(started)
-    embed = world.embedder.embed_texts
-
-    def embed_texts(texts: Sequence[str]) -> Any:
-        if world.embedder.calls == 1:  # the second chunk's call
-            started.set()
-        return embed(texts)
-
-    world.embedder.embed_texts = embed_texts  # type: ignore[method-assign]
+    record_calls(world.embedder, signal=(1, started))  # as the second chunk's embedding begins
 
     world.run()
 
@@ -332,14 +326,7 @@ def test_a_probe_measures_its_own_write() -> None:
     world = World(count=30, chunk_size=10, seconds_per_text=0.1)
     world.store = world.env.store = SlowFirstWrite(world.clock)
     world.env.probe_chunk_size = 2
-    sizes: list[int] = []
-    embed = world.embedder.embed_texts
-
-    def embed_texts(texts: Sequence[str]) -> Any:
-        sizes.append(len(texts))
-        return embed(texts)
-
-    world.embedder.embed_texts = embed_texts  # type: ignore[method-assign]
+    sizes = record_calls(world.embedder)
 
     world.run(seconds=10.0)
 
@@ -368,14 +355,7 @@ def test_a_write_that_took_the_time_left_hands_off_before_the_next_one_starts() 
     world = World(count=30, chunk_size=10, seconds_per_text=0.1)
     started = threading.Event()
     world.store = world.env.store = GatedSlowFirstWrite(world.clock, started)
-    embed = world.embedder.embed_texts
-
-    def embed_texts(texts: Sequence[str]) -> Any:
-        if world.embedder.calls == 1:
-            started.set()
-        return embed(texts)
-
-    world.embedder.embed_texts = embed_texts  # type: ignore[method-assign]
+    record_calls(world.embedder, signal=(1, started))  # as the second chunk's embedding begins
 
     outcome = world.run(seconds=10.0)
 
