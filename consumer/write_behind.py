@@ -1,9 +1,9 @@
-"""One chunk's write in flight while the next chunk is read, embedded and encoded.
+"""One chunk's write in flight while the next chunk is read, embedded and built.
 
 Written one after the other, the two halves of a chunk take turns: the embedder (an API's latency
 on Lambda, the CPU locally) waits while Redis writes, and Redis waits while the next chunk is
-embedded and encoded. With the write on a thread they overlap: a consumer keeps Redis busy while it
-prepares what comes next.
+embedded. With the write (encoding and sending) on a thread they overlap: a consumer keeps Redis
+busy while it prepares what comes next.
 
 The thread only writes. Everything else (the ledger, the embedder, the telemetry, deciding where a
 unit stops) stays on the caller's thread: the write's own telemetry and retries are recorded on
@@ -13,6 +13,7 @@ the thread and replayed to the caller's when it settles the write.
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -119,9 +120,8 @@ class WriteBehind:
     ) -> None:
         settled = self.settle()  # a write left in flight when the unit raised: it still happened
         if settled is not None and settled.error is not None and error is not None:
-            error.add_note(
-                f"the write of the chunk at {settled.position} in flight failed too: {settled.error!r}"
-            )
+            lost, at = settled.error, settled.position
+            error.add_note(f"the write in flight (the unit's drugs #{at} on) failed too: {lost!r}")
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
@@ -138,7 +138,7 @@ class WriteBehind:
         # The thread's own telemetry and retry policy: both record, and the caller replays them.
         retry = replace(self._env.retry, on_retry=recorded.retries.append)
         env = replace(self._env, telemetry=recorded, retry=retry)
-        write: Callable[[], Written] = lambda: write_prepared(prepared, env, self._deadline)  # noqa: E731
+        write = partial(write_prepared, prepared, env, self._deadline)
         self._in_flight = _InFlight(position, size, self._start(write), recorded)
 
     def _start(self, write: Callable[[], Written]) -> "Future[Written]":
