@@ -5,6 +5,7 @@ The documents are drugsync's own: read range by range as a consumer reads them, 
 settings' embedder and built by the consumer's document builder.
 """
 
+import argparse
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from shared.wiring import build_store
 
 Documents = list[tuple[int, dict[str, Any]]]
 INDEXING_TIMEOUT_SECONDS = 600.0
+WRITERS = 2  # row D's clients at once: two keep the server busy while one encodes (its own limit)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,13 @@ def write_timed(
     seconds += time.perf_counter() - began
     cpu = redis_cpu_seconds(store.client) - cpu
     return Written(count, seconds, cpu, used_memory(store.client) - before, client_cpu)
+
+
+def add_writers_argument(parser: argparse.ArgumentParser) -> None:
+    """--ceiling-writers, as make bench and make bench-full both take it."""
+    parser.add_argument(
+        "--ceiling-writers", type=int, default=WRITERS, help=f"the ceiling's clients at once ({WRITERS})"
+    )
 
 
 def write_as_consumers_do(

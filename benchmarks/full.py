@@ -62,12 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--consumers", type=int, default=4, help="the event source's max concurrency (as make bench's row C)"
     )
-    parser.add_argument(
-        "--ceiling-writers",
-        type=int,
-        default=2,
-        help="the ceiling's clients at once (as row D)",
-    )
+    ceiling.add_writers_argument(parser)
     args = parser.parse_args(argv)
     if args.drugs < 1 or args.consumers < 1 or args.ceiling_writers < 1:
         parser.error("--drugs, --consumers and --ceiling-writers must be at least 1")
@@ -122,7 +117,7 @@ def stages(progress: RunProgress) -> str:
     )
 
 
-def ceiling_on(settings: Settings, services: Services, writers: int = 2) -> ceiling.Written:
+def ceiling_on(settings: Settings, services: Services, writers: int = ceiling.WRITERS) -> ceiling.Written:
     """The ceiling on the same documents, built a few ranges at a time, into a fresh index by
     `writers` clients at once."""
     store = build_store(settings.model_copy(update=fresh_names()))

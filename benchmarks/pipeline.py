@@ -63,12 +63,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=3, help="rounds of rows C, D and E (each shown by its median run)"
     )
-    parser.add_argument(
-        "--ceiling-writers",
-        type=int,
-        default=2,
-        help="row D's clients writing at once (2 keep the server busy while one encodes: its own limit)",
-    )
+    ceiling.add_writers_argument(parser)
     args = parser.parse_args(argv)
     for name in (
         "drugs",
@@ -117,7 +112,8 @@ def run_rows(
             measured["E"] = ceiling.run_redisvl(settings, documents, redis_url(settings))
             rounds.rows.append(measured)
             print(*(row.progress() for row in measured.values()), sep="\n", flush=True)
-    memory += [ceiling.run_ceiling(settings, documents, layout)[1] for layout in ceiling.LAYOUTS[1:]]
+    for layout in ceiling.LAYOUTS[1:]:  # every layout written as row D was, so their rates compare
+        memory.append(ceiling.run_ceiling(settings, documents, layout, 0, args.ceiling_writers)[1])
     return rows + [rounds.median_row(key) for key in "CDE"], memory, recall, rounds
 
 

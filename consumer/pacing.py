@@ -33,7 +33,7 @@ class Pacer:
     def next_chunk_size(self, chunk_size: int, made_progress: bool, in_flight: int = 0) -> int:
         """Drugs to attempt next; 0 means hand off. Without progress yet, at least one drug is tried.
         `in_flight` drugs are still being written: the time left must hold them too."""
-        available = self._deadline.remaining_seconds() - self._margin
+        available = self._time_left()
         fits = int(available / (self.seconds_per_drug * SAFETY_FACTOR)) if available > 0 else 0
         size = max(0, min(chunk_size, fits - in_flight))
         return size if size > 0 or made_progress else 1
@@ -41,7 +41,11 @@ class Pacer:
     def holds(self, drugs: int) -> bool:
         """Whether the time left, less the margin, still holds `drugs` at the estimated pace (a write
         about to start, once the one before it took longer than it should have)."""
-        return self._deadline.remaining_seconds() - self._margin >= self.seconds_per_drug * drugs
+        return self._time_left() >= self.seconds_per_drug * drugs
+
+    def _time_left(self) -> float:
+        """Seconds the invocation has left before its hand-off margin."""
+        return self._deadline.remaining_seconds() - self._margin
 
     def timed(self, drugs: int, action: Callable[[], T], probe: bool = False) -> T:
         """Run one chunk and fold its seconds per drug into the estimate; a probe's measure replaces
