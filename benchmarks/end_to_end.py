@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-from benchmarks.probes import CpuWatch, consumer_workers, redis_cpu_seconds, sampling
+from benchmarks.probes import CpuWatch, ServerMeter, consumer_workers, sampling
 from benchmarks.table import Row
 from console.event_source import EventSourceConfig, LocalEventSource, WorkStats
 from console.services import Services
@@ -99,6 +99,7 @@ class Timed:
 
     seconds: float
     redis_cpu: float
+    redis_waited: str  # the server's time waiting for a CPU, as a row's setup says it
     consumers_cpu: float  # the workers' CPU after their init, sampled (the last fraction of a second missed)
     stats: WorkStats
     run_id: UUID
@@ -117,7 +118,7 @@ def timed_run(
     )  # fmt: skip
     source = LocalEventSource(services.sqs_client(), config)
     source.warm()  # here, inits share the 2 cores with Redis; on Lambda they run elsewhere
-    cpu, consumers_cpu = redis_cpu_seconds(services.store.client), CpuWatch()
+    server, consumers_cpu = ServerMeter(services.store.client), CpuWatch()
 
     def sample() -> None:
         consumers_cpu.sample(consumer_workers())
@@ -131,13 +132,13 @@ def timed_run(
             seconds = time.perf_counter() - began
     finally:
         source.close()  # after the clock: a Lambda function does not wait for its containers to stop
-    cpu = redis_cpu_seconds(services.store.client) - cpu
+    cpu, waited = server.cpu(), server.waited()
     progress = services.ledger.progress(summary.run_id)
     if progress is None or progress.state != "complete":
         raise SystemExit(f"the run did not complete: {progress}")
     if progress.drugs_done != drugs:
         raise SystemExit(f"{progress.drugs_done:,} drugs synced, not {drugs:,}")
-    return Timed(seconds, cpu, consumers_cpu.seconds, stats, summary.run_id)
+    return Timed(seconds, cpu, waited, consumers_cpu.seconds, stats, summary.run_id)
 
 
 def run_end_to_end(shape: EndToEnd, drugs: int, log: Path) -> Row:
@@ -147,5 +148,5 @@ def run_end_to_end(shape: EndToEnd, drugs: int, log: Path) -> Row:
     stats = timed.stats
     warm = (f"{stats.cold_starts} warm workers (median init {stats.init_ms_median or 0:,.0f} ms, not timed)"
             f" using {timed.consumers_cpu:,.1f} CPU s")  # fmt: skip
-    setup = ", ".join(part for part in (shape.setup, warm) if part)
+    setup = ", ".join(part for part in (shape.setup, warm, timed.redis_waited) if part)
     return Row(shape.key, shape.label, drugs, timed.seconds, setup, timed.redis_cpu)

@@ -1,8 +1,10 @@
 """`make bench-full` (not in CI): the whole catalog end to end on the local stack, then the ceiling.
 
     .venv/bin/python -m benchmarks.full [--drugs 494000] [--consumers 4] [--ceiling-writers 2]
+        [--redis-nice -10]
 
-Starts its own embedded stack in a temporary folder and seeds --drugs synthetic drugs, then:
+Starts its own embedded stack in a temporary folder (the Redis server at --redis-nice, as make bench
+runs it) and seeds --drugs synthetic drugs, then:
   1. drugsync end to end (producer -> SQS -> local event source -> consumers -> Redis) with the
      default hashing embedder, timed from the producer's call to the run complete; `verify` after;
   2. the ceiling (row D of `make bench`) on the same documents: built range by range as a consumer
@@ -23,7 +25,7 @@ import redis
 from benchmarks import ceiling
 from benchmarks.end_to_end import fresh_names, fresh_run, timed_run
 from benchmarks.probes import PeakWatch, children, consumer_workers, own_peak_rss_kb, sampling
-from benchmarks.stack import embedded_stack
+from benchmarks.stack import add_redis_nice_argument, embedded_stack, favour_redis
 from console import local_stack
 from console.seed import seed_drugs
 from console.services import Services
@@ -63,13 +65,15 @@ def main(argv: list[str] | None = None) -> None:
         "--consumers", type=int, default=4, help="the event source's max concurrency (as make bench's row C)"
     )
     ceiling.add_writers_argument(parser)
+    add_redis_nice_argument(parser)
     args = parser.parse_args(argv)
     if args.drugs < 1 or args.consumers < 1 or args.ceiling_writers < 1:
         parser.error("--drugs, --consumers and --ceiling-writers must be at least 1")
     with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, state, folder):
+        priority = favour_redis(state.pids["redis"], args.redis_nice)
         eligible = seed_drugs(services.conn, services.settings, args.drugs)
         print(f"{args.drugs:,} drugs seeded ({eligible:,} eligible); hashing embedder, {args.consumers}"
-              " consumers at most", flush=True)  # fmt: skip
+              f" consumers at most; {priority}", flush=True)  # fmt: skip
         watch = PeakWatch()
         seconds, clean = end_to_end(args.consumers, eligible, state.pids, folder / "consumers.log", watch)
         watch.peaks_kb["producer / CLI (this process)"] = own_peak_rss_kb()  # before the ceiling's documents
@@ -91,7 +95,7 @@ def end_to_end(
         timed = timed_run(run, consumers, eligible, log, also_sample=sample)
         rate = eligible / timed.seconds
         print(f"end to end: {eligible:,} drugs in {timed.seconds:,.1f} s ({rate:,.0f}/s),"
-              f" Redis CPU {timed.redis_cpu:,.1f} s", flush=True)  # fmt: skip
+              f" Redis CPU {timed.redis_cpu:,.1f} s, {timed.redis_waited}", flush=True)  # fmt: skip
         print(redis_memory_line(run.store.client, "after the end-to-end run"), flush=True)
         progress = run.ledger.progress(timed.run_id)
         if progress is not None:
@@ -131,7 +135,7 @@ def ceiling_on(settings: Settings, services: Services, writers: int = ceiling.WR
     per_document = written.used_bytes / written.documents / 1024
     print(f"ceiling ({writers} writers): {written.documents:,} documents in {written.seconds:,.1f} s"
           f" ({written.documents / written.seconds:,.0f}/s), Redis CPU {written.redis_cpu:,.1f} s,"
-          f" {per_document:.2f} KB per document", flush=True)  # fmt: skip
+          f" {written.redis_waited}, {per_document:.2f} KB per document", flush=True)  # fmt: skip
     return written
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000] [--in-flight 16]
         [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 500] [--repeats 3]
-        [--ceiling-writers 2]
+        [--ceiling-writers 2] [--redis-nice -10]
 
   A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
   B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM
@@ -14,14 +14,16 @@ storage layout, and recall@10 of the HNSW settings against exact search. C, D an
 rounds in turns; each shows its median run, and C/D and D/E are the medians of each round's ratio.
 
 Starts its own embedded stack in a temporary folder; every row writes a fresh index under a fresh
-prefix, removed before the next row. Shared machines are noisy: compare runs on the same machine.
+prefix, removed before the next row. The Redis server runs at --redis-nice, first in line for a CPU
+as on a node of its own (benchmarks/stack.favour_redis); each row says how long it still waited for
+one. Shared machines are noisy: compare runs on the same machine.
 """
 
 import argparse
 from pathlib import Path
 
 from benchmarks import ceiling, end_to_end, original
-from benchmarks.stack import embedded_stack
+from benchmarks.stack import add_redis_nice_argument, embedded_stack, favour_redis
 from benchmarks.table import Memory, Rounds, Row, render
 from console import local_stack
 from console.seed import seed_drugs
@@ -64,6 +66,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=3, help="rounds of rows C, D and E (each shown by its median run)"
     )
     ceiling.add_writers_argument(parser)
+    add_redis_nice_argument(parser)
     args = parser.parse_args(argv)
     for name in (
         "drugs",
@@ -119,14 +122,15 @@ def run_rows(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
-    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, _, folder):
+    with embedded_stack(local_stack.QueueOptions(visibility_timeout=600)) as (services, state, folder):
+        priority = favour_redis(state.pids["redis"], args.redis_nice)
         eligible = seed_drugs(services.conn, services.settings, args.drugs)
         settings = services.settings
         print(
             f"{args.drugs:,} synthetic drugs seeded ({eligible:,} eligible); every row:"
             f" {settings.embedding_dim} dims, HNSW M {settings.hnsw_m}"
             f" EF_CONSTRUCTION {settings.hnsw_ef_construction}, COSINE, a fresh index;"
-            f" ranges of {args.range_size} in rows B and C\n",
+            f" ranges of {args.range_size} in rows B and C; {priority}\n",
             flush=True,
         )
         rows, memory, recall, rounds = run_rows(services, eligible, args, folder)

@@ -122,3 +122,44 @@ def sampling(sample: Callable[[], None], every_seconds: float) -> Iterator[None]
         stop.set()
         sampler.join()
         sample()
+
+
+def run_queue_seconds(pid: int) -> float | None:
+    """Time the process's threads have spent runnable but waiting for a CPU (/proc schedstat, summed
+    over its threads); None where the kernel does not report it or the process is not on this machine."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return None
+    waited = 0
+    for task in tasks.iterdir():
+        try:
+            waited += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+        except (IndexError, ValueError):
+            return None
+    return waited / 1e9
+
+
+def redis_waited(client: redis.Redis) -> float | None:
+    """run_queue_seconds of the Redis server the client talks to: the embedded stack's, on this machine."""
+    return run_queue_seconds(int(client.info("server")["process_id"]))
+
+
+class ServerMeter:
+    """The Redis server's CPU, and its time waiting for one, from its creation to each reading."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._cpu = redis_cpu_seconds(client)
+        self._waited = redis_waited(client)
+
+    def cpu(self) -> float:
+        return redis_cpu_seconds(self._client) - self._cpu
+
+    def waited(self) -> str:
+        """How long the server was runnable but waited for a CPU, as a row's setup says it."""
+        now = redis_waited(self._client)
+        if now is None or self._waited is None:
+            return "Redis's wait for a CPU not reported"
+        return f"Redis waited {now - self._waited:.2f} s for a CPU"

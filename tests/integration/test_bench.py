@@ -1,6 +1,7 @@
 """`make bench` and `make bench-full` on a tiny catalog: every row runs and is measured, and each
 leaves Redis as it found it (no speed is asserted: this machine is shared)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def test_every_row_of_make_bench_runs_on_a_tiny_catalog(test_env: Isolated, tmp_
         # THEN rows A to E were each measured on their drugs, and none left an index or a key behind
         assert [(row.key, row.drugs) for row in rows] == [("A", 5)] + [(key, eligible) for key in "BCDE"]
         assert all(row.seconds > 0 and row.redis_cpu is not None for row in rows)
+        # (each row from B on says how long the server, on this machine, waited for a CPU)
+        assert all(re.search(r"Redis waited \d+\.\d\d s for a CPU", row.setup) for row in rows[1:])
         assert [sorted(found) for found in rounds.rows] == [["C", "D", "E"]]
         assert _bench_keys(services) == ([], [])
     # AND each layout's memory holds at least each document's vector (2 or 4 bytes a number), HASH with
