@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,8 @@ def timed_run(
     services: Services, consumers: int, drugs: int, log: Path, also_sample: Callable[[], None] = lambda: None
 ) -> Timed:
     """A full sync, timed from the producer's call to the queue drained and the run complete (its
-    generation verified and switched); the consumers' workers are started and warmed before the clock.
+    generation verified and switched); the consumers' workers are started and warmed before the clock,
+    and take the first ranges while the producer still sends the rest.
 
     `also_sample` is called with each CPU sample, while the workers are alive (they end with the run)."""
     config = EventSourceConfig(
@@ -125,11 +127,13 @@ def timed_run(
         also_sample()
 
     try:
-        with sampling(sample, CPU_SAMPLE_SECONDS):
+        with sampling(sample, CPU_SAMPLE_SECONDS), ThreadPoolExecutor(max_workers=1) as producer:
             began = time.perf_counter()
-            summary = services.producer.start(SyncRequest())
-            stats = source.poll()
+            # The source polls while the producer sends, as an event source mapping does on AWS.
+            started = producer.submit(services.producer.start, SyncRequest())
+            stats = source.poll(producing=lambda: not started.done())
             seconds = time.perf_counter() - began
+            summary = started.result()
     finally:
         source.close()  # after the clock: a Lambda function does not wait for its containers to stop
     cpu, waited = server.cpu(), server.waited()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 DRAINED_CHECKS = 2  # approximate counts: only believe "empty" when seen twice in a row
+PRODUCING_PAUSE_SECONDS = 0.005  # between short polls of a queue still empty while a producer runs
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,13 @@ class LocalEventSource:
         finally:
             self.close()
 
-    def poll(self) -> WorkStats:
+    def poll(self, producing: Callable[[], bool] = lambda: False) -> WorkStats:
         """run() without closing the workers after: the caller closes them (a benchmark stops its
-        clock when the queue is drained, as no Lambda function waits for its containers to stop)."""
+        clock when the queue is drained, as no Lambda function waits for its containers to stop).
+
+        `producing` says whether a producer started beside the poll is still sending (a mapping polls
+        while the producer runs, so the first ranges start before the last are sent): until it says
+        no, an empty queue is polled again instead of counting as drained."""
         empty_checks = 0
         with ThreadPoolExecutor(max_workers=self._config.max_concurrency) as pool:
             try:
@@ -134,6 +139,10 @@ class LocalEventSource:
                         pool.submit(self._invoke_and_settle, messages)
                         continue
                     self._slots.release()
+                    if producing():  # asked before the queue: what it sent is counted below
+                        empty_checks = 0
+                        self._stop.wait(PRODUCING_PAUSE_SECONDS)
+                        continue
                     empty_checks = empty_checks + 1 if self._drained() else 0
                     if self._config.until_empty and empty_checks >= DRAINED_CHECKS:
                         break

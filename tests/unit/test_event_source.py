@@ -1,4 +1,6 @@
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import pytest
@@ -115,3 +117,30 @@ def test_poll_leaves_the_workers_up_until_closed_and_run_closes_them(sqs) -> Non
     sqs.send_message(QueueUrl=url, MessageBody="ok-2")
     assert source.run().succeeded == 1
     assert [worker.pid for worker in source._all_workers] == [None]
+
+
+def test_a_poll_beside_a_producer_waits_for_what_it_still_sends(sqs) -> None:
+    # GIVEN an empty queue, and a producer that sends its messages one by one only after a moment
+    url = sqs.create_queue(QueueName="work")["QueueUrl"]
+    config = EventSourceConfig(
+        queue_url=url, handler=HANDLER, max_concurrency=1, until_empty=True, wait_seconds=0
+    )
+    source = LocalEventSource(sqs, config)
+
+    def produce() -> None:
+        for body in ("ok-1", "ok-2", "ok-3"):
+            time.sleep(0.2)
+            sqs.send_message(QueueUrl=url, MessageBody=body)
+
+    # WHEN the source polls until the queue is empty while the producer runs beside it
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sending = pool.submit(produce)
+            stats = source.poll(producing=lambda: not sending.done())
+            sending.result()
+    finally:
+        source.close()
+
+    # THEN an empty queue did not end the poll while the producer was sending: every message was handled
+    assert stats.succeeded == 3
+    assert _bodies(sqs, url) == set()
