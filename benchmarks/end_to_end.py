@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-from benchmarks.probes import CpuWatch, ServerMeter, consumer_workers, sampling
+from benchmarks.probes import ProcessWatch, ServerMeter, consumer_workers, run_queue_seconds, sampling
 from benchmarks.table import Row
 from console.event_source import EventSourceConfig, LocalEventSource, WorkStats
 from console.services import Services
@@ -102,6 +102,7 @@ class Timed:
     redis_cpu: float
     redis_waited: str  # the server's time waiting for a CPU, as a row's setup says it
     consumers_cpu: float  # the workers' CPU after their init, sampled (the last fraction of a second missed)
+    consumers_waited: float  # the workers' time runnable but waiting for a CPU, sampled the same way
     stats: WorkStats
     run_id: UUID
 
@@ -120,10 +121,16 @@ def timed_run(
     )  # fmt: skip
     source = LocalEventSource(services.sqs_client(), config)
     source.warm()  # here, inits share the 2 cores with Redis; on Lambda they run elsewhere
-    server, consumers_cpu = ServerMeter(services.store.client), CpuWatch()
+    server, consumers_cpu, consumers_waited = (
+        ServerMeter(services.store.client),
+        ProcessWatch(),
+        ProcessWatch(run_queue_seconds),
+    )
 
     def sample() -> None:
-        consumers_cpu.sample(consumer_workers())
+        workers = consumer_workers()
+        consumers_cpu.sample(workers)
+        consumers_waited.sample(workers)
         also_sample()
 
     try:
@@ -142,7 +149,7 @@ def timed_run(
         raise SystemExit(f"the run did not complete: {progress}")
     if progress.drugs_done != drugs:
         raise SystemExit(f"{progress.drugs_done:,} drugs synced, not {drugs:,}")
-    return Timed(seconds, cpu, waited, consumers_cpu.seconds, stats, summary.run_id)
+    return Timed(seconds, cpu, waited, consumers_cpu.seconds, consumers_waited.seconds, stats, summary.run_id)
 
 
 def run_end_to_end(shape: EndToEnd, drugs: int, log: Path) -> Row:
@@ -151,6 +158,7 @@ def run_end_to_end(shape: EndToEnd, drugs: int, log: Path) -> Row:
         timed = timed_run(services, shape.consumers, drugs, log)
     stats = timed.stats
     warm = (f"{stats.cold_starts} warm workers (median init {stats.init_ms_median or 0:,.0f} ms, not timed)"
-            f" using {timed.consumers_cpu:,.1f} CPU s")  # fmt: skip
+            f" using {timed.consumers_cpu:,.1f} CPU s,"
+            f" waiting {timed.consumers_waited:,.2f} s for a CPU")  # fmt: skip
     setup = ", ".join(part for part in (shape.setup, warm, timed.redis_waited) if part)
     return Row(shape.key, shape.label, drugs, timed.seconds, setup, timed.redis_cpu)

@@ -1,7 +1,7 @@
 """`make bench-full` (not in CI): the whole catalog end to end on the local stack, then the ceiling.
 
     .venv/bin/python -m benchmarks.full [--drugs 494000] [--consumers 4] [--ceiling-writers 2]
-        [--redis-nice -10]
+        [--redis-nice -20]
 
 Starts its own embedded stack in a temporary folder (the Redis server at --redis-nice, as make bench
 runs it) and seeds --drugs synthetic drugs, then:
@@ -99,7 +99,7 @@ def end_to_end(
         print(redis_memory_line(run.store.client, "after the end-to-end run"), flush=True)
         progress = run.ledger.progress(timed.run_id)
         if progress is not None:
-            print(f"  the run's stages: {stages(progress)}", flush=True)
+            print(f"  the run's moments: {stages(progress)}", flush=True)
         report = verify(run.catalog, run.read_current_store(), run.current_embedder.name)
     drift = report.drift
     print(f"verify: missing {len(drift.missing)}, extra {len(drift.extra)}, stale {len(drift.stale)}"
@@ -108,17 +108,17 @@ def end_to_end(
 
 
 def stages(progress: RunProgress) -> str:
-    """Seconds between the run's recorded moments: planning and enqueueing, the ranges, the sweep, and
-    the switch of readers to its generation (with the run's end)."""
+    """When the run's recorded moments came, in seconds after its start: the last range enqueued (the
+    consumers take the first ones meanwhile), the last range done, the sweep done, and the run's end
+    (readers switched to its generation)."""
     moments = [
-        ("planned and enqueued", progress.started_at, progress.enqueued_at),
-        ("ranges", progress.enqueued_at, progress.last_done_at),
-        ("sweep", progress.sweep_requested_at, progress.swept_at),
-        ("switch and end", progress.swept_at, progress.finished_at),
+        ("all enqueued", progress.enqueued_at),
+        ("last range done", progress.last_done_at),
+        ("swept", progress.swept_at),
+        ("finished", progress.finished_at),
     ]
-    return ", ".join(
-        f"{name} {(end - start).total_seconds():,.1f} s" for name, start, end in moments if start and end
-    )
+    start = progress.started_at
+    return ", ".join(f"{name} +{(at - start).total_seconds():,.1f} s" for name, at in moments if start and at)
 
 
 def ceiling_on(settings: Settings, services: Services, writers: int = ceiling.WRITERS) -> ceiling.Written:

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.pipeline [--drugs 20000] [--consumers 8] [--quota 60000] [--in-flight 16]
         [--latency-ms 70] [--a-drugs 300] [--hashing-consumers 4] [--range-size 500] [--repeats 3]
-        [--ceiling-writers 2] [--redis-nice -10]
+        [--ceiling-writers 2] [--redis-nice -20]
 
   A  the original design: one process, one drug at a time (read, one 70 ms API request, one JSON.SET)
   B  drugsync end to end at max concurrency --consumers, the same simulated API, under --quota RPM

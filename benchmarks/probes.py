@@ -85,16 +85,18 @@ def consumer_workers() -> list[int]:
     return found
 
 
-class CpuWatch:
-    """CPU used by processes since they were first seen, from samples (a process's last sample counts)."""
+class ProcessWatch:
+    """A per-process counter (CPU used, by default) since each process was first seen, from samples
+    (a process's last sample counts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: Callable[[int], float | None] = cpu_seconds) -> None:
+        self._read = read
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
 
     def sample(self, pids: Iterable[int]) -> None:
         for pid in pids:
-            used = cpu_seconds(pid)
+            used = self._read(pid)
             if used is not None:
                 self._first.setdefault(pid, used)
                 self._last[pid] = used
@@ -124,19 +126,24 @@ def sampling(sample: Callable[[], None], every_seconds: float) -> Iterator[None]
         sample()
 
 
-def run_queue_seconds(pid: int) -> float | None:
-    """Time the process's threads have spent runnable but waiting for a CPU (/proc schedstat, summed
-    over its threads); None where the kernel does not report it or the process is not on this machine."""
-    tasks = Path(f"/proc/{pid}/task")
-    if not tasks.is_dir():
+def run_queue_seconds(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """Time the process's threads have spent runnable but waiting for a CPU (schedstat's run_delay,
+    summed over its threads); None where the kernel does not report it or the process is not there.
+
+    A thread that has ended takes its wait with it, and time the host took the machine's CPUs away
+    is not counted: for a server's long-lived threads, a lower bound."""
+    tasks = proc / str(pid) / "task"
+    try:
+        names = [task.name for task in tasks.iterdir()]
+    except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
         return None
     waited = 0
-    for task in tasks.iterdir():
+    for name in names:
         try:
-            waited += int((task / "schedstat").read_text().split()[1])
+            waited += int((tasks / name / "schedstat").read_text().split()[1])
         except (FileNotFoundError, ProcessLookupError):
             continue  # the thread ended meanwhile
-        except (IndexError, ValueError):
+        except (PermissionError, IndexError, ValueError):
             return None
     return waited / 1e9
 

@@ -64,7 +64,8 @@ def favour_redis(pid: int, nice: int = REDIS_NICE) -> str:
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
         done.append("its threads")
     except OSError as error:
-        return (
-            f"the Redis server not set to nice {nice} ({error.strerror or error}): it shares CPU as started"
-        )
+        reason = error.strerror or str(error)
+        if done:
+            return f"the Redis server at nice {nice} for {done[0]} only, not its threads ({reason})"
+        return f"the Redis server not set to nice {nice} ({reason}): it shares CPU as started"
     return f"the Redis server at nice {nice} ({' and '.join(done)})"
