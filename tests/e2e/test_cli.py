@@ -346,7 +346,7 @@ def test_ctrl_c_ends_the_watch_with_130_and_no_traceback(user_env: dict[str, str
     # WHEN the operator presses Ctrl-C while it is being watched
     with subprocess.Popen(
         [*DRUGSYNC, "status", "--watch", "--interval", "0.5"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal,
     ) as watcher:  # fmt: skip
         reader = LineReader(watcher)
         try:
@@ -361,6 +361,13 @@ def test_ctrl_c_ends_the_watch_with_130_and_no_traceback(user_env: dict[str, str
     assert watcher.returncode == 130, errors
     assert "Traceback" not in errors
     assert drugsync(env, "work", "--until-empty", "--wait", "0", "--log-file", os.devnull).returncode == 0
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child, as an operator's terminal gives it: a test run started
+    in the background by a shell without job control hands its children SIGINT ignored, and Python
+    leaves an ignored SIGINT ignored (this test then timed out, the watch never interrupted)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class LineReader:
