@@ -120,12 +120,7 @@ def timed_run(
         wait_seconds=0, log_path=str(log),
     )  # fmt: skip
     source = LocalEventSource(services.sqs_client(), config)
-    source.warm()  # here, inits share the 2 cores with Redis; on Lambda they run elsewhere
-    server, consumers_cpu, consumers_waited = (
-        ServerMeter(services.store.client),
-        ProcessWatch(),
-        ProcessWatch(run_queue_seconds),
-    )
+    consumers_cpu, consumers_waited = ProcessWatch(), ProcessWatch(run_queue_seconds)
 
     def sample() -> None:
         workers = consumer_workers()
@@ -133,7 +128,9 @@ def timed_run(
         consumers_waited.sample(workers)
         also_sample()
 
-    try:
+    try:  # from the first worker started: a failure anywhere after still stops them all
+        source.warm()  # here, inits share the 2 cores with Redis; on Lambda they run elsewhere
+        server = ServerMeter(services.store.client)
         with sampling(sample, CPU_SAMPLE_SECONDS), ThreadPoolExecutor(max_workers=1) as producer:
             began = time.perf_counter()
             # The source polls while the producer sends, as an event source mapping does on AWS.
